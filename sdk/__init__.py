@@ -1,0 +1,1 @@
+"""ganserve SDK: `from sdk import Client`."""

@@ -1,0 +1,193 @@
+"""The model store's manifest: schema, validation, and atomic publication. No torch, no onnxruntime.
+
+Layout (after Triton's model repository):
+
+    model_store/<name>/<version>/manifest.json
+                                 generator.onnx        the sampler (kind classifier: classifier.onnx)
+                                 encoder.onnx          optional, image -> latent (Invert)
+                                 generator_grad.onnx   optional, (z, x[, y]) -> (loss, dloss/dz) (Invert OPTIMIZE)
+                                 critic.onnx           optional, discriminator/critic (critic-based divergences)
+                                 samples.png curves.png  previews for people
+
+`<version>` is a positive integer folder name. A version is written under a hidden temporary name in the
+model's folder and renamed into place when complete (rename is atomic on POSIX), so a reader never sees a
+partial version; a published version is never modified. Every file listed in `files` carries its sha256,
+which the server checks before loading.
+
+manifest.json (format 1):
+    format        1
+    name, version, kind ("gan" | "wgan-gp" | "cgan" | "latent-constraint" | "evaluator"), created (RFC 3339),
+    description
+    data_kind     "image" | "points"
+    latent_dim    int (0 for the evaluator)
+    num_classes   int (0 for unconditional generators), class_names [str]
+    output        {"shape": [C, H, W] or [D], "value_range": [lo, hi] or null}
+    max_batch_size  int
+    graphs        {role: {"file": "generator.onnx",
+                          "inputs":  [{"name", "dtype", "dims"}],   dims without the batch axis
+                          "outputs": [{"name", "dtype", "dims"}]}}
+                  roles: generator (inputs z [latent_dim] then, if conditional, y [num_classes] class
+                  probabilities; output x), encoder (x[, y] -> z), generator_grad, critic (x[, y] -> score),
+                  classifier (evaluator: x in [0, 1] -> logits [num_classes], features [F])
+    files         {file name: sha256 hex}
+    training      {config, seed, steps, wall_time_s, data {source, sha256}, ...}   free-form
+    metrics       {name: number}                                                  free-form scalars
+    export        {parity_max_abs_diff: {graph: float}, inprocess_samples_per_s: float, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+KINDS = ("gan", "wgan-gp", "cgan", "latent-constraint", "evaluator")
+ROLES = ("generator", "encoder", "generator_grad", "critic", "classifier")
+DTYPES = ("float32", "uint8", "int64")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ManifestError(ValueError):
+    """A manifest or version folder that must not be served."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ManifestError(msg)
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    _require(isinstance(spec, dict) and isinstance(spec.get("name"), str), f"{where}: needs a name")
+    _require(spec.get("dtype") in DTYPES, f"{where}: dtype must be one of {DTYPES}")
+    dims = spec.get("dims")
+    _require(isinstance(dims, list) and all(isinstance(d, int) and d > 0 for d in dims),
+             f"{where}: dims must be a list of positive ints")
+
+
+def validate(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Check a manifest's structure (not the files); return it. Raises ManifestError with the reason."""
+    m = manifest
+    _require(isinstance(m, dict), "manifest must be a JSON object")
+    _require(m.get("format") == FORMAT, f"format must be {FORMAT}, got {m.get('format')!r}")
+    _require(isinstance(m.get("name"), str) and bool(NAME_RE.match(m["name"])),
+             f"name must match {NAME_RE.pattern}, got {m.get('name')!r}")
+    _require(isinstance(m.get("version"), int) and m["version"] > 0, "version must be a positive int")
+    _require(m.get("kind") in KINDS, f"kind must be one of {KINDS}, got {m.get('kind')!r}")
+    _require(m.get("data_kind") in ("image", "points"), "data_kind must be 'image' or 'points'")
+    _require(isinstance(m.get("latent_dim"), int) and m["latent_dim"] >= 0, "latent_dim must be an int >= 0")
+    _require(isinstance(m.get("num_classes"), int) and m["num_classes"] >= 0, "num_classes must be an int >= 0")
+    names = m.get("class_names", [])
+    _require(isinstance(names, list) and len(names) == m["num_classes"],
+             "class_names must have num_classes entries")
+    out = m.get("output")
+    _require(isinstance(out, dict) and isinstance(out.get("shape"), list) and out["shape"]
+             and all(isinstance(d, int) and d > 0 for d in out["shape"]), "output.shape must be positive ints")
+    vr = out.get("value_range")
+    _require(vr is None or (isinstance(vr, list) and len(vr) == 2 and vr[0] < vr[1]),
+             "output.value_range must be null or [lo, hi] with lo < hi")
+    _require(isinstance(m.get("max_batch_size"), int) and m["max_batch_size"] > 0, "max_batch_size must be > 0")
+    graphs, files = m.get("graphs"), m.get("files")
+    _require(isinstance(graphs, dict) and graphs, "graphs must name at least one graph")
+    _require(isinstance(files, dict), "files must map file names to sha256")
+    main_role = "classifier" if m["kind"] == "evaluator" else "generator"
+    _require(main_role in graphs, f"kind {m['kind']} needs a {main_role} graph")
+    for role, g in graphs.items():
+        _require(role in ROLES, f"unknown graph role {role!r}; known: {ROLES}")
+        _require(isinstance(g, dict) and isinstance(g.get("file"), str), f"graphs.{role}.file missing")
+        _require(g["file"] in files, f"graphs.{role}.file {g['file']} is not listed in files")
+        for i, spec in enumerate(g.get("inputs", [])):
+            _check_spec(spec, f"graphs.{role}.inputs[{i}]")
+        for i, spec in enumerate(g.get("outputs", [])):
+            _check_spec(spec, f"graphs.{role}.outputs[{i}]")
+        _require(g.get("inputs") and g.get("outputs"), f"graphs.{role} needs inputs and outputs")
+    for name, digest in files.items():
+        _require("/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith("."),
+                 f"file name {name!r} must be a plain name inside the version folder")
+        _require(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
+                 f"files.{name} must be a sha256 hex digest")
+    return m
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+    except FileNotFoundError as e:
+        raise ManifestError(f"{version_dir}: no manifest.json") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{version_dir}/manifest.json: not valid JSON ({e})") from e
+    validate(manifest)
+    _require(manifest["name"] == version_dir.parent.name and str(manifest["version"]) == version_dir.name,
+             f"{version_dir}: manifest says {manifest['name']}@{manifest['version']}, folder says "
+             f"{version_dir.parent.name}@{version_dir.name}")
+    return manifest
+
+
+def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
+    """Check that every listed file exists and matches its sha256."""
+    for name, digest in manifest["files"].items():
+        path = version_dir / name
+        _require(path.is_file() and not path.is_symlink(), f"{version_dir}: missing file {name}")
+        actual = sha256_file(path)
+        _require(actual == digest, f"{version_dir}/{name}: sha256 {actual[:12]}... != manifest {digest[:12]}...")
+
+
+def next_version(store: Path, name: str) -> int:
+    folder = store / name
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def publish(store: Path, manifest: dict[str, Any], files: dict[str, Path], *, version: int | None = None) -> Path:
+    """Publish a new version atomically: copy files, write their sha256 into the manifest, rename into place.
+
+    `files` maps the file name inside the version folder to its current path. Returns the version folder.
+    An interruption at any point leaves at most a hidden `.tmp-*` folder, which the server ignores.
+    """
+    store = Path(store)
+    name = manifest["name"]
+    _require(bool(NAME_RE.match(name)), f"invalid model name {name!r}")
+    (store / name).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store / name))
+    try:
+        digests = {}
+        for fname, src in files.items():
+            shutil.copyfile(src, tmp / fname)
+            digests[fname] = sha256_file(tmp / fname)
+        for _ in range(100):  # another publisher may take the number first: retry with the next one
+            v = version or next_version(store, name)
+            m = dict(manifest, version=v, files=digests, format=FORMAT)
+            validate(m)
+            (tmp / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
+            for p in [*tmp.iterdir(), tmp]:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            final = store / name / str(v)
+            try:
+                os.rename(tmp, final)  # atomic; fails if `final` exists and is not empty
+            except OSError:
+                if version is not None:
+                    raise
+                continue
+            os.chmod(final, 0o755)
+            return final
+        raise ManifestError(f"could not find a free version number for {name}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
