@@ -1,0 +1,419 @@
+"""Inversion encoders for published generators, their gradient graphs, measurement, and publication.
+
+For a published image generator (any kind, including foreign ONNX generators) this module:
+1. builds generator_grad.onnx from its generator.onnx (training/grad_graph.py: an ONNX-level VJP; no torch);
+2. trains an encoder E(x[, y]) -> z (torch) on two sources, with the generator only ever run in ONNX Runtime:
+     (G(z), z) pairs:  L_pair = ||E(G(z)) - z||^2 / d                         (latent regression)
+     real images x:    L_real = w_real ||G(E(x)) - x||^2 / P                   (reconstruction through G)
+   The gradient of L_real w.r.t. the encoder's weights is (dL/dz)^T dE/dtheta; dL/dz at z = E(x) comes from
+   generator_grad.onnx, so G needs no torch re-implementation and no checkpoint - only its published graph;
+3. exports encoder.onnx (dynamic batch, parity checked against torch);
+4. measures ENCODER / OPTIMIZE / HYBRID with training/inversion_runtime.py (the server's implementation) on
+   1,000 real MNIST test digits and 1,000 of the generator's own samples (issue 4, item 7);
+5. publishes a NEW version of the model: its files copied unchanged plus encoder.onnx and generator_grad.onnx,
+   the manifest extended with the two graphs and the inversion metrics (a published version is never modified).
+
+Run: python -m training.inversion <model> [--steps=N ...]   (see EncoderConfig; config TOML optional)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training import inversion_runtime as rt
+from training.grad_graph import build_grad_graph
+
+STORE = Path(__file__).resolve().parent.parent / "model_store"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    seed: int = 0
+    data_path: str = ""
+    channels: int = 64          # width of the first conv; doubled twice
+    hidden: int = 512
+    steps: int = 2000
+    batch_size: int = 64        # pairs per step; as many real images
+    lr: float = 1e-3
+    w_real: float = 1.0         # weight of the real-image reconstruction loss (per-pixel mean, [-1, 1] units)
+    w_pair_pix: float = 1.0     # weight of the pair reconstruction loss ||G(E(G(z))) - G(z)||^2 / P
+    pair_pool: int = 20000      # (G(z), z) pairs generated once with ONNX Runtime, redrawn per epoch of the pool
+    threads: int = 2
+
+    def __post_init__(self):
+        for f in ("channels", "hidden", "steps", "batch_size", "pair_pool", "threads"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be > 0, got {getattr(self, f)}")
+        if not self.lr > 0 or self.w_real < 0 or self.w_pair_pix < 0:
+            raise ValueError("lr must be > 0 and the loss weights >= 0")
+
+
+class InversionEncoder(nn.Module):
+    """x (B, 1, 28, 28) in [-1, 1] [, y (B, K)] -> z (B, d). Small conv net; the label joins before the head."""
+
+    def __init__(self, latent_dim: int, num_classes: int = 0, channels: int = 64, hidden: int = 512):
+        super().__init__()
+        c = channels
+        self.num_classes = num_classes
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),                                  # (B, c, 14, 14)
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),       # (B, 2c, 7, 7)
+            nn.Conv2d(2 * c, 4 * c, 3, 2, 1), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2),   # (B, 4c, 4, 4)
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(16 * 4 * c + num_classes, hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, latent_dim))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)  # (B, 64c)
+        return self.head(torch.cat([h, y], 1) if self.num_classes else h)
+
+
+# --- model store helpers -------------------------------------------------------------------------------
+
+def latest_version(name: str, store: Path = STORE) -> Path:
+    from server.manifest import read_manifest
+
+    folder = store / name
+    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
+        if folder.is_dir() else []
+    for v in versions:
+        try:
+            read_manifest(folder / str(v))
+            return folder / str(v)
+        except Exception:  # an invalid version is skipped, as the server does
+            continue
+    raise FileNotFoundError(f"no valid published version of {name!r} in {store}")
+
+
+def read(version_dir: Path) -> dict:
+    return json.loads((version_dir / "manifest.json").read_text())
+
+
+class Evaluator:
+    """The project's MNIST evaluator (model_store/mnist-evaluator), run in ONNX Runtime: x in [0, 1]."""
+
+    def __init__(self, store: Path = STORE, threads: int = 2):
+        d = latest_version("mnist-evaluator", store)
+        m = read(d)
+        g = m["graphs"]["classifier"]
+        self.version = f"mnist-evaluator@{m['version']}"
+        self.input = g["inputs"][0]["name"]
+        self.session = rt.make_session(d / g["file"], threads)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x01: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N, 10), features (N, F)) for images in [0, 1]."""
+        logits, feats = [], []
+        for i in range(0, len(x01), batch):
+            lo, fe = self.session.run(None, {self.input: np.ascontiguousarray(x01[i:i + batch], np.float32)})[:2]
+            logits.append(lo)
+            feats.append(fe)
+        return np.concatenate(logits), np.concatenate(feats)
+
+
+# --- gradient graph -------------------------------------------------------------------------------------
+
+def write_grad_graph(generator_onnx: Path, out: Path) -> None:
+    out.write_bytes(build_grad_graph(onnx.load(str(generator_onnx))).SerializeToString())
+
+
+def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num_classes: int,
+                     n: int = 8, eps: float = 1e-2, seed: int = 0) -> float:
+    """Central finite differences of the ONNX generator against grad_z along random directions.
+
+    Returns the max relative error |fd - <grad, u>| / (|<grad, u>| + 1e-3 ||grad||) over n samples. (Against
+    torch autograd in the tests; here the check needs only the published graphs, so it also covers foreign
+    generators.)"""
+    g = rt.make_session(generator_onnx)
+    gg = rt.make_session(grad_onnx)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, latent_dim)).astype(np.float32)
+    u = rng.standard_normal((n, latent_dim)).astype(np.float32)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    feed_y = {"y": np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, n)]} if num_classes else {}
+    target = np.clip(g.run(["x"], {"z": rng.standard_normal((n, latent_dim)).astype(np.float32), **feed_y})[0], -1, 1)
+    loss_at = lambda zz: gg.run(["loss"], {"z": zz.astype(np.float32), "target": target, **feed_y})[0].astype(np.float64)  # noqa: E731
+    _, grad = gg.run(["loss", "grad_z"], {"z": z, "target": target, **feed_y})
+    fd = (loss_at(z + eps * u) - loss_at(z - eps * u)) / (2 * eps)
+    an = (grad * u).sum(1)
+    return float(np.max(np.abs(fd - an) / (np.abs(an) + 1e-3 * np.linalg.norm(grad, axis=1))))
+
+
+# --- encoder training ------------------------------------------------------------------------------------
+
+def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=print) -> tuple[InversionEncoder, dict]:
+    """Train E on (G(z), z) pairs and real MNIST training images; G runs only in ONNX Runtime."""
+    from training.data import load_mnist
+
+    m = read(version_dir)
+    d, k = m["latent_dim"], m["num_classes"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = rt.make_session(version_dir / m["graphs"]["generator"]["file"], cfg.threads)
+    grad = rt.make_session(grad_onnx, cfg.threads)
+    train = load_mnist("train", cfg.data_path or None)
+    x_real = np.asarray(train.images) * 2.0 - 1.0  # (N, 1, 28, 28) in [-1, 1]
+    y_real = np.eye(10, dtype=np.float32)[np.asarray(train.labels)]
+    eye = np.eye(max(k, 1), dtype=np.float32)
+
+    def make_pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        z = rng.standard_normal((n, d)).astype(np.float32)
+        y = eye[rng.integers(0, k, n)] if k else None
+        xs = [gen.run(["x"], {"z": z[i:i + 500], **({"y": y[i:i + 500]} if k else {})})[0] for i in range(0, n, 500)]
+        return np.concatenate(xs), z, y
+
+    t0 = time.time()
+    px, pz, py = make_pairs(cfg.pair_pool)
+    log(f"generated {cfg.pair_pool} pairs in {time.time() - t0:.0f}s")
+    enc = InversionEncoder(d, k, cfg.channels, cfg.hidden)
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+    b, pixels = cfg.batch_size, float(np.prod(x_real.shape[1:]))
+    hist = {"pair_latent": [], "pair_pixel": [], "real_pixel": []}
+    t0 = time.time()
+    for step in range(cfg.steps):
+        enc.train()
+        ip = rng.integers(0, len(pz), b)
+        ir = rng.integers(0, len(x_real), b)
+        xp, zp = torch.from_numpy(px[ip]), torch.from_numpy(pz[ip])
+        yp = torch.from_numpy(py[ip]) if k else None
+        xr = torch.from_numpy(np.ascontiguousarray(x_real[ir], np.float32))
+        yr = torch.from_numpy(y_real[ir]) if k else None
+        # One encoder pass over both halves (BatchNorm sees the mixture it will see at test time).
+        z_all = enc(torch.cat([xp, xr]), torch.cat([yp, yr]) if k else None)  # (2b, d)
+        z_hat_p, z_hat_r = z_all[:b], z_all[b:]
+        loss_lat = F.mse_loss(z_hat_p, zp)
+        # Pixel losses through G: d/dz of ||G(z) - target||^2 from generator_grad.onnx, chained into torch.
+        zz = z_all.detach().numpy()
+        target = np.concatenate([px[ip], x_real[ir]]).astype(np.float32)
+        feed = {"z": zz, "target": target}
+        if k:
+            feed["y"] = np.concatenate([py[ip], y_real[ir]])
+        loss_pix, grad_z = grad.run(["loss", "grad_z"], feed)
+        w = np.concatenate([np.full(b, cfg.w_pair_pix), np.full(b, cfg.w_real)]).astype(np.float32)[:, None]
+        surrogate = (z_all * torch.from_numpy(grad_z * w / (b * pixels))).sum()  # gradient = chain rule
+        opt.zero_grad(set_to_none=True)
+        (loss_lat + surrogate).backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            hist["pair_latent"].append(loss_lat.item())
+            hist["pair_pixel"].append(float(loss_pix[:b].mean() / pixels / 4))  # per-pixel MSE in [0, 1] units
+            hist["real_pixel"].append(float(loss_pix[b:].mean() / pixels / 4))
+        if step % 250 == 0 or step == cfg.steps - 1:
+            log(f"encoder step {step + 1}/{cfg.steps}: latent {hist['pair_latent'][-1]:.3f} pair mse01 "
+                f"{hist['pair_pixel'][-1]:.4f} real mse01 {hist['real_pixel'][-1]:.4f} ({time.time() - t0:.0f}s)")
+        if step and step % (cfg.pair_pool // b) == 0:  # fresh pairs once the pool has been seen
+            px, pz, py = make_pairs(cfg.pair_pool)
+    enc.eval()
+    return enc, {"wall_time_s": time.time() - t0, "history": hist}
+
+
+def export_encoder(enc: InversionEncoder, path: Path) -> float:
+    """encoder.onnx: x (N, 1, 28, 28) [, y (N, K)] -> z (N, d); returns the parity max abs diff vs torch."""
+    import onnxruntime as ort
+
+    enc.eval()
+    k = enc.num_classes
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    y = F.one_hot(torch.arange(5) % k, k).float() if k else None
+    args, names = ((x, y), ["x", "y"]) if k else ((x,), ["x"])
+    buf = io.BytesIO()
+    torch.onnx.export(enc, args, buf, input_names=names, output_names=["z"],
+                      dynamic_axes={n: {0: "N"} for n in [*names, "z"]}, opset_version=17, dynamo=False)
+    path.write_bytes(buf.getvalue())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probe_x = torch.rand(33, 1, 28, 28) * 2 - 1
+    probe_y = torch.softmax(torch.randn(33, k) * 3, 1) if k else None
+    with torch.no_grad():
+        ref = enc(probe_x, probe_y).numpy()
+    feed = {"x": probe_x.numpy(), **({"y": probe_y.numpy()} if k else {})}
+    return float(np.abs(sess.run(["z"], feed)[0] - ref).max())
+
+
+# --- measurement (issue 4, item 7) -------------------------------------------------------------------------
+
+def inversion_metrics(version_dir: Path, *, n: int = 1000, settings: rt.InversionSettings = rt.DEFAULTS,
+                      threads: int = 2, store: Path = STORE, seed: int = 0, log=print) -> dict[str, float]:
+    """ENCODER / OPTIMIZE / HYBRID on n real MNIST test digits and n of the model's own samples.
+
+    Real digits: per-pixel MSE in [0, 1] units and evaluator label agreement (label of the reconstruction ==
+    label of the original). Own samples (latents of `seed` via protos.latents, labels i mod K for conditional
+    models): MSE and cosine(z_recovered, z_true). Timing: wall seconds per image, whole batch at once.
+    Conditional models get the true label of the digit (the Invert RPC's optional label)."""
+    from protos.latents import latents
+    from training.data import load_mnist
+
+    m = read(version_dir)
+    d, k = m["latent_dim"], m["num_classes"]
+    inv = rt.Inverter.from_version_dir(version_dir, threads)
+    ev = Evaluator(store, threads)
+    test = load_mnist("test")
+    x01 = np.asarray(test.images[:n], np.float32)
+    x = x01 * 2 - 1
+    y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[:n])] if k else None
+    label_orig = ev.run(x01)[0].argmax(1)
+    z_true = latents(seed, n, d)
+    y_own = np.eye(k, dtype=np.float32)[np.arange(n) % k] if k else None
+    x_own = inv.generate(z_true, y_own)
+    out: dict[str, float] = {"inversion_n": float(n)}
+    for method in rt.METHODS:
+        r = inv.invert(x, method, y, settings=settings)
+        mse = rt.pixel_mse01(r.reconstruction, x)
+        agree = (ev.run((r.reconstruction + 1) / 2)[0].argmax(1) == label_orig).mean()
+        r2 = inv.invert(x_own, method, y_own, settings=settings)
+        mse_own = rt.pixel_mse01(r2.reconstruction, x_own)
+        cos = rt.cosine(r2.z, z_true)
+        key = method.lower()
+        out.update({f"inversion_{key}_real_mse": float(mse.mean()),
+                    f"inversion_{key}_real_label_agreement": float(agree),
+                    f"inversion_{key}_own_mse": float(mse_own.mean()),
+                    f"inversion_{key}_own_cosine": float(cos.mean()),
+                    f"inversion_{key}_ms_per_image": 1000 * (r.seconds + r2.seconds) / (2 * n)})
+        log(f"{m['name']}@{m['version']} {method:8s} real mse {mse.mean():.4f} agree {agree:.3f} | own mse "
+            f"{mse_own.mean():.4f} cos {cos.mean():.3f} | {out[f'inversion_{key}_ms_per_image']:.1f} ms/image")
+    out.update({"inversion_steps": float(settings.steps), "inversion_lr": settings.lr,
+                "inversion_prior_weight": settings.prior_weight})
+    return out
+
+
+def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.InversionSettings = rt.DEFAULTS) -> None:
+    """Two rows: n real test digits, and their HYBRID inversions (scaled x2 for the README)."""
+    from PIL import Image
+
+    from training.data import load_mnist
+
+    m = read(version_dir)
+    k = m["num_classes"]
+    test = load_mnist("test")
+    idx = [int(np.flatnonzero(np.asarray(test.labels) == c)[0]) for c in range(10)][:n]
+    x = np.asarray(test.images[idx], np.float32) * 2 - 1
+    y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[idx])] if k else None
+    rec = rt.Inverter.from_version_dir(version_dir).invert(x, "HYBRID", y, settings=settings).reconstruction
+    rows = [np.concatenate(list(((a[:, 0] + 1) * 127.5).clip(0, 255)), axis=1) for a in (x, rec)]
+    img = np.concatenate(rows, axis=0).astype(np.uint8)
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+
+
+# --- publish -----------------------------------------------------------------------------------------------
+
+def graph_spec(path: Path) -> dict:
+    """Manifest graph entry (names, dtypes, dims without the batch axis) read from the ONNX file itself."""
+    model = onnx.load(str(path))
+    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT64: "int64"}
+    init = {i.name for i in model.graph.initializer}
+
+    def spec(vi):
+        dims = [dd.dim_value for dd in vi.type.tensor_type.shape.dim][1:]
+        return {"name": vi.name, "dtype": dtypes[vi.type.tensor_type.elem_type], "dims": dims}
+
+    return {"file": path.name, "inputs": [spec(i) for i in model.graph.input if i.name not in init],
+            "outputs": [spec(o) for o in model.graph.output]}
+
+
+def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Path, extra: dict,
+                           store: Path = STORE) -> Path:
+    """A new version: every file of `version_dir` unchanged + encoder.onnx + generator_grad.onnx."""
+    from server.manifest import publish
+
+    m = read(version_dir)
+    files = {f: version_dir / f for f in m["files"]}
+    files["encoder.onnx"] = encoder_onnx
+    files["generator_grad.onnx"] = grad_onnx
+    graphs = dict(m["graphs"], encoder=graph_spec(encoder_onnx), generator_grad=graph_spec(grad_onnx))
+    new = dict(m, graphs=graphs, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               metrics=dict(m.get("metrics", {}), **extra["metrics"]),
+               export=dict(m.get("export", {}), **extra["export"]),
+               training=dict(m.get("training", {}), inversion_encoder=extra["training"],
+                             derived_from=f"{m['name']}@{m['version']}"))
+    new.pop("files", None)
+    return publish(store, new, files)
+
+
+def load_config(path: str | None, overrides: list[str]) -> EncoderConfig:
+    values: dict = tomllib.loads(Path(path).read_text()) if path else {}
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+    defaults = EncoderConfig()
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"override must look like --key=value, got {item!r}")
+        key, v = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise SystemExit(f"unknown config key {key!r}; known: {sorted(fields)}")
+        try:
+            values[key] = type(getattr(defaults, key))(v)
+        except ValueError as e:
+            raise SystemExit(f"{key} must be a {type(getattr(defaults, key)).__name__}, got {v!r}") from e
+    for key, v in values.items():
+        if key not in fields:
+            raise SystemExit(f"unknown config key {key!r}; known: {sorted(fields)}")
+        want = type(getattr(defaults, key))
+        if want is float and isinstance(v, int):
+            values[key] = float(v)
+        elif not isinstance(values[key], want):
+            raise SystemExit(f"{key} must be a {want.__name__}, got {v!r}")
+    return EncoderConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train an inversion encoder for a published generator and publish "
+                                            "a new version with encoder.onnx and generator_grad.onnx")
+    p.add_argument("model", help="model name in the store (its newest valid version is used)")
+    p.add_argument("--config", default=None, help="TOML of EncoderConfig fields (training/configs/encoder-mnist.toml)")
+    p.add_argument("--store", default=str(STORE))
+    p.add_argument("--work", default=None, help="scratch folder (default runs/<model>-encoder)")
+    p.add_argument("--no-publish", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    cfg = load_config(args.config, rest)
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    torch.set_num_threads(cfg.threads)
+    store = Path(args.store)
+    src = latest_version(args.model, store)
+    work = Path(args.work or f"runs/{args.model}-encoder")
+    work.mkdir(parents=True, exist_ok=True)
+    m = read(src)
+    grad_onnx, enc_onnx = work / "generator_grad.onnx", work / "encoder.onnx"
+    write_grad_graph(src / m["graphs"]["generator"]["file"], grad_onnx)
+    fd = check_grad_graph(grad_onnx, src / m["graphs"]["generator"]["file"], m["latent_dim"], m["num_classes"])
+    print(f"{src}: generator_grad vs central finite differences, max rel err {fd:.2e}")
+    enc, info = train_encoder(src, grad_onnx, cfg, print)
+    parity = export_encoder(enc, enc_onnx)
+    print(f"encoder parity max abs diff {parity:.2e}")
+    # Measure on a scratch copy laid out like a version folder.
+    scratch = work / "version"
+    scratch.mkdir(exist_ok=True)
+    for f in m["files"]:
+        if f.endswith(".onnx"):
+            (scratch / f).write_bytes((src / f).read_bytes())
+    (scratch / "encoder.onnx").write_bytes(enc_onnx.read_bytes())
+    (scratch / "generator_grad.onnx").write_bytes(grad_onnx.read_bytes())
+    (scratch / "manifest.json").write_text(json.dumps(m))
+    metrics = inversion_metrics(scratch, store=store)
+    (work / "inversion_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.no_publish:
+        return
+    extra = {"metrics": metrics,
+             "export": {"parity_max_abs_diff": dict(m.get("export", {}).get("parity_max_abs_diff", {}),
+                                                    encoder=parity),
+                        "generator_grad_fd_max_rel_err": fd},
+             "training": {"config": dataclasses.asdict(cfg), "wall_time_s": info["wall_time_s"]}}
+    print(f"published {publish_with_inversion(src, enc_onnx, grad_onnx, extra, store)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,459 @@
+"""Latent constraints: conditional generation from an unconditional VAE by learning in its latent space.
+
+Engel, Hoffman & Roberts 2017, "Latent Constraints: Learning to Generate Conditionally from Unconditional
+Generative Models" (ICLR 2018), Section 4 ("Actor-critic pairs"). With the VAE of training/vae.py fixed:
+
+  Critic D(z, y) -> logit that z is a realistic latent satisfying attribute y. Real: z ~ q(z|x) of training
+  images x with their true labels y. Fake: prior samples z ~ p(z) (the "holes"), actor outputs G(z, y), and
+  real encodings with mismatched labels. Cross-entropy objective (the paper's L_D):
+
+      L_D = E_{x,y}[CE(1, D(z_q, y))] + E_{z~p}[CE(0, D(z, y))] + E_{z~p}[CE(0, D(G(z, y), y))]
+            + E_{x,y' != y}[CE(0, D(z_q, y'))]
+            + lambda_gp E_{z^ ~ interp}[(||grad D(z^)|| - 1)^2]
+
+  The last term is the gradient penalty of Gulrajani et al. 2017 ("Improved Training of Wasserstein GANs",
+  eq. 3) on interpolates between real and actor latents; Kurach et al. 2019 found it helps the
+  cross-entropy loss too. Here it keeps D smooth between the holes and the data, so the actor has gradients
+  to follow from anywhere in the prior.
+
+  Actor G(z, y) -> z' as a gated residual (the paper's actor): z' = (1 - g) * z + g * dz, with
+  (dz, g) = (f(z, y), sigmoid(h(z, y))). Its loss (the paper's L_G) adds a distance penalty that keeps z'
+  near z so the transformed sample keeps z's identity (style):
+
+      L_G = E_{z, y}[CE(1, D(G(z, y), y)) + lambda_dist * L_dist(G(z, y), z)]
+      L_dist(z', z) = sum_j (1 / sigma_z,j^2) log(1 + (z'_j - z_j)^2)
+
+  where sigma_z,j is the encoder's standard deviation in dimension j averaged over the training data (the
+  paper's sigma_z bar): moving along a dimension the encoder is sure about costs more.
+
+The unconditional "realism" constraint is the same with y dropped: fake = prior samples and G(z); it moves
+prior samples out of the holes towards the aggregate posterior.
+
+Networks only map tensors; the training loop and evaluation are functions below; export turns
+decoder o actor into one generator graph with the cGAN's inputs (z, y class probabilities) -> x in [-1, 1].
+Run: python -m training.latent_constraints [config.toml] [--key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.vae import VAE, VAEConfig, vae_loss
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class LatentConstraintConfig:
+    name: str = "latent-constraint-mnist"
+    seed: int = 0
+    data_path: str = ""
+    # VAE (training/vae.py)
+    latent_dim: int = 64
+    vae_hidden: int = 512
+    sigma_x: float = 0.1
+    beta: float = 1.0
+    vae_epochs: int = 20
+    vae_batch_size: int = 128
+    vae_lr: float = 1e-3
+    # actor / critic
+    ac_hidden: int = 512
+    ac_steps: int = 6000
+    realism_steps: int = 3000
+    ac_batch_size: int = 256
+    ac_lr: float = 3e-4
+    n_critic: int = 2
+    lambda_dist: float = 0.01
+    lambda_gp: float = 10.0
+    gate_bias_init: float = -1.0
+
+    def __post_init__(self):
+        for f in ("latent_dim", "vae_hidden", "vae_epochs", "vae_batch_size", "ac_hidden", "ac_batch_size", "n_critic"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be > 0, got {getattr(self, f)}")
+        for f in ("ac_steps", "realism_steps", "lambda_dist", "lambda_gp"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
+
+    def vae_config(self) -> VAEConfig:
+        return VAEConfig(latent_dim=self.latent_dim, hidden=self.vae_hidden, sigma_x=self.sigma_x, beta=self.beta)
+
+
+# --- networks ----------------------------------------------------------------------------------------
+
+def _mlp(n_in: int, hidden: int, n_layers: int = 3) -> nn.Sequential:
+    layers, n = [], n_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(n, hidden), nn.LeakyReLU(0.2)]
+        n = hidden
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """G(z[, y]) -> z' = (1 - g) z + g dz. z (B, d), y (B, K) class probabilities (K = 0: unconditional)."""
+
+    def __init__(self, latent_dim: int, num_classes: int, hidden: int, gate_bias_init: float = -1.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = _mlp(latent_dim + num_classes, hidden)
+        self.dz = nn.Linear(hidden, latent_dim)    # separate heads (no Split op in the exported graph)
+        self.gate = nn.Linear(hidden, latent_dim)
+        nn.init.constant_(self.gate.bias, gate_bias_init)  # start closer to the identity
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(torch.cat([z, y], 1) if self.num_classes else z)  # (B, hidden)
+        return gated_update(z, self.dz(h), torch.sigmoid(self.gate(h)))
+
+
+def gated_update(z: torch.Tensor, dz: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The paper's gated residual: z' = (1 - g) z + g dz; g = 0 leaves z unchanged."""
+    return (1.0 - g) * z + g * dz
+
+
+class Critic(nn.Module):
+    """D(z[, y]) -> logit (B,)."""
+
+    def __init__(self, latent_dim: int, num_classes: int, hidden: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = _mlp(latent_dim + num_classes, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.body(torch.cat([z, y], 1) if self.num_classes else z)).squeeze(1)
+
+
+class ConstrainedGenerator(nn.Module):
+    """decoder o actor, the served generator: z (B, d), y (B, K) -> x (B, 1, 28, 28) in [-1, 1]."""
+
+    def __init__(self, decoder: nn.Module, actor: Actor | None):
+        super().__init__()
+        self.decoder, self.actor = decoder, actor
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.actor is not None:
+            z = self.actor(z, y) if self.actor.num_classes else self.actor(z)
+        return self.decoder(z) * 2.0 - 1.0
+
+
+class EncoderMean(nn.Module):
+    """The VAE encoder's mean as an inversion start: x (B, 1, 28, 28) in [-1, 1] -> z (B, d)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder((x + 1.0) * 0.5)[0]
+
+
+# --- losses (pure functions of logits) -----------------------------------------------------------------
+
+def bce_real(logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def bce_fake(logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+
+
+def gradient_penalty(critic, real: tuple[torch.Tensor, ...], fake: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Gulrajani et al. 2017, eq. 3: E[(||grad_u D(u)||_2 - 1)^2] at u = a real + (1 - a) fake, a ~ U[0, 1].
+
+    `real` and `fake` are tuples of critic inputs ((z,) or (z, y)); all are interpolated with the same a and the
+    gradient is taken with respect to all of them.
+    """
+    a = torch.rand(real[0].shape[0], 1, device=real[0].device)
+    u = [(a * r + (1 - a) * f).detach().requires_grad_(True) for r, f in zip(real, fake)]
+    out = critic(*u)
+    grads = torch.autograd.grad(out.sum(), u, create_graph=True)
+    norm = torch.sqrt(sum(g.pow(2).sum(1) for g in grads) + 1e-12)
+    return (norm - 1.0).pow(2).mean()
+
+
+def distance_penalty(z_new: torch.Tensor, z: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
+    """Engel et al. 2017 L_dist: mean over the batch of sum_j log(1 + (z'_j - z_j)^2) / sigma_bar_j^2."""
+    return (torch.log1p((z_new - z).pow(2)) / sigma_bar.pow(2)).sum(1).mean()
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+def one_hot(y: torch.Tensor, k: int = NUM_CLASSES) -> torch.Tensor:
+    return F.one_hot(y, k).float()
+
+
+def train_vae(vae: VAE, x01: torch.Tensor, cfg: LatentConstraintConfig, log=print) -> list[float]:
+    """Adam on -(E log p(x|z) - beta KL); returns the mean training ELBO per epoch (nats per image)."""
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    curve = []
+    for epoch in range(cfg.vae_epochs):
+        vae.train()
+        perm = torch.randperm(len(x01), generator=g)
+        total, t0 = 0.0, time.time()
+        for i in range(0, len(x01), cfg.vae_batch_size):
+            x = x01[perm[i:i + cfg.vae_batch_size]]
+            recon, mu, logvar = vae(x)
+            loss, elbo = vae_loss(x, recon, mu, logvar, cfg.sigma_x, cfg.beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(elbo.sum())
+        curve.append(total / len(x01))
+        log(f"vae epoch {epoch + 1}/{cfg.vae_epochs}: train ELBO {curve[-1]:.1f} nats ({time.time() - t0:.0f}s)")
+    vae.eval()
+    return curve
+
+
+@torch.no_grad()
+def encode_all(vae: VAE, x01: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of q(z|x) for every image: (N, d) each."""
+    mus, sigmas = [], []
+    for i in range(0, len(x01), batch):
+        mu, logvar = vae.encoder(x01[i:i + batch])
+        mus.append(mu)
+        sigmas.append(torch.exp(0.5 * logvar))
+    return torch.cat(mus), torch.cat(sigmas)
+
+
+@torch.no_grad()
+def test_elbo(vae: VAE, x01: torch.Tensor, sigma_x: float, batch: int = 1000, seed: int = 0) -> float:
+    """Single-sample ELBO estimate (beta = 1) averaged over images, nats per image."""
+    torch.manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(x01), batch):
+        recon, mu, logvar = vae(x01[i:i + batch])
+        total += float(vae_loss(x01[i:i + batch], recon, mu, logvar, sigma_x, 1.0)[1].sum())
+    return total / len(x01)
+
+
+def train_actor_critic(actor: Actor, critic: Critic, mu: torch.Tensor, sigma: torch.Tensor,
+                       labels: torch.Tensor | None, cfg: LatentConstraintConfig, steps: int, log=print,
+                       tag: str = "cond") -> dict[str, list[float]]:
+    """Alternate n_critic critic steps and one actor step (Engel et al. 2017, Sec. 4). labels None: realism."""
+    conditional = labels is not None
+    sigma_bar = sigma.mean(0)  # (d,) the paper's sigma_z bar, per dimension
+    opt_a = torch.optim.Adam(actor.parameters(), lr=cfg.ac_lr, betas=(0.5, 0.9))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.ac_lr, betas=(0.5, 0.9))
+    n, d, b = len(mu), mu.shape[1], cfg.ac_batch_size
+    hist = {"critic": [], "actor": [], "gp": [], "dist": [], "shift": []}
+
+    def real_batch():
+        idx = torch.randint(0, n, (b,))
+        z = mu[idx] + sigma[idx] * torch.randn(b, d)  # z ~ q(z|x), (b, d)
+        return z, (labels[idx] if conditional else None)
+
+    def actor_input():
+        # Half prior samples (the holes), half posterior samples (so the actor also edits real encodings).
+        zq, _ = real_batch()
+        z = torch.cat([torch.randn(b // 2, d), zq[: b - b // 2]])
+        y = one_hot(torch.randint(0, NUM_CLASSES, (b,))) if conditional else None
+        return z, y
+
+    def D(z, y):
+        return critic(z, y) if conditional else critic(z)
+
+    def G(z, y):
+        return actor(z, y) if conditional else actor(z)
+
+    t0 = time.time()
+    for step in range(steps):
+        for _ in range(cfg.n_critic):
+            z_real, y_idx = real_batch()
+            y_real = one_hot(y_idx) if conditional else None
+            z_in, y_in = actor_input()
+            with torch.no_grad():
+                z_fake = G(z_in, y_in)
+            z_prior = torch.randn(b, d)
+            loss = bce_real(D(z_real, y_real)) + bce_fake(D(z_fake, y_in))
+            if conditional:
+                y_rand = one_hot(torch.randint(0, NUM_CLASSES, (b,)))
+                y_wrong = one_hot((y_idx + torch.randint(1, NUM_CLASSES, (b,))) % NUM_CLASSES)
+                loss = loss + bce_fake(D(z_prior, y_rand)) + bce_fake(D(z_real, y_wrong))
+                gp = gradient_penalty(critic, (z_real, y_real), (z_fake, y_in))
+            else:
+                loss = loss + bce_fake(D(z_prior, None))
+                gp = gradient_penalty(critic, (z_real,), (z_fake,))
+            opt_c.zero_grad(set_to_none=True)
+            (loss + cfg.lambda_gp * gp).backward()
+            opt_c.step()
+        z_in, y_in = actor_input()
+        z_new = G(z_in, y_in)
+        dist = distance_penalty(z_new, z_in, sigma_bar)
+        a_loss = bce_real(D(z_new, y_in)) + cfg.lambda_dist * dist
+        opt_a.zero_grad(set_to_none=True)
+        a_loss.backward()
+        opt_a.step()
+        if step % 50 == 0 or step == steps - 1:
+            hist["critic"].append(loss.item())
+            hist["gp"].append(gp.item())
+            hist["actor"].append(a_loss.item())
+            hist["dist"].append(dist.item())
+            hist["shift"].append((z_new - z_in).norm(dim=1).mean().item())
+        if step % 500 == 0 or step == steps - 1:
+            log(f"{tag} step {step + 1}/{steps}: critic {loss.item():.3f} gp {gp.item():.3f} actor "
+                f"{a_loss.item():.3f} dist {dist.item():.2f} shift {hist['shift'][-1]:.2f} ({time.time() - t0:.0f}s)")
+    actor.eval()
+    critic.eval()
+    return hist
+
+
+# --- export ----------------------------------------------------------------------------------------------
+
+def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str], output_name: str,
+                path: Path, opset: int = 17) -> float:
+    """Export with a dynamic batch axis (dynamo=False), then check against torch; returns the max abs diff."""
+    import onnxruntime as ort
+
+    module.eval()
+    buf = io.BytesIO()
+    torch.onnx.export(module, args, buf, input_names=input_names, output_names=[output_name],
+                      dynamic_axes={n: {0: "N"} for n in [*input_names, output_name]}, opset_version=opset,
+                      dynamo=False)
+    path.write_bytes(buf.getvalue())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(123)
+    probe = tuple(torch.randn(37, *a.shape[1:], generator=gen) if n != "y" else
+                  torch.softmax(torch.randn(37, a.shape[1], generator=gen) * 3, 1)
+                  for n, a in zip(input_names, args))
+    with torch.no_grad():
+        ref = module(*probe).numpy()
+    got = sess.run([output_name], {n: a.numpy() for n, a in zip(input_names, probe)})[0]
+    return float(np.abs(ref - got).max())
+
+
+# --- the whole run ---------------------------------------------------------------------------------------
+
+def run(cfg: LatentConstraintConfig, out: Path, log=print) -> dict:
+    """Train the VAE, the conditional actor-critic and the realism actor-critic; export graphs into `out`."""
+    from safetensors.torch import save_file
+
+    from training.data import load_mnist
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train = load_mnist("train", cfg.data_path or None)
+    test = load_mnist("test", cfg.data_path or None)
+    x_train = torch.from_numpy(np.array(train.images))
+    x_test = torch.from_numpy(np.array(test.images))
+    y_train = torch.from_numpy(np.array(train.labels))
+    times = {}
+
+    t0 = time.time()
+    vae = VAE(cfg.vae_config())
+    elbo_curve = train_vae(vae, x_train, cfg, log)
+    times["vae_s"] = time.time() - t0
+    elbo_test = test_elbo(vae, x_test, cfg.sigma_x, seed=cfg.seed)
+    log(f"test ELBO {elbo_test:.1f} nats/image")
+    mu, sigma = encode_all(vae, x_train)
+    log(f"encoder sigma: mean {float(sigma.mean()):.4f}, per-dim mean range "
+        f"[{float(sigma.mean(0).min()):.4f}, {float(sigma.mean(0).max()):.4f}]")
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed + 1)
+    actor = Actor(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden, cfg.gate_bias_init)
+    critic = Critic(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden)
+    hist_c = train_actor_critic(actor, critic, mu, sigma, y_train, cfg, cfg.ac_steps, log, "cond")
+    times["actor_critic_s"] = time.time() - t0
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed + 2)
+    r_actor = Actor(cfg.latent_dim, 0, cfg.ac_hidden, cfg.gate_bias_init)
+    r_critic = Critic(cfg.latent_dim, 0, cfg.ac_hidden)
+    hist_r = train_actor_critic(r_actor, r_critic, mu, sigma, None, cfg, cfg.realism_steps, log, "realism")
+    times["realism_s"] = time.time() - t0
+
+    state = {**{f"vae.{k}": v for k, v in vae.state_dict().items()},
+             **{f"actor.{k}": v for k, v in actor.state_dict().items()},
+             **{f"critic.{k}": v for k, v in critic.state_dict().items()},
+             **{f"realism_actor.{k}": v for k, v in r_actor.state_dict().items()},
+             **{f"realism_critic.{k}": v for k, v in r_critic.state_dict().items()}}
+    tmp = out / ".model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"config": json.dumps(dataclasses.asdict(cfg))})
+    tmp.replace(out / "model.safetensors")
+
+    z = torch.randn(4, cfg.latent_dim)
+    y = one_hot(torch.arange(4) % NUM_CLASSES)
+    x = torch.zeros(4, 1, 28, 28)
+    parity = {
+        "generator": export_onnx(ConstrainedGenerator(vae.decoder, actor), (z, y), ["z", "y"], "x",
+                                 out / "generator.onnx"),
+        "realism": export_onnx(ConstrainedGenerator(vae.decoder, r_actor), (z,), ["z"], "x", out / "realism.onnx"),
+        "decoder": export_onnx(ConstrainedGenerator(vae.decoder, None), (z,), ["z"], "x", out / "decoder.onnx"),
+        "vae_encoder": export_onnx(EncoderMean(vae.encoder), (x,), ["x"], "z", out / "vae_encoder.onnx"),
+    }
+    with torch.no_grad():
+        zq = mu[:2000] + sigma[:2000] * torch.randn(2000, cfg.latent_dim)
+        zp = torch.randn(10000, cfg.latent_dim)
+        yp = one_hot(torch.arange(10000) % NUM_CLASSES)
+        shift_c = float((actor(zp, yp) - zp).norm(dim=1).mean())
+        shift_r = float((r_actor(zp) - zp).norm(dim=1).mean())
+    summary = {"elbo_test_nats": elbo_test, "elbo_train_curve": elbo_curve, "times_s": times,
+               "train_wall_time_s": sum(times.values()), "parity_max_abs_diff": parity,
+               "sigma_z_mean": float(sigma.mean()), "latent_shift_conditional_mean": shift_c,
+               "latent_shift_realism_mean": shift_r,
+               "prior_norm_mean": float(zp.norm(dim=1).mean()), "posterior_norm_mean": float(zq.norm(dim=1).mean()),
+               "history": {"conditional": hist_c, "realism": hist_r}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"done: wall {summary['train_wall_time_s']:.0f}s, parity {parity}, mean shift cond {shift_c:.3f} "
+        f"realism {shift_r:.3f}")
+    return summary
+
+
+def load_config(path: str | None, overrides: list[str]) -> LatentConstraintConfig:
+    """A TOML file of LatentConstraintConfig fields, then --key=value overrides; unknown keys are errors."""
+    values: dict = {}
+    if path:
+        values.update(tomllib.loads(Path(path).read_text()))
+    fields = {f.name: f for f in dataclasses.fields(LatentConstraintConfig)}
+    for item in overrides:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"override must look like --key=value, got {item!r}")
+        k, v = item[2:].split("=", 1)
+        k = k.replace("-", "_")
+        if k not in fields:
+            raise SystemExit(f"unknown config key {k!r}; known: {sorted(fields)}")
+        default = getattr(LatentConstraintConfig(), k)
+        try:
+            values[k] = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
+        except ValueError as e:
+            raise SystemExit(f"{k} must be a {type(default).__name__}, got {v!r}") from e
+    for k, v in values.items():
+        if k not in fields:
+            raise SystemExit(f"unknown config key {k!r}; known: {sorted(fields)}")
+        default = getattr(LatentConstraintConfig(), k)
+        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            values[k] = float(v)
+        elif type(values[k]) is not type(default):
+            raise SystemExit(f"{k} must be a {type(default).__name__}, got {type(v).__name__} {v!r}")
+    return LatentConstraintConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config", nargs="?", default=None, help="TOML config (training/configs/latent-constraint-mnist.toml)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<name>)")
+    args, rest = p.parse_known_args(argv)
+    cfg = load_config(args.config, rest)
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run(cfg, Path(args.out or f"runs/{cfg.name}"))
+
+
+if __name__ == "__main__":
+    main()
