@@ -1,19 +1,13 @@
-"""python -m server [--address HOST:PORT] [--store DIR]"""
+"""python -m server [--address HOST:PORT] [--store DIR] [...]; `--help` lists every flag and GANSERVE_* variable."""
 
-import argparse
-import logging
 import sys
 
 from server.app import serve
+from server.config import from_args
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server", description="ganserve gRPC server")
-    p.add_argument("--address", default="localhost:50051")
-    p.add_argument("--store", default="model_store")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(args.address)
+    return serve(from_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,44 +1,156 @@
-"""Process wiring: create_server(address) -> (server, port), and serve() with signal handling."""
+"""Process wiring: `create_server(config) -> (server, port, app)` (tests start real servers on port 0 with it),
+and `serve(config)` for `python -m server` with signal handling.
+
+Order at start-up: bind, start, report NOT_SERVING on the health service, load the store, then SERVING. So a
+Kubernetes readiness probe (or `grpc_health_probe`) passes only once models are loaded; GeneratorService
+calls made before that answer UNAVAILABLE.
+
+Access: with a token configured, every RPC needs the metadata `authorization: Bearer <token>`, compared in
+constant time (hmac.compare_digest) by an interceptor. The standard health service stays open so probes
+work without secrets; reflection is behind the token like the service itself. TLS (server certificate,
+optionally client certificates) is on when tls_cert/tls_key are given.
+
+SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get up to `drain_s` to finish,
+then the process exits 0.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.ganserve.v1 import generator_pb2 as pb
+from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+from server.batcher import Batcher
+from server.config import Config
+from server.engine import make_runner
+from server.registry import Registry
+from server.service import GeneratorService
+from server.telemetry import Telemetry, setup_logging
 
 log = logging.getLogger("ganserve.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def create_server(address: str = "localhost:0", *, workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
-    return server, port, health_servicer
+class TokenAuth(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every RPC except the health service."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata authorization)")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if details.method.startswith(OPEN_PREFIXES):
+            return continuation(details)
+        given = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(given, self._expected):
+            return continuation(details)
+        return self._deny
 
 
-def serve(address: str, grace: float = 10.0) -> int:
-    server, port, health_servicer = create_server(address)
-    server.start()
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening on %s (port %d)", address, port)
+class App:
+    """A created server and what it owns; `start()` loads the store and reports SERVING."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.telemetry = Telemetry()
+        self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
+        interceptors = [TokenAuth(config.token())] if config.token() else []
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+                                  interceptors=interceptors, options=options)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        pb_grpc.add_GeneratorServiceServicer_to_server(GeneratorService(self.registry, config, self.telemetry),
+                                                       self.server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._bind()
+        self.metrics_port: int | None = None
+
+    def _batcher(self, model) -> Batcher:
+        c = self.config
+        return Batcher(model.ref, make_runner(model), max_batch=min(c.max_batch_samples, model.max_batch_size),
+                       max_queue=c.max_queue_size, max_delay_s=c.max_queue_delay_ms / 1000,
+                       queue_timeout_s=c.queue_timeout_ms / 1000, observe=self.telemetry.observe_batch)
+
+    def _bind(self) -> int:
+        c = self.config
+        if c.tls_cert:
+            client_ca = Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None
+            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
+                                                root_certificates=client_ca, require_client_auth=client_ca is not None)
+            port = self.server.add_secure_port(c.address, creds)
+        else:
+            port = self.server.add_insecure_port(c.address)
+        if port == 0:
+            raise OSError(f"could not bind {c.address}")
+        return port
+
+    def _set_health(self, status) -> None:
+        for name in ("", SERVICE):
+            self.health.set(name, status)
+
+    def start(self) -> "App":
+        self.server.start()
+        c = self.config
+        if c.metrics_port >= 0:
+            try:
+                self.metrics_port = self.telemetry.serve(c.metrics_address, c.metrics_port)
+                log.info("Prometheus metrics on http://%s:%d/metrics", c.metrics_address, self.metrics_port)
+            except OSError as e:  # metrics are not worth refusing to serve over
+                log.error("cannot serve metrics on %s:%d: %s", c.metrics_address, c.metrics_port, e)
+        self.registry.scan()
+        self.registry.start_polling()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        served = [m.ref for m in self.registry.models()]
+        log.info("serving %d model(s) on port %d%s: %s", len(served), self.port,
+                 " with TLS" if c.tls_cert else "", ", ".join(served) or "(store is empty)")
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish for up to `grace` seconds, release everything."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.drain_s if grace is None else grace).wait()
+        self.registry.close()
+        self.telemetry.close()
+
+
+def create_server(config: Config | None = None, **overrides) -> tuple[grpc.Server, int, App]:
+    """A bound, not yet started server: (grpc server, port, app). Call `app.start()` to load and serve."""
+    config = Config(**{**(vars(config) if config else {}), **overrides})
+    app = App(config)
+    return app.server, app.port, app
+
+
+def serve(config: Config) -> int:
+    setup_logging(config.log_level, config.log_format)
+    _, port, app = create_server(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    app.start()
+    log.info("listening on %s (port %d)", config.address, port)
     stop.wait()
-    log.info("shutting down: draining in-flight requests for up to %.0f s", grace)
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace).wait()
+    log.info("shutting down: draining in-flight requests for up to %.0f s", config.drain_s)
+    app.stop()
+    log.info("stopped")
     return 0

@@ -1,0 +1,152 @@
+"""A dynamic batcher per model version, after Triton's: requests are rows of one graph's inputs, coalesced
+into one ONNX Runtime call of at most `max_batch` rows.
+
+Knobs (server/config.py): max batch in samples, max queue delay (0 = run what is already waiting, never
+wait for more), max queue size in requests (a full queue rejects at once with RESOURCE_EXHAUSTED, so
+overload is answered in microseconds rather than by timeouts), queue timeout (a request that waited longer
+is rejected). A request whose client cancelled or whose deadline passed is dropped before it costs a run.
+
+Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
+sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+
+log = logging.getLogger("ganserve.batcher")
+
+RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class _Item:
+    __slots__ = ("feeds", "rows", "future", "enqueued", "deadline", "is_active")
+
+    def __init__(self, feeds, deadline, is_active):
+        self.feeds = feeds
+        self.rows = len(next(iter(feeds.values())))
+        self.future: Future = Future()
+        self.enqueued = time.monotonic()
+        self.deadline = deadline
+        self.is_active = is_active
+
+
+class Batcher:
+    """Runs `run(feeds) -> outputs (rows, ...)` over coalesced requests on one worker thread."""
+
+    def __init__(self, name: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float,
+                 queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None):
+        self.name, self._run = name, run
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_delay_s, self.queue_timeout_s = max_delay_s, queue_timeout_s
+        self._observe = observe or (lambda name, batch, depth: None)
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- client side --------------------------------------------------------------------------------------
+    def submit(self, feeds: dict[str, np.ndarray], *, deadline: float | None = None,
+               is_active: Callable[[], bool] | None = None) -> Future:
+        """Queue one request (all feeds have the same number of rows); the future holds its output rows."""
+        item = _Item(feeds, deadline, is_active)
+        with self._cond:
+            if self._closed:
+                # Retired (a newer version replaced this one, or the version was deleted): in-flight
+                # requests that already hold this model still finish, on the caller's thread.
+                self._execute([item])
+                return item.future
+            if len(self._queue) >= self.max_queue:
+                raise ResourceExhausted(f"model {self.name}: queue full ({self.max_queue} requests waiting); "
+                                        "retry with backoff")
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop accepting into the queue; the worker finishes what is queued, then exits."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- worker -------------------------------------------------------------------------------------------
+    def _take(self) -> list[_Item]:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            if self.max_delay_s > 0:
+                # Wait up to max_delay for more rows, measured from the oldest request's arrival.
+                until = self._queue[0].enqueued + self.max_delay_s
+                while sum(i.rows for i in self._queue) < self.max_batch and not self._closed:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch, rows = [], 0
+            while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch):
+                item = self._queue.popleft()
+                batch.append(item)
+                rows += item.rows
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            self._execute(batch)
+
+    def _live(self, items: list[_Item]) -> list[_Item]:
+        now = time.monotonic()
+        live = []
+        for item in items:
+            if item.is_active is not None and not item.is_active():
+                item.future.set_exception(Cancelled("request cancelled by the client"))
+            elif item.deadline is not None and now > item.deadline:
+                item.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            elif now - item.enqueued > self.queue_timeout_s:
+                item.future.set_exception(ResourceExhausted(
+                    f"model {self.name}: waited {1000 * (now - item.enqueued):.0f} ms in the queue, more than "
+                    f"the queue timeout of {1000 * self.queue_timeout_s:.0f} ms; retry with backoff"))
+            else:
+                live.append(item)
+        return live
+
+    def _execute(self, items: list[_Item]) -> None:
+        items = self._live(items)
+        if not items:
+            return
+        try:
+            keys = items[0].feeds.keys()
+            feeds = {k: np.concatenate([i.feeds[k] for i in items]) if len(items) > 1 else items[0].feeds[k]
+                     for k in keys}
+            total = len(next(iter(feeds.values())))
+            self._observe(self.name, total, len(self._queue))
+            if total <= self.max_batch:
+                out = self._run(feeds)
+            else:  # one request larger than a batch: run it in max_batch slices
+                out = np.concatenate([self._run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
+                                      for lo in range(0, total, self.max_batch)])
+        except BaseException as e:  # noqa: BLE001 - handed to every waiting request, logged by the servicer
+            for item in items:
+                item.future.set_exception(e)
+            return
+        lo = 0
+        for item in items:
+            item.future.set_result(out[lo:lo + item.rows])
+            lo += item.rows

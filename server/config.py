@@ -1,0 +1,121 @@
+"""Server configuration: one frozen dataclass, filled from flags, then GANSERVE_* environment variables, then
+the defaults below (a flag beats the environment, the environment beats the default).
+
+Every field has a flag `--field-name` and an environment variable `GANSERVE_FIELD_NAME`; `python -m server
+--help` lists them. Defaults are chosen for this project's 2-core machine: one intra-op thread per ONNX
+Runtime session (2-thread pools collapsed under contention, DESIGN.md section 8) and a max queue delay of 0
+(batch what is already waiting, never wait for more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "GANSERVE_"
+
+
+@dataclass(frozen=True)
+class Config:
+    # where and what
+    address: str = field(default="localhost:50051", metadata={"help": "listen address host:port (port 0 = any)"})
+    store: str = field(default="model_store", metadata={"help": "model store folder"})
+    reload_interval_s: float = field(default=2.0, metadata={"help": "store polling period for hot reload; 0 = off"})
+    default_model: str = field(default="", metadata={"help": "default unconditional model (empty: first by name)"})
+    default_conditional_model: str = field(default="", metadata={"help": "default conditional model"})
+    # ONNX Runtime
+    providers: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU) | cpu | cuda"})
+    intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
+    workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    # dynamic batcher (Triton's knobs)
+    max_batch_samples: int = field(default=256, metadata={"help": "largest batch run at once, in samples"})
+    max_queue_delay_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests to batch"})
+    max_queue_size: int = field(default=64, metadata={"help": "requests waiting per model; more = RESOURCE_EXHAUSTED"})
+    queue_timeout_ms: float = field(default=10000.0, metadata={"help": "a request waiting longer is rejected"})
+    # limits
+    max_samples: int = field(default=1024, metadata={"help": "largest n of Sample/SampleConditional"})
+    max_stream_samples: int = field(default=10_000_000, metadata={"help": "largest n of one SampleStream"})
+    stream_chunk: int = field(default=256, metadata={"help": "default SampleStream chunk size"})
+    max_stream_chunk: int = field(default=4096, metadata={"help": "largest SampleStream chunk size"})
+    max_steps: int = field(default=256, metadata={"help": "largest Interpolate steps per segment"})
+    max_endpoints: int = field(default=16, metadata={"help": "most Interpolate endpoints"})
+    max_invert_steps: int = field(default=500, metadata={"help": "largest Invert optimisation steps"})
+    max_images: int = field(default=256, metadata={"help": "most images in one Invert request"})
+    max_eval_n: int = field(default=10000, metadata={"help": "largest EvaluateDivergence n per side"})
+    default_eval_n: int = field(default=2000, metadata={"help": "EvaluateDivergence n when the request says 0"})
+    max_bootstrap: int = field(default=200, metadata={"help": "largest bootstrap resample count"})
+    max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest request/response message"})
+    # operations
+    metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0 = any free port, -1 = off)"})
+    metrics_address: str = field(default="127.0.0.1", metadata={"help": "Prometheus bind address"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text | json (one JSON object per line)"})
+    drain_s: float = field(default=10.0, metadata={"help": "SIGTERM: wait this long for in-flight requests"})
+    # access
+    tls_cert: str = field(default="", metadata={"help": "server certificate (PEM); enables TLS with tls_key"})
+    tls_key: str = field(default="", metadata={"help": "server private key (PEM)"})
+    tls_client_ca: str = field(default="", metadata={"help": "CA (PEM) whose client certificates are required"})
+    auth_token: str = field(default="", metadata={"help": "bearer token required on every RPC (not health)"})
+    auth_token_file: str = field(default="", metadata={"help": "file holding the bearer token"})
+
+    def __post_init__(self):
+        checks = [
+            (self.providers in ("auto", "cpu", "cuda"), "providers must be auto, cpu or cuda"),
+            (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
+            (self.workers >= 1, "workers must be >= 1"),
+            (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),
+            (self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0"),
+            (self.max_queue_size >= 1, "max_queue_size must be >= 1"),
+            (self.queue_timeout_ms > 0, "queue_timeout_ms must be > 0"),
+            (min(self.max_samples, self.max_stream_samples, self.stream_chunk, self.max_stream_chunk,
+                 self.max_steps, self.max_images, self.max_eval_n, self.default_eval_n) >= 1,
+             "limits must be >= 1"),
+            (self.max_endpoints >= 2, "max_endpoints must be >= 2"),
+            (self.max_invert_steps >= 0 and self.max_bootstrap >= 0, "limits must be >= 0"),
+            (self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024"),
+            (self.log_format in ("text", "json"), "log_format must be text or json"),
+            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "bad log_level"),
+            (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),
+            (not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca needs tls_cert and tls_key"),
+            (self.metrics_port >= -1, "metrics_port must be -1 (off), 0 (any) or a port"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def token(self) -> str:
+        """The bearer token: auth_token, else the content of auth_token_file, else '' (auth off)."""
+        if self.auth_token:
+            return self.auth_token
+        if self.auth_token_file:
+            return Path(self.auth_token_file).read_text().strip()
+        return ""
+
+
+def _parse_env(f, raw: str):
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    try:
+        return kind(raw)
+    except ValueError as e:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {e}") from e
+
+
+def from_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Flags > GANSERVE_* environment > defaults."""
+    env = os.environ if env is None else env
+    p = argparse.ArgumentParser(prog="python -m server", description="ganserve gRPC server",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = Config()
+    for f in fields(Config):
+        kind = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
+        var = ENV_PREFIX + f.name.upper()
+        default = _parse_env(f, env[var]) if var in env else getattr(defaults, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
+                       help=f"{f.metadata['help']} [env {var}]")
+    args = p.parse_args(argv)
+    try:
+        return Config(**vars(args))
+    except ValueError as e:
+        p.error(str(e))

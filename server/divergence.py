@@ -1,0 +1,196 @@
+"""EvaluateDivergence: turn P and Q (uploaded samples, named references, or models) into what each metric
+needs, then call training/metrics.py (the one implementation of every estimator; no estimator lives here).
+
+What a side becomes, by metric input:
+    histogram  class counts: images -> the evaluator's predicted classes; INT64 [N] uploads are class labels;
+               `histogram` uploads are counts; points -> index of the nearest mode of the reference mixture
+    features   images -> the evaluator's penultimate features; points and uploaded [N, F] tensors as they are
+    samples    points as they are; images flattened, pixels in [0, 1]
+    density    the exact log-density of a reference mixture (ring8, grid25) on the other side
+    critic     the shipped critic/discriminator of a model side
+Images travel in [0, 1] (the evaluator's input range): uploaded FLOAT32 images must be in [0, 1] (or UINT8),
+model samples are mapped from their value range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protos import tensors
+from protos.ganserve.v1 import generator_pb2 as pb
+from server import engine, validate
+from server.config import Config
+from server.engine import Call
+from server.errors import FailedPrecondition, InvalidArgument, require
+from server.registry import LoadedModel, Registry
+
+MIXTURE_REFERENCES = ("ring8", "grid25")
+IMAGE_REFERENCES = ("mnist-test", "mnist-train", "mnist-valid")
+DEFAULT_BOOTSTRAP = 100
+
+
+@dataclass
+class Side:
+    description: str
+    n: int
+    x: np.ndarray | None = None            # points (N, D), images (N, C, H, W) in [0, 1], or features (N, F)
+    is_image: bool = False
+    classes: np.ndarray | None = None      # class labels (N,) given or predicted
+    requested: np.ndarray | None = None    # labels a conditional model was asked for (N,)
+    counts: np.ndarray | None = None       # histogram upload (K,)
+    model: LoadedModel | None = None
+    mixture: object | None = None          # training.data.Mixture of a reference
+    _cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    reply: pb.EvaluateDivergenceResponse
+    model_label: str
+
+
+def _metrics_module():
+    try:
+        from training import metrics
+    except ImportError as e:  # pragma: no cover - the module ships with the repository
+        raise FailedPrecondition(f"the metrics module is not available ({e})") from e
+    return metrics
+
+
+def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, cfg: Config, call: Call,
+          sample) -> Side:
+    which = src.WhichOneof("source")
+    if which is None:
+        raise InvalidArgument("give samples, a reference or a model", name)
+    if which == "reference":
+        from training import data
+
+        ref = src.reference
+        require(ref in MIXTURE_REFERENCES + IMAGE_REFERENCES, f"{name}.reference",
+                f"unknown reference {ref[:40]!r}; known: {', '.join(IMAGE_REFERENCES + MIXTURE_REFERENCES)}")
+        try:
+            x, labels = data.reference(ref, n, seed)
+        except data.DataUnavailable as e:
+            raise FailedPrecondition(str(e).splitlines()[0], f"{name}.reference") from e
+        if ref in MIXTURE_REFERENCES:
+            return Side(f"reference {ref} ({len(x)})", len(x), x=np.asarray(x, np.float32),
+                        classes=np.asarray(labels), mixture=data.MIXTURES[ref]())
+        return Side(f"reference {ref} ({len(x)})", len(x), x=np.asarray(x, np.float32), is_image=True,
+                    classes=np.asarray(labels))
+    if which == "model":
+        ms = src.model
+        model, x, requested = sample(ms.model, list(ms.labels), ms.truncation, n, seed, call, f"{name}.model.model")
+        if model.data_kind == "image":
+            return Side(f"model {model.ref} ({n})", n, x=engine.to_unit(model, x), is_image=True,
+                        requested=requested, model=model)
+        return Side(f"model {model.ref} ({n})", n, x=x.reshape(n, -1), requested=requested, model=model)
+    # uploaded samples
+    f = f"{name}.samples"
+    arr = validate.tensor(src.samples, f, max_elements=cfg.max_eval_n * 28 * 28)
+    if src.histogram:
+        require(arr.ndim == 1 and len(arr) >= 2, f"{f}.shape", f"a histogram is [K] with K >= 2, got {list(arr.shape)}")
+        require(arr.dtype != np.uint8, f"{f}.dtype", "a histogram is FLOAT32 or INT64 counts")
+        counts = arr.astype(np.float64)
+        require(bool(np.isfinite(counts).all() and (counts >= 0).all() and counts.sum() > 0), f"{f}.data",
+                "counts must be finite, non-negative and not all zero")
+        return Side(f"uploaded histogram ({int(counts.sum())})", int(counts.sum()), counts=counts)
+    require(arr.ndim >= 1 and len(arr) >= 2, f"{f}.shape", f"need at least 2 samples, got shape {list(arr.shape)}")
+    require(len(arr) <= cfg.max_eval_n, f"{f}.shape", f"at most {cfg.max_eval_n} samples (the server's limit), "
+            f"got {len(arr)}")
+    if arr.dtype == np.int64:
+        require(arr.ndim == 1, f"{f}.shape", f"INT64 samples are class labels [N], got {list(arr.shape)}")
+        require(bool((arr >= 0).all() and (arr < 1000).all()), f"{f}.data", "class labels must be in 0..999")
+        return Side(f"uploaded labels ({len(arr)})", len(arr), classes=arr.astype(np.int64))
+    if arr.dtype == np.uint8:
+        require(arr.ndim == 4, f"{f}.shape", f"UINT8 samples are images [N, C, H, W], got {list(arr.shape)}")
+        return Side(f"uploaded images ({len(arr)})", len(arr), x=arr.astype(np.float32) / 255.0, is_image=True)
+    require(bool(np.isfinite(arr).all()), f"{f}.data", "must be finite (no NaN or Inf)")
+    if arr.ndim == 4:
+        require(bool((arr >= -1e-3).all() and (arr <= 1 + 1e-3).all()), f"{f}.data",
+                f"uploaded FLOAT32 images must be in [0, 1], got [{float(arr.min()):g}, {float(arr.max()):g}]")
+        return Side(f"uploaded images ({len(arr)})", len(arr), x=np.clip(arr, 0, 1), is_image=True)
+    require(arr.ndim == 2, f"{f}.shape", f"FLOAT32 samples are [N, D] points/features or [N, C, H, W] images, got "
+            f"{list(arr.shape)}")
+    return Side(f"uploaded samples ({len(arr)}, dim {arr.shape[1]})", len(arr), x=np.array(arr))
+
+
+def _classified(side: Side, registry: Registry) -> tuple[np.ndarray, np.ndarray]:
+    if "clf" not in side._cache:
+        evaluator = registry.evaluator()
+        if evaluator is None:
+            raise FailedPrecondition("image metrics need the evaluator classifier (a model of kind 'evaluator') "
+                                     "in the store, and none is served", "metrics")
+        logits, feats = engine.classify(evaluator, side.x)
+        side._cache["clf"] = (logits.argmax(1), feats)
+    return side._cache["clf"]
+
+
+def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_classes: int, name: str):
+    """What `metric` takes from this side (see the module docstring)."""
+    kind = metric.input
+    if kind == "histogram":
+        if side.counts is not None:
+            return side.counts
+        if side.is_image:
+            classes = _classified(side, registry)[0]
+        elif side.classes is not None and side.x is None:
+            classes = side.classes
+        elif side.x is not None and (side.mixture or other.mixture) is not None and side.x.shape[1] == 2:
+            classes = (side.mixture or other.mixture).nearest_mode(side.x)[0]
+        else:
+            raise InvalidArgument(f"metric {metric.name} needs class histograms; {side.description} has no classes "
+                                  "(send images, INT64 labels, a histogram, or points against ring8/grid25)", name)
+        return metrics.class_histogram(np.asarray(classes), num_classes)
+    if side.x is None:
+        raise InvalidArgument(f"metric {metric.name} needs samples; {side.description} has none", name)
+    if kind == "features":
+        return _classified(side, registry)[1] if side.is_image else side.x
+    if kind == "samples":
+        return side.x.reshape(len(side.x), -1)
+    raise InvalidArgument(f"metric {metric.name} takes {kind} input, which this server does not wire", name)
+
+
+def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Config, call: Call, *, sample) -> Outcome:
+    metrics = _metrics_module()
+    n = request.n or cfg.default_eval_n
+    require(n <= cfg.max_eval_n, "n", f"must be at most {cfg.max_eval_n} (the server's limit), got {n}")
+    require(request.bootstrap <= cfg.max_bootstrap, "bootstrap",
+            f"must be at most {cfg.max_bootstrap} (the server's limit), got {request.bootstrap}")
+    bootstrap = request.bootstrap or min(DEFAULT_BOOTSTRAP, cfg.max_bootstrap)
+    confidence = request.confidence or 0.95
+    require(0 < confidence < 1, "confidence", f"must be in (0, 1), got {confidence}")
+    seed = validate.seed(request.HasField("seed"), request.seed)
+    names = list(request.metrics)
+    for i, m in enumerate(names):
+        require(m in metrics.METRICS, f"metrics[{i}]", f"unknown metric {m[:40]!r}; known: {', '.join(sorted(metrics.METRICS))}")
+    require(len(set(names)) == len(names), "metrics", "each metric at most once")
+    p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
+    q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
+    image = p.is_image or q.is_image
+    if not names:
+        names = list(metrics.default_metrics("image" if image else "points"))
+    evaluator = registry.evaluator()
+    num_classes = (evaluator.num_classes if evaluator and (p.is_image or q.is_image) else 0) or max(
+        [len(s.counts) for s in (p, q) if s.counts is not None]
+        + [int(np.max(c)) + 1 for s in (p, q) for c in (s.classes,) if c is not None and len(c)]
+        + [len((p.mixture or q.mixture).means) if (p.mixture or q.mixture) else 0] + [2])
+    results = []
+    for i, name in enumerate(names):
+        call.check()
+        metric = metrics.METRICS[name]
+        pa = _input(metrics, metric, p, q, registry, num_classes, "p")
+        qa = _input(metrics, metric, q, p, registry, num_classes, "q")
+        try:
+            est = metrics.estimate(metric, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
+        except metrics.MetricError as e:
+            raise InvalidArgument(str(e), f"metrics[{i}]") from e
+        results.append(pb.DivergenceResult(
+            metric=name, value=est.value, ci_low=est.ci_low, ci_high=est.ci_high, confidence=est.confidence,
+            n_p=est.n_p, n_q=est.n_q, estimator=est.estimator, unit=est.unit, lower_bound=est.lower_bound,
+            note=est.note or ""))
+    label = ",".join(s.model.ref for s in (p, q) if s.model is not None) or "-"
+    reply = pb.EvaluateDivergenceResponse(results=results, p_description=p.description, q_description=q.description,
+                                          seed=seed)
+    return Outcome(reply, label)

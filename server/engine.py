@@ -1,0 +1,198 @@
+"""The work behind each RPC, as plain functions over a loaded model: sample, stream, interpolate, invert, and
+encode outputs. No gRPC here: arguments are validated values, results are numpy arrays; errors are
+server.errors exceptions.
+
+Generator runs go through the model's dynamic batcher (server/batcher.py); latents always come from
+protos/latents.py, so a seed means the same samples in Sample, SampleStream, the SDK and training.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from protos import latents as latent_fn
+from protos.ganserve.v1 import generator_pb2 as pb
+from server.errors import Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from server.registry import LoadedModel, Registry
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the engine needs to know about the RPC it works for: its deadline and whether it is still wanted."""
+
+    deadline: float | None = None            # time.monotonic() value, or None for no deadline
+    is_active: Callable[[], bool] = lambda: True
+
+    def check(self) -> None:
+        if not self.is_active():
+            raise Cancelled("request cancelled by the client")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded("deadline exceeded")
+
+
+# -- generator runs -------------------------------------------------------------------------------------
+
+def make_runner(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """session.run for the generator graph, returning its first output (x)."""
+    session = model.sessions["generator"]
+    out = model.graph("generator")["outputs"][0]["name"]
+    return lambda feeds: session.run([out], feeds)[0]
+
+
+def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call, *,
+             wait_for_queue: bool = False) -> np.ndarray:
+    """G(z[, y]) through the model's batcher: (n, *output_shape) float32."""
+    names = [s["name"] for s in model.graph("generator")["inputs"]]
+    feeds = {names[0]: np.ascontiguousarray(z, np.float32)}
+    if model.conditional:
+        feeds[names[1]] = np.ascontiguousarray(y, np.float32)
+    call.check()
+    while True:
+        try:
+            future = model.batcher.submit(feeds, deadline=call.deadline, is_active=call.is_active)
+            break
+        except ResourceExhausted:
+            # A stream waits for room (its reader already applies backpressure); single requests do not.
+            if not wait_for_queue:
+                raise
+            time.sleep(0.005)
+            call.check()
+    while True:
+        left = 0.1 if call.deadline is None else min(0.1, call.deadline - time.monotonic())
+        try:
+            return future.result(timeout=max(left, 0.0))
+        except FutureTimeout:
+            call.check()
+
+
+# -- encodings ------------------------------------------------------------------------------------------
+
+def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    lo, hi = model.value_range
+    return np.round(np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """One (C, H, W) uint8 image as an 8-bit PNG (grey for C=1, RGB for C=3)."""
+    c = image.shape[0]
+    pil = Image.fromarray(image[0], "L") if c == 1 else Image.fromarray(np.moveaxis(image[:3], 0, -1), "RGB")
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray | None, list[bytes]]:
+    """(array for `samples`, PNGs) in the requested encoding (validated beforehand)."""
+    if encoding == pb.ENCODING_UINT8:
+        return to_uint8(model, x), []
+    if encoding == pb.ENCODING_PNG:
+        return None, [png_bytes(img) for img in to_uint8(model, x)]
+    return np.ascontiguousarray(x, np.float32), []
+
+
+# -- sampling -------------------------------------------------------------------------------------------
+
+@dataclass
+class Samples:
+    x: np.ndarray             # (n, *output_shape) float32
+    z: np.ndarray             # (n, latent_dim)
+    y: np.ndarray | None      # (n, num_classes) for conditional models
+
+
+def sample(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call) -> Samples:
+    return Samples(generate(model, z, y, call), z, y)
+
+
+def stream(model: LoadedModel, *, seed: int, n: int, offset: int, chunk: int, truncation: float,
+           y: np.ndarray | None, call: Call, on_chunk: Callable[[], None] = lambda: None) -> Iterator[tuple[int, Samples]]:
+    """Chunks (start index, samples) of samples offset .. offset+n-1 of the seed's sequence, produced one at a
+    time: the next chunk is computed only when gRPC asks for it, i.e. when the client's flow-control window
+    has room, so a slow reader holds the server to about one chunk in flight."""
+    for lo in range(0, n, chunk):
+        size = min(chunk, n - lo)
+        z = latent_fn.latents(seed, size, model.latent_dim, offset=offset + lo, truncation=truncation)
+        yc = None if y is None else (np.repeat(y, size, 0) if len(y) == 1 else y[lo:lo + size])
+        x = generate(model, z, yc, call, wait_for_queue=True)
+        on_chunk()
+        yield offset + lo, Samples(x, z, yc)
+
+
+# -- interpolation --------------------------------------------------------------------------------------
+
+def interpolate(model: LoadedModel, points: np.ndarray, conditions: np.ndarray | None, steps: int, method: str,
+                call: Call) -> tuple[Samples, np.ndarray]:
+    """Path through k latents (and k class-probability vectors, moved linearly so every point stays a
+    probability vector): (samples along the path, t from 0 to k-1)."""
+    z, t = latent_fn.path(points, steps, method)
+    y = None if conditions is None else latent_fn.path(conditions, steps, "linear")[0]
+    return Samples(generate(model, z, y, call), z, y), t
+
+
+# -- inversion ------------------------------------------------------------------------------------------
+
+@dataclass
+class Inversion:
+    z: np.ndarray
+    reconstruction: np.ndarray
+    mse: np.ndarray
+    method: str
+    steps: int
+
+
+def classify(evaluator: LoadedModel, images01: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluator classifier over images in [0, 1]: (logits (N, K), features (N, F))."""
+    session = evaluator.sessions["classifier"]
+    graph = evaluator.graph("classifier")
+    x_name = graph["inputs"][0]["name"]
+    outs = [o["name"] for o in graph["outputs"]]
+    want = ["logits", "features"] if "features" in outs else ["logits"]
+    logits, feats = [], []
+    for lo in range(0, len(images01), batch):
+        res = session.run(want, {x_name: np.ascontiguousarray(images01[lo:lo + batch], np.float32)})
+        logits.append(res[0])
+        feats.append(res[1] if len(res) > 1 else res[0])
+    k = evaluator.num_classes or 10
+    if not logits:
+        return np.zeros((0, k), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def to_unit(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """Images from the model's value range to [0, 1] (the evaluator's input range)."""
+    lo, hi = model.value_range
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def guess_labels(registry: Registry, model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """Class-probability vectors (one-hot) of the evaluator's guesses, for conditional inversion without labels."""
+    evaluator = registry.evaluator()
+    if evaluator is None:
+        raise FailedPrecondition(f"{model.ref} is conditional and no evaluator model is served to guess the labels; "
+                                 "send labels", "labels")
+    logits, _ = classify(evaluator, to_unit(model, x))
+    y = np.zeros((len(x), model.num_classes), np.float32)
+    y[np.arange(len(x)), logits.argmax(1) % model.num_classes] = 1.0
+    return y
+
+
+def invert(model: LoadedModel, x: np.ndarray, y: np.ndarray | None, method: str, *, steps: int | None,
+           lr: float | None, prior_weight: float | None, call: Call) -> Inversion:
+    """Images (N, *shape) in the model's value range -> latents, with the shared torch-free runtime."""
+    from dataclasses import replace
+
+    from training.inversion_runtime import DEFAULTS, pixel_mse01
+
+    settings = replace(DEFAULTS, **{k: v for k, v in (("steps", steps), ("lr", lr), ("prior_weight", prior_weight))
+                                    if v is not None})
+    call.check()
+    result = model.inverter().invert(x, method, y, settings=settings, reconstruct=False)
+    call.check()
+    rec = generate(model, result.z, y, call)
+    return Inversion(result.z, rec, pixel_mse01(rec, x, model.value_range).astype(np.float32), method, result.steps)

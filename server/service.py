@@ -1,0 +1,289 @@
+"""GeneratorService: one thin method per RPC (validate -> plain function -> reply).
+
+The `_rpc` wrapper gives every method the same edges: a ServiceError becomes its chosen status with a
+BadRequest field violation; any other exception is logged with its traceback and answered INTERNAL (never
+UNKNOWN); each call is counted and timed for Prometheus by method, model and status.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from protos import latents as latent_fn
+from protos import tensors
+from protos.ganserve.v1 import generator_pb2 as pb
+from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+from server import divergence, engine, validate
+from server.config import Config
+from server.engine import Call
+from server.errors import InvalidArgument, ServiceError, require, to_status
+from server.registry import LoadedModel, Registry
+from server.telemetry import Telemetry
+
+log = logging.getLogger("ganserve.service")
+
+_DTYPE = {"float32": pb.FLOAT32, "uint8": pb.UINT8, "int64": pb.INT64}
+
+
+class _Rpc:
+    """Per-call state the wrapper and the method share."""
+
+    def __init__(self, context: grpc.ServicerContext):
+        left = context.time_remaining()
+        deadline = None if left is None or left > 1e7 else time.monotonic() + left
+        self.call = Call(deadline=deadline, is_active=context.is_active)
+        self.model = ""
+
+
+def _finish(tel: Telemetry, method: str, rpc: _Rpc, code: grpc.StatusCode, t0: float) -> None:
+    tel.requests.labels(method, rpc.model or "-", code.name).inc()
+    tel.latency.labels(method).observe(time.perf_counter() - t0)
+
+
+def _fail(method: str, err: Exception) -> ServiceError:
+    """The ServiceError to answer for `err` (an unexpected one is logged with its traceback -> INTERNAL)."""
+    if not isinstance(err, ServiceError):
+        log.error("%s failed with an unexpected error; answering INTERNAL", method, exc_info=err)
+        err = ServiceError(f"internal error in {method} ({type(err).__name__}); the server log has the traceback")
+    if err.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED):
+        log.warning("%s -> %s: %s", method, err.code.name, err)
+    return err
+
+
+def _rpc(fn):
+    method = fn.__name__
+
+    @functools.wraps(fn)
+    def unary(self, request, context):
+        rpc, t0, code = _Rpc(context), time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return fn(self, request, rpc)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a chosen status
+            err = _fail(method, e)
+            code = err.code
+            context.abort_with_status(to_status(err))
+        finally:
+            _finish(self.telemetry, method, rpc, code, t0)
+
+    return unary
+
+
+def _rpc_stream(fn):
+    method = fn.__name__
+
+    @functools.wraps(fn)
+    def streaming(self, request, context):
+        rpc, t0, code = _Rpc(context), time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield from fn(self, request, rpc)
+        except GeneratorExit:  # the client went away: stop producing
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:  # noqa: BLE001
+            err = _fail(method, e)
+            code = err.code
+            context.abort_with_status(to_status(err))
+        finally:
+            _finish(self.telemetry, method, rpc, code, t0)
+
+    return streaming
+
+
+def _tensor(array: np.ndarray | None) -> pb.Tensor | None:
+    return None if array is None else tensors.from_array(array)
+
+
+def model_info(model: LoadedModel, versions: list[int]) -> pb.ModelInfo:
+    m = model.manifest
+    role = "classifier" if model.is_evaluator else "generator"
+    vr = model.value_range or (0.0, 0.0)
+    caps = model.capabilities()
+    return pb.ModelInfo(
+        name=model.name, version=model.version, kind=model.kind, description=str(m.get("description", "")),
+        data_kind=pb.IMAGE if model.data_kind == "image" else pb.POINTS, latent_dim=model.latent_dim,
+        num_classes=model.num_classes, class_names=[str(c) for c in m.get("class_names", [])],
+        output_shape=list(model.output_shape), value_min=vr[0], value_max=vr[1],
+        capabilities=pb.Capabilities(**caps),
+        metrics={k: float(v) for k, v in (m.get("metrics") or {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        available_versions=versions, created=str(m.get("created", "")),
+        inputs=[pb.TensorSpec(name=s["name"], dtype=_DTYPE[s["dtype"]], dims=s["dims"]) for s in m["graphs"][role]["inputs"]],
+        max_batch_size=model.max_batch_size)
+
+
+class GeneratorService(pb_grpc.GeneratorServiceServicer):
+    def __init__(self, registry: Registry, config: Config, telemetry: Telemetry):
+        self.registry, self.config, self.telemetry = registry, config, telemetry
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _generator(self, ref: str, rpc: _Rpc | None, *, conditional: bool | None, data_kind: str | None = "image",
+                   field: str = "model") -> LoadedModel:
+        """The model a request names (or the default one), checked to be a generator of the right kind."""
+        if ref:
+            model = self.registry.resolve(ref, field)
+        else:
+            model = self.registry.default(conditional=bool(conditional), data_kind=data_kind)
+        if rpc is not None:
+            rpc.model = model.ref
+        require(not model.is_evaluator, field, f"{model.ref} is an evaluator (classifier), not a generator")
+        if conditional is True:
+            require(model.conditional, field, f"{model.ref} is unconditional (kind {model.kind}): use Sample")
+        elif conditional is False:
+            require(not model.conditional, field,
+                    f"{model.ref} is conditional (kind {model.kind}): use SampleConditional with labels")
+        return model
+
+    def _latents(self, request, model: LoadedModel) -> tuple[np.ndarray, int]:
+        if tensors.is_set(request.latents):
+            return validate.latents(request.latents, model, self.config.max_samples), 0
+        n = validate.count(request.n, self.config.max_samples)
+        seed = validate.seed(request.HasField("seed"), request.seed)
+        trunc = validate.truncation(request.truncation)
+        return latent_fn.latents(seed, n, model.latent_dim, truncation=trunc), seed
+
+    def _sample_reply(self, model, request, encoding, seed, s: engine.Samples) -> pb.SampleResponse:
+        samples, pngs = engine.encode(model, s.x, encoding)
+        return pb.SampleResponse(model=model.ref, seed=seed, samples=_tensor(samples), png=pngs,
+                                 latents=_tensor(s.z) if request.return_latents else None,
+                                 conditions=_tensor(s.y))
+
+    # -- RPCs ---------------------------------------------------------------------------------------------
+    @_rpc
+    def ListModels(self, request, rpc):
+        return pb.ListModelsResponse(models=[model_info(m, self.registry.versions(m.name))
+                                             for m in self.registry.models(all_versions=request.all_versions)])
+
+    @_rpc
+    def GetModel(self, request, rpc):
+        require(bool(request.model), "model", "name a model (name or name@version)")
+        model = self.registry.resolve(request.model)
+        rpc.model = model.ref
+        return model_info(model, self.registry.versions(model.name))
+
+    @_rpc
+    def Sample(self, request, rpc):
+        model = self._generator(request.model, rpc, conditional=False, data_kind=None if request.model else "image")
+        encoding = validate.encoding(model, request.encoding)
+        z, seed = self._latents(request, model)
+        return self._sample_reply(model, request, encoding, seed, engine.sample(model, z, None, rpc.call))
+
+    @_rpc
+    def SampleConditional(self, request, rpc):
+        model = self._generator(request.model, rpc, conditional=True, data_kind=None if request.model else "image")
+        encoding = validate.encoding(model, request.encoding)
+        z, seed = self._latents(request, model)
+        y = validate.labels(model, list(request.labels), request.soft_labels, len(z))
+        return self._sample_reply(model, request, encoding, seed, engine.sample(model, z, y, rpc.call))
+
+    @_rpc_stream
+    def SampleStream(self, request, rpc):
+        wants_labels = bool(request.labels) or tensors.is_set(request.soft_labels)
+        model = self._generator(request.model, rpc, conditional=None if request.model else wants_labels,
+                                data_kind=None if request.model else "image")
+        encoding = validate.encoding(model, request.encoding)
+        n = validate.count(request.n, self.config.max_stream_samples)
+        require(request.offset <= latent_fn.MAX_SEED - n, "offset", f"offset + n must fit in 64 bits, got {request.offset}")
+        seed = validate.seed(request.HasField("seed"), request.seed)
+        trunc = validate.truncation(request.truncation)
+        chunk = min(request.chunk_size or self.config.stream_chunk, self.config.max_stream_chunk)
+        y = validate.labels(model, list(request.labels), request.soft_labels, n, expand=False)
+        chunks = self.telemetry.chunks.labels(model.ref)
+        for start, s in engine.stream(model, seed=seed, n=n, offset=request.offset, chunk=chunk, truncation=trunc,
+                                      y=y, call=rpc.call, on_chunk=chunks.inc):
+            samples, pngs = engine.encode(model, s.x, encoding)
+            yield pb.SampleChunk(model=model.ref, seed=seed, start=start, samples=_tensor(samples), png=pngs,
+                                 latents=_tensor(s.z) if request.return_latents else None, conditions=_tensor(s.y))
+
+    @_rpc
+    def Interpolate(self, request, rpc):
+        model = self._generator(request.model, rpc, conditional=None, data_kind=None if request.model else "image")
+        cfg = self.config
+        encoding = validate.encoding(model, request.encoding)
+        k = len(request.endpoints)
+        require(2 <= k <= cfg.max_endpoints, "endpoints", f"give 2..{cfg.max_endpoints} endpoints, got {k}")
+        require(2 <= request.steps <= cfg.max_steps, "steps", f"must be in 2..{cfg.max_steps}, got {request.steps}")
+        points = (k - 1) * (request.steps - 1) + 1
+        require(points <= cfg.max_samples, "steps",
+                f"the path would have {points} points, more than the limit of {cfg.max_samples}")
+        require(request.method in pb.InterpolationMethod.values(), "method", f"unknown method {request.method}")
+        method = "linear" if request.method == pb.LINEAR else "slerp"
+        zs, ys = [], []
+        for i, ep in enumerate(request.endpoints):
+            f = f"endpoints[{i}]"
+            y = validate.labels(model, [ep.label] if ep.HasField("label") else [], ep.soft_label, 1,
+                                prefix=f + ".", required=True)
+            if y is not None:
+                ys.append(y[0])
+            which = ep.WhichOneof("point")
+            if which == "seed":
+                zs.append(latent_fn.latents(ep.seed, 1, model.latent_dim)[0])
+            elif which == "latent":
+                z = validate.float_tensor(ep.latent, f + ".latent", max_elements=model.latent_dim)
+                require(z.shape in ((model.latent_dim,), (1, model.latent_dim)), f + ".latent.shape",
+                        f"must be [{model.latent_dim}] or [1, {model.latent_dim}], got {list(z.shape)}")
+                zs.append(z.reshape(-1))
+            elif which == "image":
+                x = validate.images(ep.image, model, 1, f + ".image", single=True)
+                inv_method = validate.inversion_method(model, pb.INVERSION_METHOD_UNSPECIFIED, f + ".image")
+                inv = engine.invert(model, x, None if y is None else y[:1], inv_method, steps=None, lr=None,
+                                    prior_weight=None, call=rpc.call)
+                zs.append(inv.z[0])
+            else:
+                raise InvalidArgument("give a seed, a latent or an image", f)
+        s, t = engine.interpolate(model, np.stack(zs), np.stack(ys) if ys else None, request.steps, method, rpc.call)
+        samples, pngs = engine.encode(model, s.x, encoding)
+        return pb.InterpolateResponse(model=model.ref, samples=_tensor(samples), png=pngs, latents=_tensor(s.z),
+                                      conditions=_tensor(s.y), t=t.tolist())
+
+    @_rpc
+    def Invert(self, request, rpc):
+        model = self._generator(request.model, rpc, conditional=None, data_kind=None if request.model else "image")
+        cfg = self.config
+        encoding = validate.encoding(model, request.encoding)
+        method = validate.inversion_method(model, request.method)
+        require(tensors.is_set(request.images), "images", "send at least one image")
+        x = validate.images(request.images, model, cfg.max_images)
+        require(request.steps <= cfg.max_invert_steps, "steps",
+                f"must be at most {cfg.max_invert_steps} (the server's limit), got {request.steps}")
+        lr = validate.finite_float(request.learning_rate, "learning_rate")
+        prior = validate.finite_float(request.prior_weight, "prior_weight")
+        if model.conditional and not request.labels:
+            y = engine.guess_labels(self.registry, model, x)
+        else:
+            y = validate.labels(model, list(request.labels), pb.Tensor(), len(x))
+        inv = engine.invert(model, x, y, method, steps=request.steps or None, lr=lr or None,
+                            prior_weight=prior or None, call=rpc.call)
+        recon, pngs = engine.encode(model, inv.reconstruction, encoding)
+        return pb.InvertResponse(model=model.ref, method=pb.InversionMethod.Value(inv.method), latents=_tensor(inv.z),
+                                 reconstructions=_tensor(recon), png=pngs, mse=inv.mse.tolist(), steps=inv.steps)
+
+    @_rpc
+    def EvaluateDivergence(self, request, rpc):
+        result = divergence.evaluate(request, self.registry, self.config, rpc.call, sample=self._eval_samples)
+        rpc.model = result.model_label
+        return result.reply
+
+    def _eval_samples(self, ref: str, labels: list[int], truncation: float, n: int, seed: int, call: Call,
+                      field: str) -> tuple[LoadedModel, np.ndarray, np.ndarray | None]:
+        """n samples of a model for EvaluateDivergence: (model, x, labels used or None)."""
+        require(bool(ref), field, "name a model")
+        model = self._generator(ref, None, conditional=None, data_kind=None, field=field)
+        trunc = validate.truncation(truncation, field.rsplit(".", 1)[0] + ".truncation")
+        z = latent_fn.latents(seed, n, model.latent_dim, truncation=trunc)
+        y, classes = None, None
+        if model.conditional:
+            if labels:
+                y = validate.labels(model, labels, pb.Tensor(), n, prefix=field.rsplit(".", 1)[0] + ".")
+            else:  # uniform over classes, in a fixed order
+                y = np.eye(model.num_classes, dtype=np.float32)[np.arange(n) % model.num_classes]
+            classes = y.argmax(1)
+        elif labels:
+            raise InvalidArgument(f"{model.ref} is unconditional; send no labels", field.rsplit(".", 1)[0] + ".labels")
+        x = engine.generate(model, z, y, call)
+        return model, x, classes
+

@@ -1,0 +1,83 @@
+"""Prometheus metrics (on their own port) and structured logs.
+
+One CollectorRegistry per server instance, so several servers in one process (tests) do not collide.
+
+    ganserve_requests_total{method, model, code}     every RPC, by final status
+    ganserve_request_seconds{method}                 latency histogram
+    ganserve_batch_samples{model}                    rows per ONNX Runtime generator call
+    ganserve_queue_depth{model}                      requests waiting in the model's batcher
+    ganserve_stream_chunks_total{model}              SampleStream chunks produced
+    ganserve_model_loaded{model, version, kind}      1 per served model version
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Telemetry:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ganserve_requests", "RPCs by method, model and status", ["method", "model", "code"],
+                                registry=r)
+        self.latency = Histogram("ganserve_request_seconds", "RPC latency", ["method"], buckets=_LATENCY_BUCKETS,
+                                 registry=r)
+        self.batch = Histogram("ganserve_batch_samples", "rows per generator run", ["model"], buckets=_BATCH_BUCKETS,
+                               registry=r)
+        self.queue = Gauge("ganserve_queue_depth", "requests waiting in the batcher", ["model"], registry=r)
+        self.chunks = Counter("ganserve_stream_chunks", "SampleStream chunks produced", ["model"], registry=r)
+        self.loaded = Gauge("ganserve_model_loaded", "served model versions", ["model", "version", "kind"], registry=r)
+        self.http = None
+        self.port: int | None = None
+
+    def observe_batch(self, model: str, rows: int, depth: int) -> None:
+        self.batch.labels(model).observe(rows)
+        self.queue.labels(model).set(depth)
+
+    def set_models(self, models) -> None:
+        self.loaded.clear()
+        for m in models:
+            self.loaded.labels(m.name, str(m.version), m.kind).set(1)
+
+    def serve(self, address: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        self.http, _ = start_http_server(port, addr=address, registry=self.registry)
+        self.port = self.http.server_port
+        return self.port
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, plus any `extra=` fields."""
+
+    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        out.update({k: v for k, v in vars(record).items() if k not in self._STD})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
