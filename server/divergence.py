@@ -6,8 +6,8 @@ What a side becomes, by metric input:
                `histogram` uploads are counts; points -> index of the nearest mode of the reference mixture
     features   images -> the evaluator's penultimate features; points and uploaded [N, F] tensors as they are
     samples    points as they are; images flattened, pixels in [0, 1]
-    density    the exact log-density of a reference mixture (ring8, grid25) on the other side
-    critic     the shipped critic/discriminator of a model side
+    density    P: a reference mixture (ring8, grid25) with its exact log-density; Q: its points (or a mixture)
+    critic     scores of the critic/discriminator shipped with a model side, on both sides' samples
 Images travel in [0, 1] (the evaluator's input range): uploaded FLOAT32 images must be in [0, 1] (or UINT8),
 model samples are mapped from their value range.
 """
@@ -49,14 +49,6 @@ class Side:
 class Outcome:
     reply: pb.EvaluateDivergenceResponse
     model_label: str
-
-
-def _metrics_module():
-    try:
-        from training import metrics
-    except ImportError as e:  # pragma: no cover - the module ships with the repository
-        raise FailedPrecondition(f"the metrics module is not available ({e})") from e
-    return metrics
 
 
 def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, cfg: Config, call: Call,
@@ -122,9 +114,40 @@ def _classified(side: Side, registry: Registry) -> tuple[np.ndarray, np.ndarray]
         if evaluator is None:
             raise FailedPrecondition("image metrics need the evaluator classifier (a model of kind 'evaluator') "
                                      "in the store, and none is served", "metrics")
+        dims = tuple(evaluator.graph("classifier")["inputs"][0]["dims"])
+        if tuple(side.x.shape[1:]) != dims:
+            raise InvalidArgument(f"the evaluator {evaluator.ref} takes images of shape {list(dims)}; "
+                                  f"{side.description} has {list(side.x.shape[1:])}", "metrics")
         logits, feats = engine.classify(evaluator, side.x)
         side._cache["clf"] = (logits.argmax(1), feats)
     return side._cache["clf"]
+
+
+def _critic_scores(side: Side, critic_model: LoadedModel, name: str) -> np.ndarray:
+    """Raw critic/discriminator outputs (N,) on this side's samples, in the critic model's value range."""
+    graph = critic_model.graph("critic")
+    names = [s["name"] for s in graph["inputs"]]
+    if side.x is None or (side.is_image != (critic_model.data_kind == "image")):
+        raise InvalidArgument(f"the critic of {critic_model.ref} needs {critic_model.data_kind} samples; "
+                              f"{side.description} has none", name)
+    x = side.x
+    if side.is_image:
+        lo, hi = critic_model.value_range
+        x = (lo + (hi - lo) * x).astype(np.float32)  # [0, 1] -> the model's range
+    if tuple(x.shape[1:]) != critic_model.output_shape:
+        raise InvalidArgument(f"the critic of {critic_model.ref} takes samples of shape "
+                              f"{list(critic_model.output_shape)}, {side.description} has {list(x.shape[1:])}", name)
+    feeds = {names[0]: np.ascontiguousarray(x, np.float32)}
+    if len(names) > 1:  # a conditional critic also takes the class of each sample
+        classes = side.requested if side.requested is not None else side.classes
+        if classes is None:
+            raise InvalidArgument(f"the conditional critic of {critic_model.ref} needs the class of each sample; "
+                                  f"{side.description} has none", name)
+        feeds[names[1]] = np.eye(critic_model.num_classes, dtype=np.float32)[np.asarray(classes) % critic_model.num_classes]
+    out = graph["outputs"][0]["name"]
+    session = critic_model.sessions["critic"]
+    return np.concatenate([session.run([out], {k: v[lo:lo + 512] for k, v in feeds.items()})[0].reshape(-1)
+                           for lo in range(0, len(x), 512)])
 
 
 def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_classes: int, name: str):
@@ -143,17 +166,37 @@ def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_cla
             raise InvalidArgument(f"metric {metric.name} needs class histograms; {side.description} has no classes "
                                   "(send images, INT64 labels, a histogram, or points against ring8/grid25)", name)
         return metrics.class_histogram(np.asarray(classes), num_classes)
+    if kind == "density":
+        if side.mixture is not None:
+            return side.mixture
+        if name == "p":
+            raise InvalidArgument(f"metric {metric.name} needs P to be a distribution with a known density "
+                                  "(reference ring8 or grid25)", "p")
+    if kind == "critic":
+        holder = next((s.model for s in (side, other) if s.model is not None and "critic" in s.model.sessions), None)
+        if holder is None:
+            raise FailedPrecondition(f"metric {metric.name} needs a model side that ships a critic/discriminator "
+                                     "(capabilities.has_critic)", "metrics")
+        return _critic_scores(side, holder, name)
     if side.x is None:
         raise InvalidArgument(f"metric {metric.name} needs samples; {side.description} has none", name)
     if kind == "features":
         return _classified(side, registry)[1] if side.is_image else side.x
-    if kind == "samples":
-        return side.x.reshape(len(side.x), -1)
-    raise InvalidArgument(f"metric {metric.name} takes {kind} input, which this server does not wire", name)
+    return side.x.reshape(len(side.x), -1)  # samples (and density on the Q side): points, or flat pixels
+
+
+def _default_kind(p: Side, q: Side) -> str:
+    if p.is_image or q.is_image:
+        return "images"
+    if p.mixture is not None:
+        return "mixture"
+    if p.x is None or q.x is None:
+        return "histogram"
+    return "samples-1d" if p.x.reshape(len(p.x), -1).shape[1] == 1 else "samples"
 
 
 def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Config, call: Call, *, sample) -> Outcome:
-    metrics = _metrics_module()
+    from training import metrics  # torch-free; imported on first use to keep server start-up light
     n = request.n or cfg.default_eval_n
     require(n <= cfg.max_eval_n, "n", f"must be at most {cfg.max_eval_n} (the server's limit), got {n}")
     require(request.bootstrap <= cfg.max_bootstrap, "bootstrap",
@@ -168,9 +211,8 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     require(len(set(names)) == len(names), "metrics", "each metric at most once")
     p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
     q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
-    image = p.is_image or q.is_image
     if not names:
-        names = list(metrics.default_metrics("image" if image else "points"))
+        names = metrics.default_metrics(_default_kind(p, q))
     evaluator = registry.evaluator()
     num_classes = (evaluator.num_classes if evaluator and (p.is_image or q.is_image) else 0) or max(
         [len(s.counts) for s in (p, q) if s.counts is not None]
@@ -183,7 +225,7 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
         pa = _input(metrics, metric, p, q, registry, num_classes, "p")
         qa = _input(metrics, metric, q, p, registry, num_classes, "q")
         try:
-            est = metrics.estimate(metric, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
+            est = metrics.estimate(name, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
         results.append(pb.DivergenceResult(
