@@ -1,0 +1,206 @@
+"""`python -m sdk`: sample, interpolate, invert, evaluate, models. Readable tables, images as PNG grids, and a
+one-line message with a non-zero exit on any error (2 for bad usage, 1 for a failed call)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sdk._client import Client
+from sdk._errors import GanserveError
+from sdk._images import save_grid
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def _num(v: float) -> str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.4g}"
+
+
+def _save(images, out: Path, value_range, nrow=None) -> None:
+    if out.suffix == ".npy":
+        np.save(out, np.asarray(images))
+    else:
+        save_grid(images, out, nrow=nrow, value_range=value_range or (-1.0, 1.0), scale=2)
+
+
+def _value_range(client: Client, model_ref: str):
+    return client.get_model(model_ref).value_range
+
+
+def cmd_sample(c: Client, a) -> str:
+    r = c.sample_result(a.n, a.label, a.labels, None, a.seed, a.model, truncation=a.truncation)
+    info = c.get_model(r.model)
+    if info.data_kind == "image":
+        _save(r.images, a.out, info.value_range, a.nrow)
+    else:
+        np.save(a.out.with_suffix(".npy"), r.images)
+        a.out = a.out.with_suffix(".npy")
+    what = f"label {a.label}" if a.label is not None else (f"labels {a.labels}" if a.labels else "unconditional")
+    return f"wrote {a.out}: {len(r.images)} samples from {r.model} ({what}, seed {r.seed})"
+
+
+def cmd_interpolate(c: Client, a) -> str:
+    r = c.interpolate(*a.seeds, labels=a.labels, steps=a.steps, method=a.method, model=a.model)
+    _save(r.images, a.out, _value_range(c, r.model), nrow=a.steps)
+    return f"wrote {a.out}: {len(r.images)} points from {r.model} through seeds {a.seeds} ({a.method})"
+
+
+def _load_images(paths: list[Path]) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+            out += list(arr if arr.ndim == 4 else arr[None])
+        else:
+            img = np.array(Image.open(p).convert("L"), dtype=np.uint8)
+            out.append(img[None])
+    return np.stack(out)
+
+
+def cmd_invert(c: Client, a) -> str:
+    images = _load_images(a.images)
+    r = c.invert(images, a.label, method=a.method, steps=a.steps, model=a.model)
+    rows = [[str(p), f"{m:.5f}"] for p, m in zip(a.images if len(a.images) == len(r.mse) else range(len(r.mse)), r.mse)]
+    if a.out:
+        _save(r.reconstructions, a.out, _value_range(c, r.model))
+    text = _table(rows, ["image", "mse [0,1]"])
+    return (f"{text}\n{r.model}: method {r.method}, {r.steps} steps"
+            + (f"; reconstructions in {a.out}" if a.out else ""))
+
+
+def _eval_rows(ev) -> list[list[str]]:
+    return [[d.metric, _num(d.value), f"[{_num(d.ci_low)}, {_num(d.ci_high)}]", d.unit, f"{d.n_p}/{d.n_q}",
+             ("lower bound; " if d.lower_bound else "") + d.estimator] for d in ev.results]
+
+
+def _plot(evals: list, labels: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [d.metric for d in evals[0].results]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics) + 1, 3), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        vals = [ev[m] for ev in evals]
+        ys = np.array([v.value if math.isfinite(v.value) else np.nan for v in vals])
+        err = np.array([[y - v.ci_low, v.ci_high - y] for y, v in zip(ys, vals)]).T
+        ax.bar(range(len(vals)), ys, yerr=np.nan_to_num(err, nan=0.0, posinf=0.0), capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(vals)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{m} ({vals[0].unit})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def cmd_evaluate(c: Client, a) -> str:
+    qs = a.compare or [a.q]
+    if not qs or qs == [None]:
+        raise SystemExit("error: give --q MODEL (or --compare A B)")
+    evals = [c.evaluate(a.p, q, a.metrics or (), n=a.n, seed=a.seed, bootstrap=a.bootstrap, q_labels=a.labels)
+             for q in qs]
+    if len(evals) == 1:
+        ev = evals[0]
+        text = f"P = {ev.p}\nQ = {ev.q}\nseed {ev.seed}\n\n" + _table(
+            _eval_rows(ev), ["metric", "value", f"{int(round(100 * ev.results[0].confidence)) if ev.results else 95}% CI",
+                             "unit", "n P/Q", "estimator"])
+    else:
+        header = ["metric", "unit"] + [ev.q for ev in evals]
+        rows = [[d.metric, d.unit] + [f"{_num(ev[d.metric].value)} [{_num(ev[d.metric].ci_low)}, "
+                                       f"{_num(ev[d.metric].ci_high)}]" for ev in evals] for d in evals[0].results]
+        text = f"P = {evals[0].p}, seed {evals[0].seed}\n\n" + _table(rows, header)
+    if a.plot:
+        _plot(evals, qs, a.plot)
+        text += f"\nplot: {a.plot}"
+    return text
+
+
+def cmd_models(c: Client, a) -> str:
+    rows = []
+    for m in c.list_models(all_versions=a.all):
+        caps = [k for k in ("conditional", "soft_labels", "invertible", "optimizable", "has_critic") if getattr(m, k)]
+        rows.append([m.name, str(m.version), m.kind, m.data_kind, "x".join(map(str, m.output_shape)), str(m.latent_dim),
+                     str(m.num_classes), ",".join(caps) or "-", ",".join(map(str, m.available_versions))])
+    if not rows:
+        return "no models served"
+    return _table(rows, ["name", "version", "kind", "data", "shape", "latent", "classes", "capabilities", "versions"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdk", description="ganserve command line")
+    p.add_argument("--target", help="host:port (default: $GANSERVE_TARGET or localhost:50051)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="draw samples and save them as a PNG grid (or .npy)")
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--label", type=int, help="one class for all samples (conditional models)")
+    s.add_argument("--labels", type=int, nargs="+", help="one class per sample")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--model")
+    s.add_argument("--truncation", type=float, default=0.0)
+    s.add_argument("--nrow", type=int)
+    s.add_argument("--out", type=Path, default=Path("samples.png"))
+
+    s = sub.add_parser("interpolate", help="a path through seeds, saved as a PNG strip")
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--labels", type=int, nargs="+", help="one class per seed (conditional models)")
+    s.add_argument("--steps", type=int, default=8)
+    s.add_argument("--method", choices=["slerp", "linear"], default="slerp")
+    s.add_argument("--model")
+    s.add_argument("--out", type=Path, default=Path("interpolation.png"))
+
+    s = sub.add_parser("invert", help="images (PNG or .npy) -> latents; prints the reconstruction error")
+    s.add_argument("images", type=Path, nargs="+")
+    s.add_argument("--label", type=int)
+    s.add_argument("--method", choices=["encoder", "optimize", "hybrid"])
+    s.add_argument("--steps", type=int, default=0)
+    s.add_argument("--model")
+    s.add_argument("--out", type=Path, help="save the reconstructions as a PNG grid")
+
+    s = sub.add_parser("evaluate", help="divergences between P and Q, as a table")
+    s.add_argument("--p", default="mnist-test", help="reference (mnist-test, ring8, ...) or model")
+    s.add_argument("--q", help="model (or reference)")
+    s.add_argument("--compare", nargs="+", metavar="MODEL", help="evaluate several Q against the same P")
+    s.add_argument("--labels", type=int, nargs="+", help="labels for a conditional Q model")
+    s.add_argument("--metrics", nargs="+")
+    s.add_argument("--n", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--bootstrap", type=int, default=0)
+    s.add_argument("--plot", type=Path, help="bar chart with confidence intervals")
+
+    s = sub.add_parser("models", help="list served models")
+    s.add_argument("--all", action="store_true", help="every version, not only the newest")
+    return p
+
+
+COMMANDS = {"sample": cmd_sample, "interpolate": cmd_interpolate, "invert": cmd_invert, "evaluate": cmd_evaluate,
+            "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            print(COMMANDS[args.command](client, args))
+    except GanserveError as e:
+        field = f" [{e.field}]" if e.field and e.field not in e.details else ""
+        print(f"error: {e.code.name}: {e.details}{field}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,182 @@
+"""Batch sampling job: stream millions of samples into sharded .npz files, resumable and reproducible.
+
+    python -m sdk.batch --model cgan-mnist --n 1000000 --out DIR [--labels 3 7] [--seed S] [--shard-size N]
+
+- Shard i holds samples i*S .. i*S+S-1 of the seed's sequence (SampleStream with `offset`), so any shard can
+  be made on its own and equals the same rows of one big Sample call.
+- DIR/manifest.json records the job (model pinned to name@version, seed, n, labels, encoding, shard size)
+  and, per finished shard, its file, first index, count and sha256. Shards are written to a temporary name
+  and renamed, then the manifest is rewritten (also atomically).
+- Run the same command again after a kill: shards whose file matches its recorded sha256 are skipped, the
+  rest are made again. A different job in the same DIR is refused.
+- Files are written byte-for-byte deterministically (fixed zip timestamps), so the same seed gives
+  identical shards and identical checksums.
+- Labels: one label for every sample, or several cycled over the samples (sample i gets labels[i % k]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from sdk._client import Client
+from sdk._errors import GanserveError, ResourceExhaustedError, UnavailableError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez without timestamps: the same arrays always give the same bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _job(args, model_ref: str, seed: int) -> dict:
+    return {"format": FORMAT, "model": model_ref, "requested_model": args.model, "seed": seed, "n": args.n,
+            "shard_size": args.shard_size, "labels": args.labels or [], "encoding": args.encoding}
+
+
+def _shard_labels(labels: list[int], start: int, count: int) -> list[int] | None:
+    if not labels:
+        return None
+    if len(labels) == 1:
+        return labels
+    return [labels[(start + j) % len(labels)] for j in range(count)]
+
+
+def make_shard(client: Client, job: dict, index: int, out: Path, chunk_size: int, progress) -> dict:
+    start = index * job["shard_size"]
+    count = min(job["shard_size"], job["n"] - start)
+    labels = _shard_labels(job["labels"], start, count)
+    parts = []
+    for chunk in client.stream(count, labels=labels, seed=job["seed"], model=job["model"], offset=start,
+                               chunk_size=chunk_size, encoding=job["encoding"]):
+        parts.append(chunk.images)
+        progress.update(len(chunk.images))
+    samples = np.concatenate(parts)
+    if len(samples) != count:
+        raise RuntimeError(f"shard {index}: the stream returned {len(samples)} samples, expected {count}")
+    arrays = {"samples": samples, "start": np.array(start, np.int64)}
+    if labels is not None:
+        arrays["labels"] = np.array(labels * count if len(labels) == 1 else labels, np.int64)
+    name = f"shard-{index:05d}.npz"
+    tmp = out / f".{name}.tmp"
+    write_npz(tmp, arrays)
+    os.replace(tmp, out / name)
+    return {"index": index, "file": name, "start": start, "count": count, "sha256": sha256(out / name)}
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    with Client(args.target, timeout=args.timeout) as client:
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            job = {k: manifest[k] for k in _job(args, "", 0)}
+            asked = _job(args, job["model"], args.seed if args.seed is not None else job["seed"])
+            if asked != job:
+                diff = ", ".join(f"{k}: {job[k]!r} vs {asked[k]!r}" for k in job if job[k] != asked[k])
+                raise ValueError(f"{out} holds a different job ({diff}); use another --out")
+        else:
+            model_ref = client.get_model(args.model).ref
+            job = _job(args, model_ref, args.seed if args.seed is not None else secrets.randbits(63))
+            manifest = {**job, "shards": {}, "complete": False}
+            _write_json(manifest_path, manifest)
+        shards = manifest["shards"]
+        total = -(-job["n"] // job["shard_size"])
+        done = {int(i) for i, s in shards.items() if (out / s["file"]).is_file() and sha256(out / s["file"]) == s["sha256"]}
+        skipped = sum(shards[str(i)]["count"] for i in done)
+        if done:
+            print(f"resuming: {len(done)} of {total} shards already done and verified", file=sys.stderr)
+        from tqdm import tqdm
+
+        t0 = time.monotonic()
+        with tqdm(total=job["n"], initial=skipped, unit="sample", unit_scale=True, dynamic_ncols=True,
+                  desc=job["model"], disable=args.quiet) as progress:
+            for index in range(total):
+                if index in done:
+                    continue
+                for attempt in range(args.retries + 1):
+                    before = progress.n
+                    try:
+                        entry = make_shard(client, job, index, out, args.chunk_size, progress)
+                        break
+                    except (UnavailableError, ResourceExhaustedError):
+                        progress.update(before - progress.n)
+                        if attempt == args.retries:
+                            raise
+                        time.sleep(min(2.0, 0.1 * 2 ** attempt))
+                shards[str(index)] = entry
+                manifest["shards"] = dict(sorted(shards.items(), key=lambda kv: int(kv[0])))
+                _write_json(manifest_path, manifest)
+        manifest["complete"] = len(shards) == total
+        _write_json(manifest_path, manifest)
+    made = job["n"] - skipped
+    secs = time.monotonic() - t0
+    print(f"{out}: {total} shards, {job['n']} samples of {job['model']} (seed {job['seed']}); made {made} in "
+          f"{secs:.1f} s ({made / max(secs, 1e-9):.0f} samples/s), skipped {len(done)} finished shard(s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdk.batch", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model name (pinned to its current version in the manifest)")
+    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--labels", type=int, nargs="+", help="one label for all, or several cycled over the samples")
+    p.add_argument("--seed", type=int, help="seed (default: a random one, recorded in the manifest)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per .npz file")
+    p.add_argument("--chunk-size", type=int, default=1024, help="samples per stream message")
+    p.add_argument("--encoding", choices=["float32", "uint8"], default="float32")
+    p.add_argument("--target", help="host:port (default: $GANSERVE_TARGET or localhost:50051)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per shard stream")
+    p.add_argument("--retries", type=int, default=3, help="attempts per shard on UNAVAILABLE/RESOURCE_EXHAUSTED")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.n < 1 or args.shard_size < 1 or args.chunk_size < 0:
+        print("error: --n and --shard-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except GanserveError as e:
+        print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
