@@ -1,0 +1,1 @@
+"""ganserve's performance benchmark: `python -m bench [--quick] [--json out.json]` (see bench/__main__.py)."""
