@@ -110,7 +110,12 @@ class App:
             self.health.set(name, status)
 
     def start(self) -> "App":
+        """Start answering (health: NOT_SERVING), then load the store (health: SERVING)."""
         self.server.start()
+        return self.load()
+
+    def load(self) -> "App":
+        """Metrics endpoint, first store scan, hot-reload polling, then SERVING."""
         c = self.config
         if c.metrics_port >= 0:
             try:

@@ -115,10 +115,10 @@ class Batcher:
         now = time.monotonic()
         live = []
         for item in items:
-            if item.is_active is not None and not item.is_active():
-                item.future.set_exception(Cancelled("request cancelled by the client"))
-            elif item.deadline is not None and now > item.deadline:
+            if item.deadline is not None and now > item.deadline:
                 item.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            elif item.is_active is not None and not item.is_active():
+                item.future.set_exception(Cancelled("request cancelled by the client"))
             elif now - item.enqueued > self.queue_timeout_s:
                 item.future.set_exception(ResourceExhausted(
                     f"model {self.name}: waited {1000 * (now - item.enqueued):.0f} ms in the queue, more than "

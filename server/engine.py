@@ -31,10 +31,10 @@ class Call:
     is_active: Callable[[], bool] = lambda: True
 
     def check(self) -> None:
-        if not self.is_active():
-            raise Cancelled("request cancelled by the client")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise DeadlineExceeded("deadline exceeded")
+        if not self.is_active():
+            raise Cancelled("request cancelled by the client")
 
 
 # -- generator runs -------------------------------------------------------------------------------------
@@ -137,6 +137,9 @@ def interpolate(model: LoadedModel, points: np.ndarray, conditions: np.ndarray |
 
 # -- inversion ------------------------------------------------------------------------------------------
 
+INVERT_SLICE = 32  # images optimised per slice (each image's problem is independent)
+
+
 @dataclass
 class Inversion:
     z: np.ndarray
@@ -191,8 +194,13 @@ def invert(model: LoadedModel, x: np.ndarray, y: np.ndarray | None, method: str,
 
     settings = replace(DEFAULTS, **{k: v for k, v in (("steps", steps), ("lr", lr), ("prior_weight", prior_weight))
                                     if v is not None})
-    call.check()
-    result = model.inverter().invert(x, method, y, settings=settings, reconstruct=False)
-    call.check()
-    rec = generate(model, result.z, y, call)
-    return Inversion(result.z, rec, pixel_mse01(rec, x, model.value_range).astype(np.float32), method, result.steps)
+    zs, steps = [], 0
+    for lo in range(0, len(x), INVERT_SLICE):  # the deadline and cancellation are checked between slices
+        call.check()
+        part = model.inverter().invert(x[lo:lo + INVERT_SLICE], method, None if y is None else y[lo:lo + INVERT_SLICE],
+                                       settings=settings, reconstruct=False)
+        zs.append(part.z)
+        steps = part.steps
+    z = np.concatenate(zs)
+    rec = generate(model, z, y, call)
+    return Inversion(z, rec, pixel_mse01(rec, x, model.value_range).astype(np.float32), method, steps)

@@ -216,7 +216,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         for i, ep in enumerate(request.endpoints):
             f = f"endpoints[{i}]"
             y = validate.labels(model, [ep.label] if ep.HasField("label") else [], ep.soft_label, 1,
-                                prefix=f + ".", required=True)
+                                prefix=f + ".", soft_name="soft_label", hard_name="label")
             if y is not None:
                 ys.append(y[0])
             which = ep.WhichOneof("point")

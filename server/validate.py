@@ -76,37 +76,41 @@ def latents(msg: pb.Tensor, model: LoadedModel, limit: int, field: str = "latent
 
 
 def labels(model: LoadedModel, hard: list[int], soft: pb.Tensor, n: int, *, prefix: str = "",
-           required: bool = True, expand: bool = True) -> np.ndarray | None:
+           required: bool = True, expand: bool = True, soft_name: str = "soft_labels",
+           hard_name: str = "labels") -> np.ndarray | None:
     """Class-probability vectors from hard labels (1 or n) or soft labels ([1|n, K]): (n, num_classes), or
     (1, num_classes) for one label for all when not `expand` (a long stream never holds n rows)."""
     has_soft = tensors.is_set(soft)
     if not model.conditional:
-        require(not hard, prefix + "labels", f"{model.ref} is unconditional (kind {model.kind}); send no labels")
-        require(not has_soft, prefix + "soft_labels", f"{model.ref} is unconditional; send no soft labels")
+        require(not hard, prefix + hard_name, f"{model.ref} is unconditional (kind {model.kind}); send no labels")
+        require(not has_soft, prefix + soft_name, f"{model.ref} is unconditional; send no soft labels")
         return None
     k = model.num_classes
-    require(not (hard and has_soft), prefix + "labels", "give labels or soft_labels, not both")
+    require(not (hard and has_soft), prefix + hard_name, "give labels or soft_labels, not both")
     if hard:
-        require(len(hard) in (1, n), prefix + "labels", f"give 1 label or n = {n} labels, got {len(hard)}")
+        require(len(hard) in (1, n), prefix + hard_name, f"give 1 label or n = {n} labels, got {len(hard)}")
         arr = np.asarray(hard, dtype=np.int64)
         bad = np.flatnonzero((arr < 0) | (arr >= k))
-        require(not len(bad), f"{prefix}labels[{bad[0] if len(bad) else 0}]",
+        require(not len(bad), f"{prefix}{hard_name}[{bad[0] if len(bad) else 0}]",
                 f"must be in 0..{k - 1}, got {arr[bad[0]] if len(bad) else 0}")
         y = np.zeros((len(arr), k), np.float32)
         y[np.arange(len(arr)), arr] = 1.0
     elif has_soft:
-        field = prefix + "soft_labels"
+        field = prefix + soft_name
         require(model.capabilities()["soft_labels"], field, f"{model.ref} does not take soft labels")
         y = float_tensor(soft, field, max_elements=max(n, 1) * k)
+        if n == 1 and y.shape == (k,):
+            y = y[None]
         require(y.ndim == 2 and y.shape[1] == k and y.shape[0] in (1, n), f"{field}.shape",
-                f"must be [1, {k}] or [{n}, {k}], got {list(y.shape)}")
+                f"must be [{k}] or [1, {k}], got {list(y.shape)}" if n == 1
+                else f"must be [1, {k}] or [{n}, {k}], got {list(y.shape)}")
         require(bool((y >= 0).all()), f"{field}.data", "probabilities must be non-negative")
         sums = y.sum(1, dtype=np.float64)
         worst = int(np.argmax(np.abs(sums - 1)))
         require(abs(sums[worst] - 1) <= SOFT_LABEL_TOLERANCE, f"{field}.data",
                 f"each row must sum to 1 (within {SOFT_LABEL_TOLERANCE}); row {worst} sums to {sums[worst]:.6g}")
     else:
-        require(not required, prefix + "labels",
+        require(not required, prefix + hard_name,
                 f"{model.ref} is conditional (kind {model.kind}): give labels or soft_labels")
         return None
     y = np.ascontiguousarray(y, dtype=np.float32)
