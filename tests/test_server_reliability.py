@@ -1,0 +1,405 @@
+"""Hot reload, bad model versions, deletion while serving, the batcher's backpressure and deadlines, stream flow
+control, TLS, token auth and SIGTERM drain - over real servers (and the Batcher on its own where timing must
+be exact)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import tensors
+from protos.ganserve.v1 import generator_pb2 as pb
+from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+from server.batcher import Batcher
+from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from tests.conftest import free_port, publish_gan, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stub(target: str) -> tuple[grpc.Channel, pb_grpc.GeneratorServiceStub]:
+    channel = grpc.insecure_channel(target)
+    return channel, pb_grpc.GeneratorServiceStub(channel)
+
+
+def _wait(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _corrupt_copy(store: Path, version: int, how: str) -> None:
+    """Make tiny-gan/<version> a broken copy of version 1 (written under a temporary name, then renamed)."""
+    src, tmp = store / "tiny-gan" / "1", store / "tiny-gan" / f".tmp-{version}"
+    shutil.copytree(src, tmp)
+    m = json.loads((tmp / "manifest.json").read_text())
+    m["version"] = version
+    if how == "checksum":
+        (tmp / "generator.onnx").write_bytes((tmp / "generator.onnx").read_bytes() + b"\0")
+    elif how == "truncated":
+        data = (tmp / "generator.onnx").read_bytes()[:200]
+        (tmp / "generator.onnx").write_bytes(data)
+        import hashlib
+        m["files"]["generator.onnx"] = hashlib.sha256(data).hexdigest()
+    elif how == "inputs":
+        m["graphs"]["generator"]["inputs"][0]["name"] = "latent"
+    elif how == "missing":
+        (tmp / "critic.onnx").unlink()
+    (tmp / "manifest.json").write_text(json.dumps(m))
+    os.rename(tmp, store / "tiny-gan" / str(version))
+
+
+# -- the model store --------------------------------------------------------------------------------------
+
+def test_invalid_versions_are_skipped_at_start_up(tmp_path, caplog):
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build")
+    for version, how in ((2, "checksum"), (3, "truncated"), (4, "inputs"), (5, "missing")):
+        _corrupt_copy(store, version, how)
+    (store / "tiny-gan" / ".tmp-interrupted").mkdir()  # an interrupted publish
+    with caplog.at_level(logging.ERROR, logger="ganserve.registry"):
+        running = start_server(store, reload_interval_s=0, metrics_port=-1)
+    try:
+        channel, stub = _stub(running.target)
+        info = stub.GetModel(pb.GetModelRequest(model="tiny-gan"))
+        assert info.version == 1 and list(info.available_versions) == [1]
+        text = caplog.text
+        assert "tiny-gan@2" in text and "sha256" in text
+        assert "tiny-gan@3" in text and "ONNX Runtime cannot load it" in text
+        assert "tiny-gan@4" in text and "inputs ['latent'] != the ONNX graph's inputs ['z']" in text
+        assert "tiny-gan@5" in text and "missing file critic.onnx" in text
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetModel(pb.GetModelRequest(model="tiny-gan@2"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        channel.close()
+    finally:
+        running.app.stop(0)
+
+
+def test_hot_reload_while_serving(tmp_path):
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build")
+    running = start_server(store, reload_interval_s=0.1, metrics_port=-1)
+    errors, stop = [], threading.Event()
+    channel, stub = _stub(running.target)
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                stub.Sample(pb.SampleRequest(model="tiny-gan", n=4, seed=1))
+            except grpc.RpcError as e:
+                errors.append(e.code())
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        v1 = stub.Sample(pb.SampleRequest(model="tiny-gan", n=4, seed=1)).samples
+        publish_gan(store, tmp_path / "build2", seed=1)  # version 2, other weights
+        _wait(lambda: stub.GetModel(pb.GetModelRequest(model="tiny-gan")).version == 2, what="version 2")
+        v2 = stub.Sample(pb.SampleRequest(model="tiny-gan", n=4, seed=1))
+        assert v2.model == "tiny-gan@2" and v2.samples != v1
+        assert stub.Sample(pb.SampleRequest(model="tiny-gan@1", n=4, seed=1)).samples == v1
+
+        _corrupt_copy(store, 3, "checksum")  # a bad newer version never replaces a good one
+        time.sleep(0.5)
+        assert stub.GetModel(pb.GetModelRequest(model="tiny-gan")).version == 2
+
+        shutil.rmtree(store / "tiny-gan" / "2")  # deleted while served: later requests get the remaining version
+        _wait(lambda: stub.GetModel(pb.GetModelRequest(model="tiny-gan")).version == 1, what="fallback to 1")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sample(pb.SampleRequest(model="tiny-gan@2", n=1))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "served: [1]" in err.value.details()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        channel.close()
+        running.app.stop(0)
+    assert errors == []  # nothing failed while versions came and went
+
+
+def test_in_flight_request_finishes_when_its_version_is_deleted(tmp_path):
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build")
+    running = start_server(store, reload_interval_s=0.05, metrics_port=-1)
+    channel, stub = _stub(running.target)
+    try:
+        images = tensors.from_array(np.zeros((64, 1, 8, 8), np.float32))
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("r", stub.Invert(pb.InvertRequest(
+            model="tiny-gan", images=images, method=pb.OPTIMIZE, steps=300))))
+        t.start()
+        time.sleep(0.05)
+        shutil.rmtree(store / "tiny-gan" / "1")
+        t.join(30)
+        assert result["r"].model == "tiny-gan@1" and len(result["r"].mse) == 64
+        _wait(lambda: not running.app.registry.models(), what="the deleted version to go")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sample(pb.SampleRequest(model="tiny-gan", n=1))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+        running.app.stop(0)
+
+
+def test_empty_and_missing_store_still_serve_health(tmp_path):
+    running = start_server(tmp_path / "does-not-exist", reload_interval_s=0, metrics_port=-1)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.GeneratorServiceStub(channel).Sample(pb.SampleRequest(n=1))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.app.stop(0)
+
+
+# -- batcher: backpressure, deadlines, cancellation -------------------------------------------------------
+
+class _Gate:
+    """A run function that blocks until released, counting the rows it ran."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.calls: list[int] = []
+
+    def __call__(self, feeds):
+        self.release.wait(10)
+        self.calls.append(len(feeds["z"]))
+        return feeds["z"] * 2
+
+
+def _feeds(n: int, value: float = 1.0):
+    return {"z": np.full((n, 2), value, np.float32)}
+
+
+def test_batcher_overflow_is_rejected_at_once():
+    gate = _Gate()
+    b = Batcher("m", gate, max_batch=8, max_queue=2, max_delay_s=0, queue_timeout_s=10)
+    try:
+        first = b.submit(_feeds(1))  # taken by the worker, blocked in run
+        _wait(lambda: b.depth() == 0, what="the worker to take the first request")
+        queued = [b.submit(_feeds(1, v)) for v in (2.0, 3.0)]
+        t0 = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="queue full"):
+            b.submit(_feeds(1))
+        assert time.perf_counter() - t0 < 0.01
+        gate.release.set()
+        assert first.result(5)[0, 0] == 2.0
+        assert [q.result(5)[0, 0] for q in queued] == [4.0, 6.0]
+        assert gate.calls == [1, 2]  # the two queued requests ran as one batch
+    finally:
+        gate.release.set()
+        b.close()
+
+
+def test_batcher_drops_expired_and_cancelled_requests():
+    gate = _Gate()
+    b = Batcher("m", gate, max_batch=8, max_queue=8, max_delay_s=0, queue_timeout_s=0.2)
+    try:
+        b.submit(_feeds(1))
+        _wait(lambda: b.depth() == 0, what="the worker to take the first request")
+        expired = b.submit(_feeds(1), deadline=time.monotonic() + 0.01)
+        cancelled = b.submit(_feeds(1), is_active=lambda: False)
+        timed_out = b.submit(_feeds(1))
+        time.sleep(0.3)
+        gate.release.set()
+        with pytest.raises(DeadlineExceeded):
+            expired.result(5)
+        with pytest.raises(Cancelled):
+            cancelled.result(5)
+        with pytest.raises(ResourceExhausted, match="queue timeout"):
+            timed_out.result(5)
+        assert gate.calls == [1]  # none of the three cost a run
+    finally:
+        gate.release.set()
+        b.close()
+
+
+def test_batcher_splits_a_request_larger_than_a_batch():
+    runs = []
+    b = Batcher("m", lambda f: runs.append(len(f["z"])) or f["z"] + 1, max_batch=4, max_queue=4, max_delay_s=0,
+                queue_timeout_s=10)
+    try:
+        out = b.submit({"z": np.arange(10, dtype=np.float32)[:, None]}).result(5)
+        np.testing.assert_array_equal(out[:, 0], np.arange(10) + 1)
+        assert runs == [4, 4, 2]
+    finally:
+        b.close()
+
+
+def test_overload_over_grpc_is_resource_exhausted_in_milliseconds(model_store):
+    # The batcher waits 300 ms for more rows, so the first request sits in the queue of 1.
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_queue_size=1,
+                           max_queue_delay_ms=300)
+    channel, stub = _stub(running.target)
+    try:
+        holder = threading.Thread(target=lambda: stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1)))
+        holder.start()
+        _wait(lambda: running.app.registry.resolve("tiny-gan").batcher.depth() == 1, what="a queued request")
+        t0 = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=2))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in err.value.details()
+        assert time.perf_counter() - t0 < 0.2
+        holder.join(5)
+        with grpc.insecure_channel(running.target) as ch:
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status == \
+                health_pb2.HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+        running.app.stop(0)
+
+
+def test_slow_stream_reader_holds_the_server_to_a_bounded_number_of_chunks(model_store):
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1)
+    channel, stub = _stub(running.target)
+    chunks = lambda: running.app.telemetry.registry.get_sample_value(  # noqa: E731
+        "ganserve_stream_chunks_total", {"model": "tiny-gan@1"}) or 0
+    try:
+        # 1,000 chunks of 4096 samples (1 MiB each) would be 1 GiB if the server ran ahead of the reader.
+        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 1000, seed=1, chunk_size=4096))
+        first = next(stream)
+        assert first.start == 0
+        time.sleep(1.5)
+        produced = chunks()
+        assert 1 <= produced <= 40, produced  # bounded by HTTP/2 flow control, not by n
+        stream.cancel()
+        # the cancelled stream stops producing
+        after = chunks()
+        time.sleep(0.5)
+        assert chunks() - after <= 1
+    finally:
+        channel.close()
+        running.app.stop(0)
+
+
+# -- access -----------------------------------------------------------------------------------------------
+
+def test_token_auth(model_store):
+    from sdk import AuthenticationError, Client
+
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, auth_token="s3cret-token")
+    try:
+        with Client(running.target, token="") as anonymous, pytest.raises(AuthenticationError):
+            anonymous.list_models()
+        with Client(running.target, token="s3cret-tokeX") as wrong, pytest.raises(AuthenticationError):
+            wrong.sample(seed=1, model="tiny-gan")
+        with Client(running.target, token="s3cret-token") as ok:
+            assert ok.sample(2, seed=1, model="tiny-gan").shape == (2, 1, 8, 8)
+        with grpc.insecure_channel(running.target) as channel:  # health stays open for probes
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                list(pb_grpc.GeneratorServiceStub(channel).SampleStream(pb.SampleStreamRequest(n=5)))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        running.app.stop(0)
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all made here."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def make(name, issuer_name=None, issuer_key=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        return key, cert
+
+    ca_key, ca_cert = make("test-ca", ca=True)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    srv_key, srv_cert = make("localhost", ca_cert.subject, ca_key, san=san)
+    cli_key, cli_cert = make("client", ca_cert.subject, ca_key)
+    out = {}
+    for name, obj in (("ca", ca_cert), ("server", srv_cert), ("client", cli_cert)):
+        out[f"{name}_cert"] = folder / f"{name}.pem"
+        out[f"{name}_cert"].write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+    for name, key in (("server", srv_key), ("client", cli_key)):
+        out[f"{name}_key"] = folder / f"{name}.key"
+        out[f"{name}_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return out
+
+
+def test_tls_and_client_certificates(model_store, tmp_path):
+    from sdk import Client, UnavailableError
+
+    c = _certificates(tmp_path)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, address="localhost:0",
+                           tls_cert=str(c["server_cert"]), tls_key=str(c["server_key"]),
+                           tls_client_ca=str(c["ca_cert"]))
+    target = f"localhost:{running.port}"
+    try:
+        with Client(target, root_certificates=c["ca_cert"], client_cert=c["client_cert"],
+                    client_key=c["client_key"]) as ok:
+            assert ok.sample(1, seed=1, model="tiny-gan").shape == (1, 1, 8, 8)
+        with Client(target, root_certificates=c["ca_cert"], retries=0, timeout=3) as no_client_cert:
+            with pytest.raises(UnavailableError):
+                no_client_cert.list_models()
+        with Client(target, retries=0, timeout=3) as plaintext, pytest.raises(UnavailableError):
+            plaintext.list_models()
+    finally:
+        running.app.stop(0)
+
+
+# -- process: SIGTERM drains ------------------------------------------------------------------------------
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(model_store):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--address", f"127.0.0.1:{port}", "--store",
+                             str(model_store), "--metrics-port", "-1", "--log-format", "json", "--drain-s", "20"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel, stub = _stub(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        _wait(lambda: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+              == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING")
+        # A stream of 40 chunks of 1 MiB, read slowly: HTTP/2 flow control keeps it in flight on the server.
+        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096))
+        got = [next(stream).start]
+        proc.send_signal(signal.SIGTERM)
+        for chunk in stream:  # drained, not cut off
+            got.append(chunk.start)
+            time.sleep(0.02)
+        assert got == list(range(0, 4096 * 40, 4096))
+        assert proc.wait(timeout=30) == 0
+        logs = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+        assert any("draining" in entry["msg"] for entry in logs) and logs[-1]["msg"] == "stopped"
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
