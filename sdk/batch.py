@@ -41,7 +41,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for name, arr in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+                arr = np.asarray(arr)
+                np.lib.format.write_array(f, arr if arr.flags.c_contiguous else np.ascontiguousarray(arr),
+                                          allow_pickle=False)
 
 
 def sha256(path: Path) -> str:
@@ -114,7 +116,7 @@ def run(args) -> int:
         total = -(-job["n"] // job["shard_size"])
         done = {int(i) for i, s in shards.items() if (out / s["file"]).is_file() and sha256(out / s["file"]) == s["sha256"]}
         skipped = sum(shards[str(i)]["count"] for i in done)
-        if done:
+        if manifest_path.exists() and shards:
             print(f"resuming: {len(done)} of {total} shards already done and verified", file=sys.stderr)
         from tqdm import tqdm
 
