@@ -1,0 +1,93 @@
+"""ONNX export with a dynamic batch axis, parity against torch, ORT speed, and the manifest's graph specs."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], output_names: list[str], path: Path,
+                probe: Callable[[int, torch.Generator], dict[str, torch.Tensor]] | None = None,
+                probe_batch: int = 37) -> float:
+    """Export `module(**example)` to `path` (batch axis "N" dynamic) and return the max abs difference
+    between torch and ONNX Runtime on fresh random inputs of another batch size.
+
+    `probe(n, gen)` draws those inputs (default: standard normal of each example's shape); the caller passes
+    one when inputs have a domain, e.g. class-probability vectors or images in [0, 1].
+    """
+    import onnxruntime as ort
+
+    module.eval()
+    names = list(example)
+    buf = io.BytesIO()
+    torch.onnx.export(module, tuple(example.values()), buf, input_names=names, output_names=output_names,
+                      dynamic_axes={n: {0: "N"} for n in [*names, *output_names]}, opset_version=OPSET,
+                      dynamo=False)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+    gen = torch.Generator().manual_seed(1234)
+    inputs = probe(probe_batch, gen) if probe else {
+        n: torch.randn(probe_batch, *t.shape[1:], generator=gen) for n, t in example.items()}
+    with torch.no_grad():
+        ref = module(**inputs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(output_names, {n: t.numpy() for n, t in inputs.items()})
+    return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
+
+
+def graph_spec(path: Path) -> dict:
+    """{"file", "inputs": [{name, dtype, dims}], "outputs": [...]} of an ONNX file (dims without the batch axis).
+
+    Input dims come from the graph; output dims from running it once on a batch of 2 (static shape
+    inference loses them after a reshape with a dynamic batch).
+    """
+    import onnxruntime as ort
+
+    dtypes = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
+    np_types = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [{"name": i.name, "dtype": dtypes[i.type], "dims": [int(d) for d in i.shape[1:]]}
+              for i in sess.get_inputs()]
+    feeds = {i["name"]: np.zeros((2, *i["dims"]), np_types[i["dtype"]]) for i in inputs}
+    outs = sess.run(None, feeds)
+    outputs = [{"name": o.name, "dtype": dtypes[o.type], "dims": list(v.shape[1:])}
+               for o, v in zip(sess.get_outputs(), outs)]
+    return {"file": Path(path).name, "inputs": inputs, "outputs": outputs}
+
+
+def ort_samples_per_s(path: Path, make_feeds: Callable[[int], dict[str, np.ndarray]], batch: int,
+                      threads: int = 2, min_time: float = 1.0) -> float:
+    """In-process ONNX Runtime throughput (samples/s) at a fixed batch size, after a warm-up."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds = make_feeds(batch)
+    for _ in range(3):
+        sess.run(None, feeds)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        sess.run(None, feeds)
+        n += batch
+        dt = time.perf_counter() - t0
+        if dt >= min_time and n >= 3 * batch:
+            return n / dt
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,86 @@
+"""Train, export and publish one model: python -m training.run <config> [--key=value ...]
+
+    python -m training.run gan-mnist                      # training/configs/gan-mnist.toml
+    python -m training.run gan-mnist --loss=minimax --epochs=2
+    python -m training.run gan-mnist --resume             # continue runs/gan-mnist from its last checkpoint
+    python -m training.run gan-ring8 --seed=3 --no-publish --out runs/ring-s3
+
+Steps: 1. read the TOML config and the overrides into the family's frozen dataclass (unknown keys and
+wrong types are errors), print it and save it as <out>/config.json; 2. train (checkpoints in <out>);
+3. export ONNX and check parity; 4. publish a new version into the store (unless --no-publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from training.config import ConfigError, build, config_path, parse_overrides, read_toml, to_dict
+
+# family name in a config file -> module with Config, train(), export(), manifest_fields()
+FAMILIES = {"evaluator": "training.evaluator", "gan": "training.gan", "toy": "training.toy",
+            "latent-constraint": "training.latent_constraints"}
+
+
+def load(config: str, overrides: list[str]):
+    """(family module, config) for a config name or path and its --key=value overrides."""
+    values = read_toml(config_path(config))
+    family = values.pop("family", None)
+    if family not in FAMILIES:
+        raise ConfigError(f"{config}: 'family' must be one of {sorted(FAMILIES)}, got {family!r}")
+    module = importlib.import_module(FAMILIES[family])
+    return module, build(module.Config, values, parse_overrides(overrides))
+
+
+def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = Path("model_store"),
+        resume: bool = False, log=print) -> dict:
+    """The whole pipeline; returns {"config", "result", "manifest", "published"}."""
+    from training.publish import build_manifest, publish_model
+
+    module, cfg = load(config, overrides)
+    out = Path(out or Path("runs") / cfg.name)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    log(json.dumps(cfg_dict, indent=2))
+    saved = out / "config.json"
+    if resume and saved.exists() and json.loads(saved.read_text()) != cfg_dict:
+        raise ConfigError(f"--resume with a different config than {saved}; pass the same overrides")
+    saved.write_text(json.dumps(cfg_dict, indent=2) + "\n")
+
+    result = module.train(cfg, out, resume=resume, log=log)
+    art = module.export(result, out)
+    training = {"config": cfg_dict, "family": module.__name__, "seed": cfg.seed, "steps": result["steps"],
+                "wall_time_s": round(result["wall_time_s"], 1), "data": result["data"],
+                **result.get("training_extra", {})}
+    metrics = {**result["metrics"], **art.get("metrics", {})}
+    manifest = build_manifest(cfg.name, module.manifest_fields(cfg), art["graphs"], training, metrics,
+                              art["export"])
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    published = None
+    if store is not None:
+        published = publish_model(store, manifest, art["files"])
+        log(f"published {published}")
+    return {"config": cfg, "result": result, "manifest": manifest, "published": published}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n")[0])
+    p.add_argument("config", help="config name (training/configs/<name>.toml) or a .toml path")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
+    p.add_argument("--store", type=Path, default=Path("model_store"), help="model store to publish into")
+    p.add_argument("--no-publish", action="store_true", help="train and export only")
+    args, rest = p.parse_known_args(argv)
+    try:
+        run(args.config, rest, args.out, None if args.no_publish else args.store, args.resume)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
