@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training import inversion_runtime as rt
+from training.config import build, config_path, parse_overrides, read_toml
+from training.evaluate import find_evaluator, resolve
 from training.grad_graph import build_grad_graph
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
@@ -43,15 +43,15 @@ STORE = Path(__file__).resolve().parent.parent / "model_store"
 class EncoderConfig:
     seed: int = 0
     data_path: str = ""
-    channels: int = 64          # width of the first conv; doubled twice
+    channels: int = 32          # width of the first conv; doubled twice
     hidden: int = 512
-    steps: int = 2000
+    steps: int = 1000
     batch_size: int = 64        # pairs per step; as many real images
-    lr: float = 1e-3
+    lr: float = 2e-3
     w_real: float = 1.0         # weight of the real-image reconstruction loss (per-pixel mean, [-1, 1] units)
-    w_pair_pix: float = 1.0     # weight of the pair reconstruction loss ||G(E(G(z))) - G(z)||^2 / P
-    pair_pool: int = 20000      # (G(z), z) pairs generated once with ONNX Runtime, redrawn per epoch of the pool
-    threads: int = 2
+    w_pair_pix: float = 0.0     # weight of the pair reconstruction loss ||G(E(G(z))) - G(z)||^2 / P (0: skipped)
+    pair_pool: int = 20000      # (G(z), z) pairs generated with ONNX Runtime, redrawn when the pool is used up
+    threads: int = 1
 
     def __post_init__(self):
         for f in ("channels", "hidden", "steps", "batch_size", "pair_pool", "threads"):
@@ -84,45 +84,8 @@ class InversionEncoder(nn.Module):
 
 # --- model store helpers -------------------------------------------------------------------------------
 
-def latest_version(name: str, store: Path = STORE) -> Path:
-    from server.manifest import read_manifest
-
-    folder = store / name
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
-        if folder.is_dir() else []
-    for v in versions:
-        try:
-            read_manifest(folder / str(v))
-            return folder / str(v)
-        except Exception:  # an invalid version is skipped, as the server does
-            continue
-    raise FileNotFoundError(f"no valid published version of {name!r} in {store}")
-
-
 def read(version_dir: Path) -> dict:
-    return json.loads((version_dir / "manifest.json").read_text())
-
-
-class Evaluator:
-    """The project's MNIST evaluator (model_store/mnist-evaluator), run in ONNX Runtime: x in [0, 1]."""
-
-    def __init__(self, store: Path = STORE, threads: int = 2):
-        d = latest_version("mnist-evaluator", store)
-        m = read(d)
-        g = m["graphs"]["classifier"]
-        self.version = f"mnist-evaluator@{m['version']}"
-        self.input = g["inputs"][0]["name"]
-        self.session = rt.make_session(d / g["file"], threads)
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def run(self, x01: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-        """(logits (N, 10), features (N, F)) for images in [0, 1]."""
-        logits, feats = [], []
-        for i in range(0, len(x01), batch):
-            lo, fe = self.session.run(None, {self.input: np.ascontiguousarray(x01[i:i + batch], np.float32)})[:2]
-            logits.append(lo)
-            feats.append(fe)
-        return np.concatenate(logits), np.concatenate(feats)
+    return json.loads((Path(version_dir) / "manifest.json").read_text())
 
 
 # --- gradient graph -------------------------------------------------------------------------------------
@@ -135,7 +98,7 @@ def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num
                      n: int = 8, eps: float = 1e-2, seed: int = 0) -> float:
     """Central finite differences of the ONNX generator against grad_z along random directions.
 
-    Returns the max relative error |fd - <grad, u>| / (|<grad, u>| + 1e-3 ||grad||) over n samples. (Against
+    Returns the max over n samples of |fd - <grad, u>| / ||grad|| (float32 losses limit it to ~1e-3). (Against
     torch autograd in the tests; here the check needs only the published graphs, so it also covers foreign
     generators.)"""
     g = rt.make_session(generator_onnx)
@@ -150,7 +113,7 @@ def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num
     _, grad = gg.run(["loss", "grad_z"], {"z": z, "target": target, **feed_y})
     fd = (loss_at(z + eps * u) - loss_at(z - eps * u)) / (2 * eps)
     an = (grad * u).sum(1)
-    return float(np.max(np.abs(fd - an) / (np.abs(an) + 1e-3 * np.linalg.norm(grad, axis=1))))
+    return float(np.max(np.abs(fd - an) / np.linalg.norm(grad, axis=1)))
 
 
 # --- encoder training ------------------------------------------------------------------------------------
@@ -183,7 +146,7 @@ def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=pr
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     b, pixels = cfg.batch_size, float(np.prod(x_real.shape[1:]))
-    hist = {"pair_latent": [], "pair_pixel": [], "real_pixel": []}
+    hist = {"pair_latent": [], "real_pixel": []}
     t0 = time.time()
     for step in range(cfg.steps):
         enc.train()
@@ -197,26 +160,26 @@ def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=pr
         z_all = enc(torch.cat([xp, xr]), torch.cat([yp, yr]) if k else None)  # (2b, d)
         z_hat_p, z_hat_r = z_all[:b], z_all[b:]
         loss_lat = F.mse_loss(z_hat_p, zp)
-        # Pixel losses through G: d/dz of ||G(z) - target||^2 from generator_grad.onnx, chained into torch.
-        zz = z_all.detach().numpy()
-        target = np.concatenate([px[ip], x_real[ir]]).astype(np.float32)
-        feed = {"z": zz, "target": target}
+        # Pixel losses through G: d/dz of ||G(z) - target||^2 from generator_grad.onnx, chained into torch
+        # (surrogate = <z, dL/dz> has the right gradient w.r.t. the encoder weights). Pairs only if weighted.
+        lo = 0 if cfg.w_pair_pix > 0 else b
+        feed = {"z": z_all[lo:].detach().numpy(),
+                "target": np.concatenate([px[ip], x_real[ir]])[lo:].astype(np.float32)}
         if k:
-            feed["y"] = np.concatenate([py[ip], y_real[ir]])
+            feed["y"] = np.concatenate([py[ip], y_real[ir]])[lo:]
         loss_pix, grad_z = grad.run(["loss", "grad_z"], feed)
-        w = np.concatenate([np.full(b, cfg.w_pair_pix), np.full(b, cfg.w_real)]).astype(np.float32)[:, None]
-        surrogate = (z_all * torch.from_numpy(grad_z * w / (b * pixels))).sum()  # gradient = chain rule
+        w = np.concatenate([np.full(b, cfg.w_pair_pix), np.full(b, cfg.w_real)]).astype(np.float32)[lo:, None]
+        surrogate = (z_all[lo:] * torch.from_numpy(grad_z * w / (b * pixels))).sum()
         opt.zero_grad(set_to_none=True)
         (loss_lat + surrogate).backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == cfg.steps - 1:
             hist["pair_latent"].append(loss_lat.item())
-            hist["pair_pixel"].append(float(loss_pix[:b].mean() / pixels / 4))  # per-pixel MSE in [0, 1] units
-            hist["real_pixel"].append(float(loss_pix[b:].mean() / pixels / 4))
+            hist["real_pixel"].append(float(loss_pix[-b:].mean() / pixels / 4))  # per-pixel MSE in [0, 1] units
         if step % 250 == 0 or step == cfg.steps - 1:
-            log(f"encoder step {step + 1}/{cfg.steps}: latent {hist['pair_latent'][-1]:.3f} pair mse01 "
-                f"{hist['pair_pixel'][-1]:.4f} real mse01 {hist['real_pixel'][-1]:.4f} ({time.time() - t0:.0f}s)")
+            log(f"encoder step {step + 1}/{cfg.steps}: pair latent mse {hist['pair_latent'][-1]:.3f}, real mse01 "
+                f"{hist['real_pixel'][-1]:.4f} ({time.time() - t0:.0f}s)")
         if step and step % (cfg.pair_pool // b) == 0:  # fresh pairs once the pool has been seen
             px, pz, py = make_pairs(cfg.pair_pool)
     enc.eval()
@@ -225,71 +188,20 @@ def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=pr
 
 def export_encoder(enc: InversionEncoder, path: Path) -> float:
     """encoder.onnx: x (N, 1, 28, 28) [, y (N, K)] -> z (N, d); returns the parity max abs diff vs torch."""
-    import onnxruntime as ort
+    from training.export import export_onnx
 
-    enc.eval()
     k = enc.num_classes
-    x = torch.rand(5, 1, 28, 28) * 2 - 1
-    y = F.one_hot(torch.arange(5) % k, k).float() if k else None
-    args, names = ((x, y), ["x", "y"]) if k else ((x,), ["x"])
-    buf = io.BytesIO()
-    torch.onnx.export(enc, args, buf, input_names=names, output_names=["z"],
-                      dynamic_axes={n: {0: "N"} for n in [*names, "z"]}, opset_version=17, dynamo=False)
-    path.write_bytes(buf.getvalue())
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    probe_x = torch.rand(33, 1, 28, 28) * 2 - 1
-    probe_y = torch.softmax(torch.randn(33, k) * 3, 1) if k else None
-    with torch.no_grad():
-        ref = enc(probe_x, probe_y).numpy()
-    feed = {"x": probe_x.numpy(), **({"y": probe_y.numpy()} if k else {})}
-    return float(np.abs(sess.run(["z"], feed)[0] - ref).max())
+
+    def probe(n, g):
+        p = {"x": torch.rand(n, 1, 28, 28, generator=g) * 2 - 1}
+        if k:
+            p["y"] = torch.softmax(3 * torch.randn(n, k, generator=g), 1)
+        return p
+
+    return export_onnx(enc.eval(), probe(2, torch.Generator().manual_seed(0)), ["z"], path, probe=probe)
 
 
-# --- measurement (issue 4, item 7) -------------------------------------------------------------------------
-
-def inversion_metrics(version_dir: Path, *, n: int = 1000, settings: rt.InversionSettings = rt.DEFAULTS,
-                      threads: int = 2, store: Path = STORE, seed: int = 0, log=print) -> dict[str, float]:
-    """ENCODER / OPTIMIZE / HYBRID on n real MNIST test digits and n of the model's own samples.
-
-    Real digits: per-pixel MSE in [0, 1] units and evaluator label agreement (label of the reconstruction ==
-    label of the original). Own samples (latents of `seed` via protos.latents, labels i mod K for conditional
-    models): MSE and cosine(z_recovered, z_true). Timing: wall seconds per image, whole batch at once.
-    Conditional models get the true label of the digit (the Invert RPC's optional label)."""
-    from protos.latents import latents
-    from training.data import load_mnist
-
-    m = read(version_dir)
-    d, k = m["latent_dim"], m["num_classes"]
-    inv = rt.Inverter.from_version_dir(version_dir, threads)
-    ev = Evaluator(store, threads)
-    test = load_mnist("test")
-    x01 = np.asarray(test.images[:n], np.float32)
-    x = x01 * 2 - 1
-    y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[:n])] if k else None
-    label_orig = ev.run(x01)[0].argmax(1)
-    z_true = latents(seed, n, d)
-    y_own = np.eye(k, dtype=np.float32)[np.arange(n) % k] if k else None
-    x_own = inv.generate(z_true, y_own)
-    out: dict[str, float] = {"inversion_n": float(n)}
-    for method in rt.METHODS:
-        r = inv.invert(x, method, y, settings=settings)
-        mse = rt.pixel_mse01(r.reconstruction, x)
-        agree = (ev.run((r.reconstruction + 1) / 2)[0].argmax(1) == label_orig).mean()
-        r2 = inv.invert(x_own, method, y_own, settings=settings)
-        mse_own = rt.pixel_mse01(r2.reconstruction, x_own)
-        cos = rt.cosine(r2.z, z_true)
-        key = method.lower()
-        out.update({f"inversion_{key}_real_mse": float(mse.mean()),
-                    f"inversion_{key}_real_label_agreement": float(agree),
-                    f"inversion_{key}_own_mse": float(mse_own.mean()),
-                    f"inversion_{key}_own_cosine": float(cos.mean()),
-                    f"inversion_{key}_ms_per_image": 1000 * (r.seconds + r2.seconds) / (2 * n)})
-        log(f"{m['name']}@{m['version']} {method:8s} real mse {mse.mean():.4f} agree {agree:.3f} | own mse "
-            f"{mse_own.mean():.4f} cos {cos.mean():.3f} | {out[f'inversion_{key}_ms_per_image']:.1f} ms/image")
-    out.update({"inversion_steps": float(settings.steps), "inversion_lr": settings.lr,
-                "inversion_prior_weight": settings.prior_weight})
-    return out
-
+# --- pictures ---------------------------------------------------------------------------------------------
 
 def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.InversionSettings = rt.DEFAULTS) -> None:
     """Two rows: n real test digits, and their HYBRID inversions (scaled x2 for the README)."""
@@ -311,24 +223,11 @@ def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.Inversion
 
 # --- publish -----------------------------------------------------------------------------------------------
 
-def graph_spec(path: Path) -> dict:
-    """Manifest graph entry (names, dtypes, dims without the batch axis) read from the ONNX file itself."""
-    model = onnx.load(str(path))
-    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT64: "int64"}
-    init = {i.name for i in model.graph.initializer}
-
-    def spec(vi):
-        dims = [dd.dim_value for dd in vi.type.tensor_type.shape.dim][1:]
-        return {"name": vi.name, "dtype": dtypes[vi.type.tensor_type.elem_type], "dims": dims}
-
-    return {"file": path.name, "inputs": [spec(i) for i in model.graph.input if i.name not in init],
-            "outputs": [spec(o) for o in model.graph.output]}
-
-
 def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Path, extra: dict,
                            store: Path = STORE) -> Path:
     """A new version: every file of `version_dir` unchanged + encoder.onnx + generator_grad.onnx."""
     from server.manifest import publish
+    from training.export import graph_spec
 
     m = read(version_dir)
     files = {f: version_dir / f for f in m["files"]}
@@ -344,32 +243,6 @@ def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Pat
     return publish(store, new, files)
 
 
-def load_config(path: str | None, overrides: list[str]) -> EncoderConfig:
-    values: dict = tomllib.loads(Path(path).read_text()) if path else {}
-    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
-    defaults = EncoderConfig()
-    for item in overrides:
-        if not item.startswith("--") or "=" not in item:
-            raise SystemExit(f"override must look like --key=value, got {item!r}")
-        key, v = item[2:].split("=", 1)
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise SystemExit(f"unknown config key {key!r}; known: {sorted(fields)}")
-        try:
-            values[key] = type(getattr(defaults, key))(v)
-        except ValueError as e:
-            raise SystemExit(f"{key} must be a {type(getattr(defaults, key)).__name__}, got {v!r}") from e
-    for key, v in values.items():
-        if key not in fields:
-            raise SystemExit(f"unknown config key {key!r}; known: {sorted(fields)}")
-        want = type(getattr(defaults, key))
-        if want is float and isinstance(v, int):
-            values[key] = float(v)
-        elif not isinstance(values[key], want):
-            raise SystemExit(f"{key} must be a {want.__name__}, got {v!r}")
-    return EncoderConfig(**values)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train an inversion encoder for a published generator and publish "
                                             "a new version with encoder.onnx and generator_grad.onnx")
@@ -379,11 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=None, help="scratch folder (default runs/<model>-encoder)")
     p.add_argument("--no-publish", action="store_true")
     args, rest = p.parse_known_args(argv)
-    cfg = load_config(args.config, rest)
+    values = read_toml(config_path(args.config)) if args.config else {}
+    values.pop("family", None)
+    cfg = build(EncoderConfig, values, parse_overrides(rest))
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     torch.set_num_threads(cfg.threads)
     store = Path(args.store)
-    src = latest_version(args.model, store)
+    src = resolve(store, args.model)
     work = Path(args.work or f"runs/{args.model}-encoder")
     work.mkdir(parents=True, exist_ok=True)
     m = read(src)
@@ -403,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     (scratch / "encoder.onnx").write_bytes(enc_onnx.read_bytes())
     (scratch / "generator_grad.onnx").write_bytes(grad_onnx.read_bytes())
     (scratch / "manifest.json").write_text(json.dumps(m))
-    metrics = inversion_metrics(scratch, store=store)
+    metrics = rt.measure(scratch, find_evaluator(store))
     (work / "inversion_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.no_publish:
         return

@@ -215,3 +215,52 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity (N,)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def measure(version_dir: str | Path, evaluator, *, n: int = 1000, settings: InversionSettings = DEFAULTS,
+            threads: int = 2, seed: int = 0, methods: tuple[str, ...] = METHODS, log=print) -> dict[str, float]:
+    """Issue 4, item 7: ENCODER / OPTIMIZE / HYBRID on n real MNIST test digits and n of the model's own samples.
+
+    `evaluator` is training.evaluate.Evaluator (x in [0, 1] -> (logits, features)).
+    Real digits (the first n of the test split, in [-1, 1]; conditional models get the true label, as the
+    Invert RPC's optional label): per-pixel MSE with pixels in [0, 1], and label agreement = the evaluator's
+    label of the reconstruction equals its label of the original.
+    Own samples (latents of `seed` from protos.latents, labels i mod K): MSE and cosine(z_recovered, z_true).
+    Time: wall seconds of the whole batch (ONNX Runtime, `threads` intra-op threads) per image.
+    """
+    import json
+
+    from protos.latents import latents
+    from training.data import load_mnist
+
+    d = Path(version_dir)
+    m = json.loads((d / "manifest.json").read_text())
+    dim, k = m["latent_dim"], m["num_classes"]
+    inv = Inverter.from_version_dir(d, threads)
+    test = load_mnist("test")
+    x01 = np.asarray(test.images[:n], np.float32)
+    x = x01 * 2 - 1
+    y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[:n])] if k else None
+    label_orig = evaluator(x01)[0].argmax(1)
+    z_true = latents(seed, n, dim)
+    y_own = np.eye(k, dtype=np.float32)[np.arange(n) % k] if k else None
+    x_own = inv.generate(z_true, y_own)
+    out: dict[str, float] = {"inversion_n": n}
+    for method in methods:
+        r = inv.invert(x, method, y, settings=settings)
+        mse = pixel_mse01(r.reconstruction, x)
+        agree = float((evaluator((r.reconstruction + 1) / 2)[0].argmax(1) == label_orig).mean())
+        r2 = inv.invert(x_own, method, y_own, settings=settings)
+        mse_own = pixel_mse01(r2.reconstruction, x_own)
+        cos = cosine(r2.z, z_true)
+        key = method.lower()
+        out.update({f"inversion_{key}_real_mse": float(mse.mean()),
+                    f"inversion_{key}_real_label_agreement": agree,
+                    f"inversion_{key}_own_mse": float(mse_own.mean()),
+                    f"inversion_{key}_own_cosine": float(cos.mean()),
+                    f"inversion_{key}_ms_per_image": 1000 * (r.seconds + r2.seconds) / (2 * n)})
+        log(f"{m['name']}@{m['version']} {method:8s} real mse01 {mse.mean():.4f} label agreement {agree:.3f} | "
+            f"own mse01 {mse_own.mean():.4f} cos {cos.mean():.3f} | {out[f'inversion_{key}_ms_per_image']:.2f} ms/image")
+    out.update({"inversion_steps": settings.steps, "inversion_lr": settings.lr,
+                "inversion_prior_weight": settings.prior_weight, "inversion_threads": threads})
+    return out

@@ -31,17 +31,13 @@ prior samples out of the holes towards the aggregate posterior.
 
 Networks only map tensors; the training loop and evaluation are functions below; export turns
 decoder o actor into one generator graph with the cGAN's inputs (z, y class probabilities) -> x in [-1, 1].
-Run: python -m training.latent_constraints [config.toml] [--key=value ...]
+Run: python -m training.run latent-constraint-mnist [--key=value ...]   (training/configs/latent-constraint-mnist.toml)
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import io
 import json
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,18 +65,21 @@ class LatentConstraintConfig:
     vae_batch_size: int = 128
     vae_lr: float = 1e-3
     # actor / critic
-    ac_hidden: int = 512
-    ac_steps: int = 6000
-    realism_steps: int = 3000
+    ac_hidden: int = 256
+    ac_steps: int = 5000
+    realism_steps: int = 2500
     ac_batch_size: int = 256
     ac_lr: float = 3e-4
     n_critic: int = 2
     lambda_dist: float = 0.01
     lambda_gp: float = 10.0
     gate_bias_init: float = -1.0
+    threads: int = 1            # 1 intra-op thread: pools of 2 collapse when the cores are shared
+    evaluator_store: str = "model_store"
 
     def __post_init__(self):
-        for f in ("latent_dim", "vae_hidden", "vae_epochs", "vae_batch_size", "ac_hidden", "ac_batch_size", "n_critic"):
+        for f in ("latent_dim", "vae_hidden", "vae_epochs", "vae_batch_size", "ac_hidden", "ac_batch_size", "n_critic",
+                  "threads"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be > 0, got {getattr(self, f)}")
         for f in ("ac_steps", "realism_steps", "lambda_dist", "lambda_gp"):
@@ -310,150 +309,181 @@ def train_actor_critic(actor: Actor, critic: Critic, mu: torch.Tensor, sigma: to
     return hist
 
 
-# --- export ----------------------------------------------------------------------------------------------
+# --- the family interface of training.run: train / export / manifest_fields --------------------------------
 
-def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str], output_name: str,
-                path: Path, opset: int = 17) -> float:
-    """Export with a dynamic batch axis (dynamo=False), then check against torch; returns the max abs diff."""
-    import onnxruntime as ort
-
-    module.eval()
-    buf = io.BytesIO()
-    torch.onnx.export(module, args, buf, input_names=input_names, output_names=[output_name],
-                      dynamic_axes={n: {0: "N"} for n in [*input_names, output_name]}, opset_version=opset,
-                      dynamo=False)
-    path.write_bytes(buf.getvalue())
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    gen = torch.Generator().manual_seed(123)
-    probe = tuple(torch.randn(37, *a.shape[1:], generator=gen) if n != "y" else
-                  torch.softmax(torch.randn(37, a.shape[1], generator=gen) * 3, 1)
-                  for n, a in zip(input_names, args))
-    with torch.no_grad():
-        ref = module(*probe).numpy()
-    got = sess.run([output_name], {n: a.numpy() for n, a in zip(input_names, probe)})[0]
-    return float(np.abs(ref - got).max())
+Config = LatentConstraintConfig
+STAGES = ("vae", "conditional", "realism")
 
 
-# --- the whole run ---------------------------------------------------------------------------------------
+def _modules(cfg: LatentConstraintConfig) -> dict[str, nn.Module]:
+    return {"vae": VAE(cfg.vae_config()),
+            "actor": Actor(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden, cfg.gate_bias_init),
+            "critic": Critic(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden),
+            "realism_actor": Actor(cfg.latent_dim, 0, cfg.ac_hidden, cfg.gate_bias_init),
+            "realism_critic": Critic(cfg.latent_dim, 0, cfg.ac_hidden)}
 
-def run(cfg: LatentConstraintConfig, out: Path, log=print) -> dict:
-    """Train the VAE, the conditional actor-critic and the realism actor-critic; export graphs into `out`."""
-    from safetensors.torch import save_file
 
+def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=print) -> dict:
+    """1. VAE; 2. conditional actor-critic; 3. realism actor-critic. A checkpoint after each stage; --resume
+    skips the finished stages (a killed stage restarts from its beginning)."""
+    from training.common import Curves, checkpoint_meta, load_checkpoint, save_checkpoint, seed_all
     from training.data import load_mnist
 
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    train = load_mnist("train", cfg.data_path or None)
-    test = load_mnist("test", cfg.data_path or None)
-    x_train = torch.from_numpy(np.array(train.images))
-    x_test = torch.from_numpy(np.array(test.images))
-    y_train = torch.from_numpy(np.array(train.labels))
-    times = {}
+    torch.set_num_threads(cfg.threads)
+    seed_all(cfg.seed)
+    train_split = load_mnist("train", cfg.data_path or None)
+    test_split = load_mnist("test", cfg.data_path or None)
+    x_train = torch.from_numpy(np.array(train_split.images))
+    x_test = torch.from_numpy(np.array(test_split.images))
+    y_train = torch.from_numpy(np.array(train_split.labels))
+    mods = _modules(cfg)
+    ckpt = out / "checkpoint.safetensors"
+    meta = {"done": [], "times_s": {}, "history": {}}
+    if resume and ckpt.exists():
+        meta = load_checkpoint(ckpt, mods, {})
+        log(f"resumed {ckpt}: finished stages {meta['done']}")
+    curves = Curves(out)
 
-    t0 = time.time()
-    vae = VAE(cfg.vae_config())
-    elbo_curve = train_vae(vae, x_train, cfg, log)
-    times["vae_s"] = time.time() - t0
+    def finish(stage: str, seconds: float, history) -> None:
+        meta["done"].append(stage)
+        meta["times_s"][stage] = round(seconds, 1)
+        meta["history"][stage] = history
+        save_checkpoint(ckpt, mods, {}, meta)
+
+    vae = mods["vae"]
+    if "vae" not in meta["done"]:
+        t0 = time.time()
+        elbo = train_vae(vae, x_train, cfg, log)
+        finish("vae", time.time() - t0, elbo)
+    vae.eval()
     elbo_test = test_elbo(vae, x_test, cfg.sigma_x, seed=cfg.seed)
-    log(f"test ELBO {elbo_test:.1f} nats/image")
     mu, sigma = encode_all(vae, x_train)
-    log(f"encoder sigma: mean {float(sigma.mean()):.4f}, per-dim mean range "
+    log(f"test ELBO {elbo_test:.1f} nats/image; encoder sigma mean {float(sigma.mean()):.4f}, per-dim mean in "
         f"[{float(sigma.mean(0).min()):.4f}, {float(sigma.mean(0).max()):.4f}]")
+    for stage, labels, steps in (("conditional", y_train, cfg.ac_steps), ("realism", None, cfg.realism_steps)):
+        actor, critic = (mods["actor"], mods["critic"]) if labels is not None else \
+            (mods["realism_actor"], mods["realism_critic"])
+        if stage not in meta["done"]:
+            t0 = time.time()
+            torch.manual_seed(cfg.seed + 1 + len(meta["done"]))
+            hist = train_actor_critic(actor, critic, mu, sigma, labels, cfg, steps, log, stage)
+            finish(stage, time.time() - t0, hist)
+        actor.eval()
+        critic.eval()
+    for e, v in enumerate(meta["history"]["vae"]):
+        curves.add(e + 1, **{"vae/train_elbo": v})
+    for stage in ("conditional", "realism"):
+        for key, vals in meta["history"][stage].items():
+            for j, v in enumerate(vals):
+                curves.add(50 * j, **{f"{stage}/{key}": v})
+    curves.plot(out / "curves.png", [("VAE train ELBO (nats) per epoch", ["vae/train_elbo"]),
+                                     ("conditional actor-critic", [f"conditional/{k}" for k in ("critic", "actor", "gp")]),
+                                     ("realism actor-critic", [f"realism/{k}" for k in ("critic", "actor", "gp")]),
+                                     ("mean latent shift ||z'-z||", ["conditional/shift", "realism/shift"])])
+    curves.close()
+    wall = sum(meta["times_s"].values())
+    log(f"trained in {wall:.0f}s: {meta['times_s']}")
+    return {"config": cfg, "modules": mods, "mu": mu, "sigma": sigma, "x_test": x_test,
+            "steps": cfg.vae_epochs * -(-len(x_train) // cfg.vae_batch_size) + cfg.ac_steps + cfg.realism_steps,
+            "wall_time_s": wall, "data": {"source": train_split.source, "sha256": train_split.sha256},
+            "metrics": {"elbo_test_nats": elbo_test, "elbo_train_nats": meta["history"]["vae"][-1],
+                        "sigma_z_mean": float(sigma.mean())},
+            "training_extra": {"stage_times_s": meta["times_s"]}}
 
-    t0 = time.time()
-    torch.manual_seed(cfg.seed + 1)
-    actor = Actor(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden, cfg.gate_bias_init)
-    critic = Critic(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden)
-    hist_c = train_actor_critic(actor, critic, mu, sigma, y_train, cfg, cfg.ac_steps, log, "cond")
-    times["actor_critic_s"] = time.time() - t0
 
-    t0 = time.time()
-    torch.manual_seed(cfg.seed + 2)
-    r_actor = Actor(cfg.latent_dim, 0, cfg.ac_hidden, cfg.gate_bias_init)
-    r_critic = Critic(cfg.latent_dim, 0, cfg.ac_hidden)
-    hist_r = train_actor_critic(r_actor, r_critic, mu, sigma, None, cfg, cfg.realism_steps, log, "realism")
-    times["realism_s"] = time.time() - t0
+@torch.no_grad()
+def latent_report(result: dict, evaluator, n: int = 10000, seed: int = 0) -> dict:
+    """The numbers of issue 4, item 4, with the project's evaluator (10k samples, latents of `seed`):
 
-    state = {**{f"vae.{k}": v for k, v in vae.state_dict().items()},
-             **{f"actor.{k}": v for k, v in actor.state_dict().items()},
-             **{f"critic.{k}": v for k, v in critic.state_dict().items()},
-             **{f"realism_actor.{k}": v for k, v in r_actor.state_dict().items()},
-             **{f"realism_critic.{k}": v for k, v in r_critic.state_dict().items()}}
-    tmp = out / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"config": json.dumps(dataclasses.asdict(cfg))})
-    tmp.replace(out / "model.safetensors")
+    - the holes: decoded prior samples vs reconstructions of test images (evaluator confidence, Frechet);
+    - the realism actor: prior samples before/after (Frechet distance, mean evaluator confidence);
+    - the mean latent shift ||z' - z|| of both actors on prior samples.
+    """
+    from protos.latents import latents
+    from training import evaluate
+    from training import metrics as M
 
-    z = torch.randn(4, cfg.latent_dim)
-    y = one_hot(torch.arange(4) % NUM_CLASSES)
-    x = torch.zeros(4, 1, 28, 28)
-    parity = {
-        "generator": export_onnx(ConstrainedGenerator(vae.decoder, actor), (z, y), ["z", "y"], "x",
-                                 out / "generator.onnx"),
-        "realism": export_onnx(ConstrainedGenerator(vae.decoder, r_actor), (z,), ["z"], "x", out / "realism.onnx"),
-        "decoder": export_onnx(ConstrainedGenerator(vae.decoder, None), (z,), ["z"], "x", out / "decoder.onnx"),
-        "vae_encoder": export_onnx(EncoderMean(vae.encoder), (x,), ["x"], "z", out / "vae_encoder.onnx"),
-    }
+    mods = result["modules"]
+    dec = mods["vae"].decoder
+    z = torch.from_numpy(latents(seed, n, result["config"].latent_dim))
+    y = one_hot(torch.arange(n) % NUM_CLASSES)
+    ref = evaluate.real_reference(evaluator, n)
+    x_test = result["x_test"][:n]
+    mu, _ = mods["vae"].encoder(x_test)
+
+    def stats(x01: torch.Tensor) -> dict:
+        logits, feats = evaluator(x01.numpy())
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return {"confidence": float(p.max(1).mean()), "frechet": M.frechet_distance(ref["features"], feats)}
+
+    out = {}
+    for tag, x01 in (("prior", dec(z)), ("reconstruction", dec(mu)), ("realism", dec(mods["realism_actor"](z))),
+                     ("conditional", dec(mods["actor"](z, y)))):
+        st = stats(x01)
+        out[f"{tag}_confidence"], out[f"{tag}_frechet"] = st["confidence"], st["frechet"]
+    out["latent_shift_conditional"] = float((mods["actor"](z, y) - z).norm(dim=1).mean())
+    out["latent_shift_realism"] = float((mods["realism_actor"](z) - z).norm(dim=1).mean())
+    out["prior_latent_norm"] = float(z.norm(dim=1).mean())
+    return out
+
+
+def export(result: dict, out: Path) -> dict:
+    """generator.onnx = decoder o actor (z, y) -> x in [-1, 1]; samples.png (a row per class), holes.png,
+    curves.png; parity, speed, the evaluator metrics of 10k conditional samples, the latent report."""
+    from training import evaluate
+    from training.common import image_grid
+    from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
+
+    cfg: LatentConstraintConfig = result["config"]
+    mods = result["modules"]
+    out = Path(out)
+    gen = ConstrainedGenerator(mods["vae"].decoder, mods["actor"]).eval()
+
+    def probe(n, g):
+        return {"z": torch.randn(n, cfg.latent_dim, generator=g),
+                "y": torch.softmax(3 * torch.randn(n, NUM_CLASSES, generator=g), 1)}
+
+    parity = {"generator": export_onnx(gen, probe(2, torch.Generator().manual_seed(0)), ["x"],
+                                       out / "generator.onnx", probe=probe)}
+
+    def feeds(n):
+        return {k: v.numpy() for k, v in probe(n, torch.Generator().manual_seed(1)).items()}
+
+    speed = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b), 1) for b in (1, 256)}
     with torch.no_grad():
-        zq = mu[:2000] + sigma[:2000] * torch.randn(2000, cfg.latent_dim)
-        zp = torch.randn(10000, cfg.latent_dim)
-        yp = one_hot(torch.arange(10000) % NUM_CLASSES)
-        shift_c = float((actor(zp, yp) - zp).norm(dim=1).mean())
-        shift_r = float((r_actor(zp) - zp).norm(dim=1).mean())
-    summary = {"elbo_test_nats": elbo_test, "elbo_train_curve": elbo_curve, "times_s": times,
-               "train_wall_time_s": sum(times.values()), "parity_max_abs_diff": parity,
-               "sigma_z_mean": float(sigma.mean()), "latent_shift_conditional_mean": shift_c,
-               "latent_shift_realism_mean": shift_r,
-               "prior_norm_mean": float(zp.norm(dim=1).mean()), "posterior_norm_mean": float(zq.norm(dim=1).mean()),
-               "history": {"conditional": hist_c, "realism": hist_r}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"done: wall {summary['train_wall_time_s']:.0f}s, parity {parity}, mean shift cond {shift_c:.3f} "
-        f"realism {shift_r:.3f}")
-    return summary
+        z = torch.from_numpy(latents_for_preview(cfg.latent_dim))
+        y = one_hot(torch.arange(100) // 10)
+        image_grid(gen(z, y).numpy(), 10, out / "samples.png")
+        prior = ConstrainedGenerator(mods["vae"].decoder, None)(z[:20])
+        fixed = ConstrainedGenerator(mods["vae"].decoder, mods["realism_actor"])(z[:20])
+        image_grid(torch.cat([prior, fixed]).numpy(), 20, out / "holes.png")  # top: prior, bottom: realism actor
+    metrics = dict(result["metrics"])
+    ev = evaluate.find_evaluator(cfg.evaluator_store, required=False)
+    if ev is not None:
+        metrics.update(evaluate.evaluate_generator_onnx(out / "generator.onnx", cfg.latent_dim, NUM_CLASSES, ev,
+                                                        n=10000, seed=0))
+        metrics.update(latent_report(result, ev), evaluator=ev.id)
+    (out / "latent_report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files = {"generator.onnx": out / "generator.onnx", "samples.png": out / "samples.png",
+             "curves.png": out / "curves.png", "holes.png": out / "holes.png"}
+    return {"graphs": {"generator": graph_spec(out / "generator.onnx")}, "files": files, "metrics": metrics,
+            "export": {"parity_max_abs_diff": parity, "inprocess_samples_per_s": speed["batch_256"],
+                       "samples_per_s": speed, "ort_threads": 2, "opset": 17,
+                       "generator_params": param_count(gen)}}
 
 
-def load_config(path: str | None, overrides: list[str]) -> LatentConstraintConfig:
-    """A TOML file of LatentConstraintConfig fields, then --key=value overrides; unknown keys are errors."""
-    values: dict = {}
-    if path:
-        values.update(tomllib.loads(Path(path).read_text()))
-    fields = {f.name: f for f in dataclasses.fields(LatentConstraintConfig)}
-    for item in overrides:
-        if not item.startswith("--") or "=" not in item:
-            raise SystemExit(f"override must look like --key=value, got {item!r}")
-        k, v = item[2:].split("=", 1)
-        k = k.replace("-", "_")
-        if k not in fields:
-            raise SystemExit(f"unknown config key {k!r}; known: {sorted(fields)}")
-        default = getattr(LatentConstraintConfig(), k)
-        try:
-            values[k] = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
-        except ValueError as e:
-            raise SystemExit(f"{k} must be a {type(default).__name__}, got {v!r}") from e
-    for k, v in values.items():
-        if k not in fields:
-            raise SystemExit(f"unknown config key {k!r}; known: {sorted(fields)}")
-        default = getattr(LatentConstraintConfig(), k)
-        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-            values[k] = float(v)
-        elif type(values[k]) is not type(default):
-            raise SystemExit(f"{k} must be a {type(default).__name__}, got {type(v).__name__} {v!r}")
-    return LatentConstraintConfig(**values)
+def latents_for_preview(dim: int, n: int = 100) -> np.ndarray:
+    from protos.latents import latents
+
+    return latents(12345, n, dim)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("config", nargs="?", default=None, help="TOML config (training/configs/latent-constraint-mnist.toml)")
-    p.add_argument("--out", default=None, help="run folder (default runs/<name>)")
-    args, rest = p.parse_known_args(argv)
-    cfg = load_config(args.config, rest)
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    run(cfg, Path(args.out or f"runs/{cfg.name}"))
-
-
-if __name__ == "__main__":
-    main()
+def manifest_fields(cfg: LatentConstraintConfig) -> dict:
+    return {"kind": "latent-constraint", "data_kind": "image", "latent_dim": cfg.latent_dim,
+            "num_classes": NUM_CLASSES, "class_names": [str(i) for i in range(NUM_CLASSES)],
+            "output": {"shape": [1, 28, 28], "value_range": [-1.0, 1.0]}, "max_batch_size": 4096,
+            "description": f"VAE (latent {cfg.latent_dim}, sigma_x {cfg.sigma_x}, beta {cfg.beta}) on MNIST made "
+                           "conditional by a latent actor-critic (Engel et al. 2017); generator = decoder o actor"}
