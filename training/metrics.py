@@ -1,0 +1,1145 @@
+"""Divergence and quality estimators: one implementation, used by training, the evaluator and the server.
+
+No torch here (numpy, scipy and POT only): the server imports this module.
+
+Entry point: `estimate(metric, p, q, seed=..., bootstrap=..., confidence=...) -> Estimate`, where P is the
+reference ("real") side and Q the model ("fake") side, as in EvaluateDivergence. `METRICS` maps each name to
+a `Metric` that says what P and Q must be (`Metric.input`), the unit, and the formula with its bias. Plain
+helpers (`class_histogram`, `frechet_distance`, `kid`, `precision_recall`, `density_coverage`,
+`mixture_metrics`, ...) are for callers that want a number without an interval.
+
+Every `Estimate` carries the sample sizes and a confidence interval. How the interval is made is in its
+`note`: a seeded percentile bootstrap (resampling points, or counts for histograms), or an analytic normal
+interval where a bootstrap would cost too much. Percentile intervals are widened to contain the point
+estimate: a biased estimator (plug-in KL, Frechet distance) otherwise gets an interval that excludes it.
+Values may be +inf (plug-in KL with an empty bin, with the bins named in `note`); they are never NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from scipy import special, stats
+
+LOG2 = math.log(2.0)
+INPUTS = ("histogram", "samples", "features", "density", "critic")
+MAX_BOOTSTRAP = 10_000
+W1_MAX_POINTS = 2_000        # exact OT (POT ot.emd2) runs on a seeded subsample of at most this many points
+FRECHET_MAX_BOOTSTRAP = 25   # each resample refits two covariances (float32) and two eigendecompositions
+QUADRATIC_MAX_N = 20_000     # k-NN metrics cost O(n^2 d): refuse larger inputs rather than run for minutes
+DUPLICATE_LIMIT = 32         # k-NN KL: more exact copies of one point than this means atoms, not a density
+
+
+# --- results and errors ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimated quantity with its interval. `value` may be +inf (see `note`), never NaN."""
+
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    n_p: int           # points (or counts) used from P; 0 when P is an exact distribution
+    n_q: int           # the same for Q
+    estimator: str     # e.g. "k-NN (Wang, Kulkarni & Verdu 2009), k=5"
+    unit: str          # "nats", "bits", "fraction", "feature units^2", ...
+    lower_bound: bool = False  # True for variational lower bounds (critic-based estimates)
+    note: str = ""
+
+    def __post_init__(self):
+        for name in ("value", "ci_low", "ci_high", "confidence"):
+            if math.isnan(getattr(self, name)):
+                raise ValueError(f"Estimate.{name} is NaN for metric {self.metric}: this is a bug in training.metrics")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: infinities become the strings "inf" / "-inf" (JSON has no infinity)."""
+        out = asdict(self)
+        for key in ("value", "ci_low", "ci_high"):
+            if math.isinf(out[key]):
+                out[key] = "inf" if out[key] > 0 else "-inf"
+        return out
+
+
+class MetricError(ValueError):
+    """An unknown metric name or an impossible request (wrong input kind, too few points, ...).
+
+    The server maps it to INVALID_ARGUMENT; the message names the field and the reason.
+    """
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    input: str          # one of INPUTS: what P and Q must be
+    unit: str
+    description: str    # formula and bias, shown in the README
+    estimator: str      # short label copied into Estimate.estimator
+    fn: Callable[..., "_Result"] = field(repr=False, compare=False)
+    options: tuple[str, ...] = ()   # accepted keyword options (anything else is a MetricError)
+    max_n: int | None = None        # refuse inputs larger than this (cost)
+    lower_bound: bool = False
+
+
+@dataclass
+class _Result:
+    value: float
+    ci: tuple[float, float]
+    n_p: int
+    n_q: int
+    note: str = ""
+    estimator: str = ""
+
+
+# --- small numeric helpers ------------------------------------------------------------------------
+
+def _percentile_ci(replicates: np.ndarray, value: float, confidence: float) -> tuple[float, float]:
+    """Nearest-rank percentile interval (no interpolation, so +inf replicates cannot make NaN), widened
+    to contain the point estimate."""
+    r = np.sort(np.asarray(replicates, np.float64))
+    r = r[~np.isnan(r)]
+    if len(r) == 0:
+        return value, value
+    alpha = (1.0 - confidence) / 2.0
+    lo = float(r[int(math.floor(alpha * (len(r) - 1)))])
+    hi = float(r[int(math.ceil((1.0 - alpha) * (len(r) - 1)))])
+    return min(lo, value), max(hi, value)
+
+
+def _normal_ci(value: float, se: float, confidence: float) -> tuple[float, float]:
+    if not math.isfinite(value):
+        return value, value
+    z = stats.norm.ppf(0.5 + confidence / 2.0)
+    return value - z * se, value + z * se
+
+
+def _boot_mean(terms: np.ndarray, rng: np.random.Generator, bootstrap: int) -> np.ndarray:
+    """(bootstrap,) means of `terms` over resampled points, vectorised in blocks to bound memory."""
+    n = len(terms)
+    out = np.empty(bootstrap)
+    block = max(1, (1 << 22) // max(n, 1))
+    for start in range(0, bootstrap, block):
+        stop = min(bootstrap, start + block)
+        out[start:stop] = terms[rng.integers(0, n, size=(stop - start, n))].mean(1)
+    return out
+
+
+def _clip(value: float, ci: tuple[float, float], lo: float, hi: float, notes: list[str]) -> tuple[float, tuple]:
+    """Clip an estimate of a quantity known to lie in [lo, hi] (KL >= 0, JS <= log 2); the raw estimate goes
+    in the note, since a value outside the range is the estimator's bias showing."""
+    if lo <= value <= hi:
+        return value, (max(ci[0], lo), min(ci[1], hi))
+    notes.insert(0, f"raw estimate {value:.4g} is outside [{lo:.4g}, {hi:.4g}] (estimator bias/noise); clipped")
+    clipped = min(max(value, lo), hi)
+    return clipped, (min(max(ci[0], lo), hi), min(max(ci[1], lo), hi))
+
+
+def _boot_note(bootstrap: int, what: str = "points") -> str:
+    return f"interval: percentile bootstrap, {bootstrap} resamples of the {what}, seeded"
+
+
+def _digest(a: np.ndarray) -> bytes:
+    a = np.ascontiguousarray(a)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(a.view(np.uint8).reshape(-1))
+    return h.digest()
+
+
+def _log_unit_ball(d: int) -> float:
+    """log of the volume of the unit ball in R^d."""
+    return 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d + 1.0)
+
+
+# --- input validation -----------------------------------------------------------------------------
+
+def _counts(x: Any, side: str, metric: str, exact: bool) -> np.ndarray:
+    try:
+        c = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MetricError(f"{side}: metric {metric} needs a histogram (count vector); got {type(x).__name__}") from e
+    if c.ndim != 1:
+        raise MetricError(
+            f"{side}: metric {metric} takes a histogram (count vector of shape (K,)); got an array of shape "
+            f"{c.shape}. Bin the points first (class_histogram of evaluator labels, or the mixture mode histogram)")
+    if len(c) < 2:
+        raise MetricError(f"{side}: a histogram needs at least 2 bins, got {len(c)}")
+    if not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise MetricError(f"{side}: histogram counts must be finite and >= 0")
+    if c.sum() <= 0:
+        raise MetricError(f"{side}: histogram is empty (all counts are 0)")
+    if not exact and np.any(c != np.round(c)):
+        raise MetricError(f"{side}: histogram counts must be whole numbers (the interval resamples them); "
+                          f"pass {side.lower()}_exact=True if this side is a known probability vector")
+    return c
+
+
+def _points(x: Any, side: str, metric: str, min_n: int = 2, max_n: int | None = None) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MetricError(f"{side}: metric {metric} needs an array of points (N, D); got {type(x).__name__}") from e
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise MetricError(f"{side}: metric {metric} needs points of shape (N, D); got shape {a.shape} "
+                          "(flatten images to (N, H*W*C) or use evaluator features)")
+    if a.shape[1] == 0:
+        raise MetricError(f"{side}: points have 0 dimensions")
+    if len(a) < min_n:
+        raise MetricError(f"{side}: metric {metric} needs at least {min_n} points, got {len(a)}")
+    if max_n is not None and len(a) > max_n:
+        raise MetricError(f"{side}: {len(a)} points is over the limit of {max_n} for metric {metric} "
+                          "(its cost grows as n^2); subsample first")
+    if not np.all(np.isfinite(a)):
+        bad = int((~np.isfinite(a)).any(1).sum())
+        raise MetricError(f"{side}: {bad} point(s) contain NaN or inf")
+    return a
+
+
+def _pair(p, q, metric: Metric, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    a = _points(p, "P", metric.name, min_n, metric.max_n)
+    b = _points(q, "Q", metric.name, min_n, metric.max_n)
+    if a.shape[1] != b.shape[1]:
+        raise MetricError(f"P and Q must have the same dimension: P has {a.shape[1]}, Q has {b.shape[1]}")
+    return a, b
+
+
+def _scores(x: Any, side: str, metric: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MetricError(f"{side}: metric {metric} needs critic scores (N,); got {type(x).__name__}") from e
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise MetricError(f"{side}: metric {metric} needs one critic score per sample, shape (N,); got {a.shape}")
+    if len(a) < 2:
+        raise MetricError(f"{side}: metric {metric} needs at least 2 scores, got {len(a)}")
+    if not np.all(np.isfinite(a)):
+        raise MetricError(f"{side}: critic scores contain NaN or inf")
+    return a
+
+
+def _is_density(obj: Any) -> bool:
+    return callable(getattr(obj, "log_density", None)) and callable(getattr(obj, "sample", None))
+
+
+# --- histograms (plug-in) -------------------------------------------------------------------------
+
+def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) along the last axis of probability arrays; 0 log 0 = 0, p > 0 = q gives +inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
+    return terms.sum(-1)
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    m = 0.5 * (p + q)
+    return np.clip(0.5 * _kl_rows(p, m) + 0.5 * _kl_rows(q, m), 0.0, LOG2)
+
+
+def _tv_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return 0.5 * np.abs(p - q).sum(-1)
+
+
+_HIST_FUNCS = {
+    "kl_pq": lambda p, q: _kl_rows(p, q),
+    "kl_qp": lambda p, q: _kl_rows(q, p),
+    "js": _js_rows,
+    "js_bits": lambda p, q: _js_rows(p, q) / LOG2,
+    "tv": _tv_rows,
+}
+
+
+def _bin_names(idx: np.ndarray, labels) -> str:
+    names = [str(labels[i]) if labels is not None else str(int(i)) for i in idx]
+    return ", ".join(names[:12]) + (f", ... ({len(names)} bins)" if len(names) > 12 else "")
+
+
+def _histogram_metric(name: str):
+    func = _HIST_FUNCS[name]
+
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, p_exact=False, q_exact=False, labels=None):
+        cp = _counts(p, "P", name, p_exact)
+        cq = _counts(q, "Q", name, q_exact)
+        if len(cp) != len(cq):
+            raise MetricError(f"P and Q histograms must have the same number of bins: {len(cp)} vs {len(cq)}")
+        if labels is not None and len(labels) != len(cp):
+            raise MetricError(f"labels: {len(labels)} names for {len(cp)} bins")
+        pp, qq = cp / cp.sum(), cq / cq.sum()
+        value = float(func(pp, qq))
+        notes = []
+        # Which side must have mass where the other has none for this divergence to be infinite.
+        for a, b, a_name, b_name, which in ((pp, qq, "P", "Q", "kl_pq"), (qq, pp, "Q", "P", "kl_qp")):
+            if name == which and math.isinf(value):
+                empty = np.flatnonzero((a > 0) & (b == 0))
+                notes.append(
+                    f"+inf: {b_name} has zero count in bin(s) [{_bin_names(empty, labels)}] where {a_name} has mass "
+                    f"(plug-in estimate; the true value may be finite if {b_name}'s mass there is only unobserved)")
+        if bootstrap > 0 and not (p_exact and q_exact):
+            bp = (rng_multinomial(boot_rng, cp, bootstrap) if not p_exact else np.broadcast_to(pp, (bootstrap, len(pp))))
+            bq = (rng_multinomial(boot_rng, cq, bootstrap) if not q_exact else np.broadcast_to(qq, (bootstrap, len(qq))))
+            ci = _percentile_ci(func(bp, bq), value, confidence)
+            notes.append(_boot_note(bootstrap, "counts (multinomial)"))
+        else:
+            ci = (value, value)
+            notes.append("no interval: both sides exact" if p_exact and q_exact else "no interval (bootstrap=0)")
+        return _Result(value, ci, 0 if p_exact else int(cp.sum()), 0 if q_exact else int(cq.sum()), "; ".join(notes))
+
+    return run
+
+
+def rng_multinomial(rng: np.random.Generator, counts: np.ndarray, size: int) -> np.ndarray:
+    """(size, K) resampled probability vectors: multinomial draws of sum(counts) with the observed frequencies
+    (the bootstrap of the underlying labels, done on their histogram)."""
+    n = int(round(counts.sum()))
+    return rng.multinomial(n, counts / counts.sum(), size=size) / n
+
+
+# --- nearest neighbours ---------------------------------------------------------------------------
+
+_TREE_MAX_DIM = 8  # cKDTree is fast in low dimension; above that, chunked distance matrices win
+
+
+def _sq_norms(a: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, a)
+
+
+def _chunks(n_rows: int, n_cols: int, budget: int = 1 << 23):
+    step = max(1, budget // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        yield start, min(n_rows, start + step)
+
+
+def _kth_nonzero_distance(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query point: distance to its k-th nearest point of `ref` that is not an exact copy of it,
+    and the number of exact copies in `ref` (which includes the query itself when ref is the query set)."""
+    n, m = len(query), len(ref)
+    if query.shape[1] <= _TREE_MAX_DIM:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(ref)
+        dup = tree.query_ball_point(query, r=0.0, return_length=True).astype(np.int64)
+        kk = int(dup.max()) + k
+        if kk > m:
+            raise MetricError(f"too few distinct points for k={k}: {m} points, up to {int(dup.max())} exact copies")
+        dist, _ = tree.query(query, k=kk)
+        dist = dist.reshape(n, kk)
+        return dist[np.arange(n), dup + k - 1], dup
+    # Dense path in float32 on centred data (the distances' rounding error is ~1e-7 of the squared norms);
+    # "exact copy" then means a squared distance below 1e-6 of the squared norms.
+    centre = ref.mean(0)
+    q32 = np.ascontiguousarray(query - centre, np.float32)
+    r32 = np.ascontiguousarray(ref - centre, np.float32)
+    out = np.empty(n)
+    dup = np.empty(n, np.int64)
+    rn, qn = _sq_norms(r32), _sq_norms(q32)
+    for s, e in _chunks(n, m):
+        d2 = qn[s:e, None] + rn[None] - 2.0 * (q32[s:e] @ r32.T)  # (c, m)
+        same = d2 <= 1e-6 * (qn[s:e, None] + rn[None]) + 1e-30
+        dup[s:e] = same.sum(1)
+        d2[same] = np.inf
+        if k > m - dup[s:e].max():
+            raise MetricError(f"too few distinct points for k={k}: {m} points, up to {int(dup[s:e].max())} exact copies")
+        out[s:e] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+    return out, dup
+
+
+def _knn_kl_terms(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, str]:
+    """Per-point terms of the k-NN estimate of KL(P || Q) from x ~ P (n, d) and y ~ Q (m, d).
+
+    Wang, Kulkarni & Verdu (2009), eq. (5) with k_i = l_i = k:
+        KL = d/n sum_i log(nu_k(i) / rho_k(i)) + log(m / (n - 1)),
+    rho_k(i) the distance from x_i to its k-th neighbour among the other x's, nu_k(i) to its k-th neighbour
+    among the y's. Exact copies of x_i (distance 0) are left out of both neighbour sets and of the counts
+    n - 1 and m: the estimator assumes continuous densities, and this makes identical inputs give exactly 0.
+    """
+    n, d = x.shape
+    rho, dup_x = _kth_nonzero_distance(x, x, k)
+    nu, dup_y = _kth_nonzero_distance(x, y, k)
+    if max(dup_x.max() - 1, dup_y.max()) > DUPLICATE_LIMIT:
+        raise MetricError(f"the samples hold atoms (a point repeated more than {DUPLICATE_LIMIT} times): k-NN "
+                          "divergence estimators assume continuous distributions; use a histogram metric")
+    terms = d * (np.log(nu) - np.log(rho)) + np.log((len(y) - dup_y) / (n - dup_x))
+    copies = int((dup_x > 1).sum() + (dup_y > 0).sum())
+    note = f"{copies} exact duplicate(s) left out of the neighbour sets" if copies else ""
+    return terms, note
+
+
+def _knn_kl_metric(direction: str):
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, k=1):
+        m = METRICS[f"knn_kl_{direction}"]
+        k = _check_k(k)
+        a, b = _pair(p, q, m, min_n=k + 1)
+        x, y = (a, b) if direction == "pq" else (b, a)
+        terms, dup_note = _knn_kl_terms(x, y, k)
+        value = float(terms.mean())
+        notes = [dup_note] if dup_note else []
+        if bootstrap > 0:
+            ci = _percentile_ci(_boot_mean(terms, boot_rng, bootstrap), value, confidence)
+            notes.append(_boot_note(bootstrap) + " (per-point terms, neighbour distances held fixed)")
+        else:
+            ci = (value, value)
+        value, ci = _clip(value, ci, 0.0, math.inf, notes)
+        return _Result(value, ci, len(a), len(b), "; ".join(notes), f"k-NN (Wang, Kulkarni & Verdu 2009), k={k}")
+
+    return run
+
+
+def _check_k(k) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise MetricError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+# --- Wasserstein ----------------------------------------------------------------------------------
+
+def _same_subsample(rng: np.random.Generator, n_p: int, n_q: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded subsample indices. With equal sizes both sides use the same indices: the choice of indices is
+    independent of the data, so this is as valid as two independent draws, and identical inputs stay identical."""
+    ip = np.sort(rng.choice(n_p, cap, replace=False)) if n_p > cap else np.arange(n_p)
+    if n_q == n_p:
+        return ip, ip
+    iq = np.sort(rng.choice(n_q, cap, replace=False)) if n_q > cap else np.arange(n_q)
+    return ip, iq
+
+
+def _ot():
+    """POT, imported on first use without its torch/jax/tensorflow/cupy backends: POT imports every array
+    library it finds, and the server must not load torch (2-3 s of import time is POT's own, with sklearn)."""
+    import os
+
+    for lib in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):
+        os.environ.setdefault(f"POT_BACKEND_DISABLE_{lib}", "1")
+    import ot
+
+    return ot
+
+
+def _w1_exact(p, q, *, rng, boot_rng, bootstrap, confidence, max_points=W1_MAX_POINTS):
+    ot = _ot()
+    m = METRICS["w1_exact"]
+    a, b = _pair(p, q, m, min_n=1)
+    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or not 2 <= max_points <= 10_000:
+        raise MetricError(f"max_points must be an integer in 2..10000, got {max_points!r}")
+    ip, iq = _same_subsample(rng, len(a), len(b), int(max_points))
+    x, y = a[ip], b[iq]
+    cost = ot.dist(x, y, metric="euclidean")  # (n, m)
+    wa, wb = np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y))
+    value, log = ot.emd2(wa, wb, cost, numItermax=10**7, log=True)
+    value = float(max(value, 0.0))
+    notes = []
+    if len(x) < len(a) or len(y) < len(b):
+        notes.append(f"exact OT on a seeded subsample of {len(x)} x {len(y)} points (cap {max_points})")
+    # W1 = mean_i u(x_i) + mean_j v(y_j) at the optimal dual potentials (u, v), which are the estimator's
+    # influence functions (delta method; CLT of del Barrio, Gonzalez-Sanz & Loubes 2021 for empirical OT).
+    se = math.sqrt(np.var(log["u"]) / len(x) + np.var(log["v"]) / len(y))
+    ci = _normal_ci(value, se, confidence)
+    ci = (max(ci[0], 0.0), ci[1])
+    notes.append("interval: normal, delta method with the OT dual potentials (no resampling: emd2 is costly)")
+    notes.append("bias: W1 between finite samples overestimates W1(P,Q) (by ~n^(-1/d) in d dimensions)")
+    return _Result(value, ci, len(a), len(b), "; ".join(notes), "exact OT (POT ot.emd2), Euclidean cost")
+
+
+def _w1_from_cdfs(order: np.ndarray, gaps: np.ndarray, signed_w: np.ndarray) -> np.ndarray:
+    """W1 between two weighted 1-D measures as the integral of |F - G|, for pooled points already sorted:
+    order (L, n+m) sorts each projection, gaps (L, n+m-1) are the sorted spacings, signed_w (B, n+m) holds
+    P's weights and minus Q's. Returns (B, L)."""
+    out = np.empty((len(signed_w), len(order)))
+    for j in range(len(order)):
+        cdf_diff = np.cumsum(signed_w[:, order[j]], axis=1)[:, :-1]  # (B, n+m-1)
+        out[:, j] = np.abs(cdf_diff) @ gaps[j]
+    return out
+
+
+def _w1_influence(order: np.ndarray, gaps: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per direction, W1 = sum_k |D_k| g_k with D = F_P - F_Q on the sorted pooled grid. Its influence
+    function for a point at sorted position j is R_j = sum_{k >= j} sign(D_k) g_k (centred over P for P's
+    points, negated for Q's). Returns (L,) the W1 per direction and (n+m,) R averaged over directions."""
+    w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+    per_direction = np.empty(len(order))
+    infl = np.zeros(n + m)
+    for j in range(len(order)):
+        diff = np.cumsum(w[order[j]])[:-1]  # (n+m-1,)
+        per_direction[j] = np.abs(diff) @ gaps[j]
+        r = np.zeros(n + m)
+        r[:-1] = np.cumsum((np.sign(diff) * gaps[j])[::-1])[::-1]
+        infl[order[j]] += r / len(order)
+    return per_direction, infl
+
+
+def _sliced_w(p, q, *, rng, boot_rng, bootstrap, confidence, projections=100):
+    ot = _ot()
+    m = METRICS["sliced_w"]
+    a, b = _pair(p, q, m, min_n=1)
+    if isinstance(projections, bool) or not isinstance(projections, (int, np.integer)) or not 2 <= projections <= 5000:
+        raise MetricError(f"projections must be an integer in 2..5000, got {projections!r}")
+    L = int(projections)
+    theta = ot.sliced.get_random_projections(a.shape[1], L, seed=int(rng.integers(2**31)))  # (d, L)
+    value = float(ot.sliced_wasserstein_distance(a, b, n_projections=L, p=1, projections=theta))
+    # Interval by the delta method: project once, sort once per direction, then the influence of each point.
+    pooled = np.concatenate([a, b]) @ theta  # (n+m, L)
+    order = np.argsort(pooled, axis=0).T  # (L, n+m)
+    gaps = np.diff(np.take_along_axis(pooled.T, order, axis=1), axis=1)  # (L, n+m-1)
+    per_direction, infl = _w1_influence(order, gaps, len(a), len(b))
+    var = (np.var(infl[:len(a)]) / len(a) + np.var(infl[len(a):]) / len(b)  # sampling of the points
+           + np.var(per_direction, ddof=1) / L)                            # sampling of the directions
+    ci = _normal_ci(value, math.sqrt(var), confidence)
+    ci = (max(ci[0], 0.0), ci[1])
+    notes = [f"sliced W1: mean over {L} seeded random directions of the 1-D W1 of the projections",
+             "interval: normal, delta method (influence of each point on the 1-D W1s) plus the spread over "
+             "directions / L"]
+    return _Result(value, ci, len(a), len(b), "; ".join(notes), f"sliced Wasserstein (POT), p=1, {L} projections")
+
+
+def _same_data(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _w1_1d(p, q, *, rng, boot_rng, bootstrap, confidence):
+    m = METRICS["w1_1d"]
+    a, b = _pair(p, q, m, min_n=1)
+    if a.shape[1] != 1:
+        raise MetricError(f"w1_1d is for 1-D samples; got dimension {a.shape[1]} (use w1_exact or sliced_w)")
+    x, y = a[:, 0], b[:, 0]
+    value = float(stats.wasserstein_distance(x, y))
+    if bootstrap > 0:
+        pooled = np.concatenate([x, y])
+        order = np.argsort(pooled)[None]
+        gaps = np.diff(pooled[order[0]])[None]
+        same = len(a) == len(b)  # paired resampling, as in sliced_w
+        wp = boot_rng.multinomial(len(x), np.full(len(x), 1.0 / len(x)), size=bootstrap) / len(x)
+        wq = wp if same else boot_rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=bootstrap) / len(y)
+        reps = _w1_from_cdfs(order, gaps, np.concatenate([wp, -wq], axis=1))[:, 0]
+        ci = _percentile_ci(reps, value, confidence)
+        note = _boot_note(bootstrap)
+    else:
+        ci, note = (value, value), ""
+    return _Result(value, ci, len(a), len(b), note, "scipy.stats.wasserstein_distance (exact in 1-D)")
+
+
+# --- Gaussians: closed forms and a density class --------------------------------------------------
+
+@dataclass(frozen=True)
+class Gaussian:
+    """A multivariate normal with exact log-density and seeded sampling (a "density" input)."""
+
+    mean: np.ndarray  # (D,)
+    cov: np.ndarray   # (D, D), symmetric positive definite
+
+    def __post_init__(self):
+        mean = np.atleast_1d(np.asarray(self.mean, np.float64))
+        cov = np.atleast_2d(np.asarray(self.cov, np.float64))
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+            raise MetricError(f"Gaussian: mean (D,) and cov (D, D) needed, got {mean.shape} and {cov.shape}")
+        if not np.allclose(cov, cov.T) or not np.all(np.isfinite(cov)):
+            raise MetricError("Gaussian: cov must be finite and symmetric")
+        try:
+            chol = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError as e:
+            raise MetricError("Gaussian: cov must be positive definite") from e
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "cov", cov)
+        object.__setattr__(self, "_chol", chol)
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+    def log_density(self, x: np.ndarray) -> np.ndarray:
+        """log N(x; mean, cov) for points (N, D)."""
+        x = np.asarray(x, np.float64).reshape(-1, self.dim)
+        from scipy.linalg import solve_triangular
+
+        z = solve_triangular(self._chol, (x - self.mean).T, lower=True)  # (D, N)
+        logdet = 2.0 * np.log(np.diag(self._chol)).sum()
+        return -0.5 * ((z**2).sum(0) + logdet + self.dim * math.log(2 * math.pi))
+
+    def sample(self, n: int, seed: int | np.random.Generator = 0) -> np.ndarray:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        return self.mean + rng.standard_normal((n, self.dim)) @ self._chol.T
+
+
+def gaussian_kl(p: Gaussian, q: Gaussian) -> float:
+    """Closed-form KL(p || q) in nats: 1/2 [tr(Sq^-1 Sp) + (mq-mp)^T Sq^-1 (mq-mp) - D + ln(det Sq / det Sp)]."""
+    sq_inv = np.linalg.inv(q.cov)
+    diff = q.mean - p.mean
+    _, logdet_p = np.linalg.slogdet(p.cov)
+    _, logdet_q = np.linalg.slogdet(q.cov)
+    return float(0.5 * (np.trace(sq_inv @ p.cov) + diff @ sq_inv @ diff - p.dim + logdet_q - logdet_p))
+
+
+def _frechet_from_stats(mu1, s1, mu2, s2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), the squared W2 between two Gaussians.
+
+    Square roots by symmetric eigendecomposition (eigenvalues clipped at 0): real by construction, where
+    scipy.linalg.sqrtm of the non-symmetric S1 S2 returns tiny imaginary parts that must be discarded.
+    """
+    w, v = np.linalg.eigh(s1)
+    s1_half = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    mid = s1_half @ s2 @ s1_half
+    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (mid + mid.T)), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_cross, 0.0))
+
+
+def gaussian_w2_squared(p: Gaussian, q: Gaussian) -> float:
+    """Closed-form squared 2-Wasserstein distance between two Gaussians (= their Frechet distance)."""
+    return _frechet_from_stats(p.mean, p.cov, q.mean, q.cov)
+
+
+# --- feature metrics: Frechet distance, KID -------------------------------------------------------
+
+def _mean_cov(x: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if w is None:
+        mu = x.mean(0)
+        xc = x - mu
+        return mu, (xc.T @ xc) / (len(x) - 1)
+    mu = w @ x / w.sum()
+    xc = x - mu
+    return mu.astype(np.float64), ((xc.T * w) @ xc / (w.sum() - 1)).astype(np.float64)
+
+
+def frechet_distance(a, b) -> float:
+    """Frechet distance between Gaussians fitted to features a (N, F) and b (M, F) (FID's formula, on
+    whatever features are given; on evaluator features call it "Frechet distance on evaluator features")."""
+    x = _points(a, "P", "frechet")
+    y = _points(b, "Q", "frechet")
+    if x.shape[1] != y.shape[1]:
+        raise MetricError(f"P and Q must have the same dimension: P has {x.shape[1]}, Q has {y.shape[1]}")
+    return _frechet_from_stats(*_mean_cov(x), *_mean_cov(y))
+
+
+def _frechet(p, q, *, rng, boot_rng, bootstrap, confidence):
+    m = METRICS["frechet"]
+    a, b = _pair(p, q, m)
+    value = _frechet_from_stats(*_mean_cov(a), *_mean_cov(b))
+    b_eff = min(bootstrap, FRECHET_MAX_BOOTSTRAP)
+    notes = ["squared W2 between Gaussians fitted to the features; biased upward at finite n"]
+    if b_eff > 1:
+        same = len(a) == len(b)  # paired resampling, as in sliced_w
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)  # only the spread of the resamples is used
+        reps = []
+        for _ in range(b_eff):
+            wa = np.bincount(boot_rng.integers(0, len(a), len(a)), minlength=len(a)).astype(np.float32)
+            wb = wa if same else np.bincount(boot_rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float32)
+            reps.append(_frechet_from_stats(*_mean_cov(a32, wa), *_mean_cov(b32, wb)))
+        # Resamples hold repeated points, so their Frechet distances carry extra upward bias: a percentile
+        # interval would sit above the estimate. Use their spread only (normal interval).
+        ci = _normal_ci(value, float(np.std(reps, ddof=1)), confidence)
+        ci = (max(ci[0], 0.0), ci[1])
+        notes.append(f"interval: normal, standard error from {b_eff} bootstrap resamples, seeded"
+                     + (" (capped: each refits two covariances)" if b_eff < bootstrap else ""))
+    else:
+        ci = (value, value)
+    return _Result(value, ci, len(a), len(b), "; ".join(notes), "Frechet distance between fitted Gaussians")
+
+
+def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(x.y / d + 1)^3 for float32 inputs (the products in float32, the rest in float64)."""
+    g = (x @ y.T).astype(np.float64)
+    return (g / x.shape[1] + 1.0) ** 3
+
+
+def _kid_subsets(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, subsets: int, subset_size: int):
+    """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 on `subsets` random subsets (Binkowski et al. 2018, as in
+    their reference code). Returns per-subset estimates and the first-order (Hoeffding) variance terms."""
+    m = subset_size
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    same = len(x) == len(y)  # equal sizes: the same subset indices on both sides (data-independent choice)
+    est, var_gx, var_gy = [], [], []
+    for _ in range(subsets):
+        ix = rng.choice(len(x), m, replace=False)
+        iy = ix if same else rng.choice(len(y), m, replace=False)
+        xs, ys = x[ix], y[iy]
+        kxx, kyy, kxy = _poly_kernel(xs, xs), _poly_kernel(ys, ys), _poly_kernel(xs, ys)
+        rxx = (kxx.sum(1) - np.diag(kxx)) / (m - 1)  # (m,) mean similarity of each x to the other x's
+        ryy = (kyy.sum(1) - np.diag(kyy)) / (m - 1)
+        est.append(rxx.mean() + ryy.mean() - 2.0 * kxy.mean())
+        var_gx.append(np.var(rxx - kxy.mean(1), ddof=1))
+        var_gy.append(np.var(ryy - kxy.mean(0), ddof=1))
+    return np.array(est), float(np.mean(var_gx)), float(np.mean(var_gy))
+
+
+def kid(a, b, *, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> float:
+    """Kernel Inception Distance's estimator (unbiased MMD^2, cubic polynomial kernel) on given features."""
+    x = _points(a, "P", "kid")
+    y = _points(b, "Q", "kid")
+    if x.shape[1] != y.shape[1]:
+        raise MetricError(f"P and Q must have the same dimension: P has {x.shape[1]}, Q has {y.shape[1]}")
+    m = min(subset_size, len(x), len(y))
+    return float(_kid_subsets(x, y, np.random.default_rng(seed), subsets, m)[0].mean())
+
+
+def _kid(p, q, *, rng, boot_rng, bootstrap, confidence, subsets=50, subset_size=1000):
+    met = METRICS["kid"]
+    a, b = _pair(p, q, met)
+    for name, v, hi in (("subsets", subsets, 10_000), ("subset_size", subset_size, 100_000)):
+        if not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
+            raise MetricError(f"{name} must be an integer in 1..{hi}, got {v!r}")
+    m = min(int(subset_size), len(a), len(b))
+    est, vgx, vgy = _kid_subsets(a, b, rng, int(subsets), m)
+    value = float(est.mean())
+    # Variance of the mean of S subset U-statistics (an incomplete U-statistic): the full-data first-order
+    # term 4 Var(g)/n per side, plus the between-subset spread beyond it divided by S.
+    v_full = 4.0 * vgx / len(a) + 4.0 * vgy / len(b)
+    v_sub = float(np.var(est, ddof=1)) if len(est) > 1 else 0.0
+    se = math.sqrt(v_full + max(v_sub - v_full, 0.0) / len(est))
+    ci = _normal_ci(value, se, confidence)
+    note = (f"mean of {len(est)} subsets of {m}; interval: normal, first-order U-statistic variance plus "
+            "subset spread; unbiased, so it can be slightly negative when P = Q")
+    return _Result(value, ci, len(a), len(b), note, f"unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018)")
+
+
+# --- k-NN manifolds: precision, recall, density, coverage -----------------------------------------
+
+_PRDC_CACHE: OrderedDict = OrderedDict()
+
+
+def _kth_radius_sq(x: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
+    """Squared distance from each point to its k-th nearest other point, for each k in ks (ties and copies
+    count, as in the reference implementations of Kynkaanniemi et al. 2019 and Naeem et al. 2020)."""
+    if x.shape[1] <= _TREE_MAX_DIM:
+        from scipy.spatial import cKDTree
+
+        dist, _ = cKDTree(x).query(x, k=max(ks) + 1)
+        return {k: dist[:, k] ** 2 for k in ks}
+    xn = _sq_norms(x)
+    out = {k: np.empty(len(x), np.float32) for k in ks}
+    for s, e in _chunks(len(x), len(x)):
+        d2 = xn[s:e, None] + xn[None] - 2.0 * (x[s:e] @ x.T)
+        part = np.partition(d2, ks, axis=1)  # column 0 is the point itself (distance 0)
+        for k in ks:
+            out[k][s:e] = np.maximum(part[:, k], 0.0)
+    return out
+
+
+def _prdc_per_point(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-point indicators behind precision, recall, density and coverage, in one pass over the
+    real-fake distances (chunked, float32: the d=1,000 sanity case is 3 x 10k x 10k x 1k multiply-adds).
+    The pass also computes the default k's (3 for precision/recall, 5 for density/coverage) and caches all,
+    so the four metrics on one pair of inputs cost one pass."""
+    key = (_digest(real), _digest(fake))
+    if (key, k) in _PRDC_CACHE:
+        _PRDC_CACHE.move_to_end((key, k))
+        return _PRDC_CACHE[(key, k)]
+    ks = sorted({k, 3, 5} & set(range(1, min(len(real), len(fake)))))
+    centre = real.mean(0)
+    r = np.ascontiguousarray(real - centre, np.float32)
+    f = np.ascontiguousarray(fake - centre, np.float32)
+    rad_r = _kth_radius_sq(r, ks)  # {k: (n_real,)}
+    rad_f = _kth_radius_sq(f, ks)  # {k: (n_fake,)}
+    rn, fn = _sq_norms(r), _sq_norms(f)
+    inside = {k: np.empty(len(f), np.int64) for k in ks}     # real balls containing each fake point
+    recalled = {k: np.zeros(len(r), bool) for k in ks}        # real point inside some fake ball
+    nearest_fake = np.full(len(r), np.inf, np.float32)        # squared distance from each real point to the nearest fake
+    for s, e in _chunks(len(f), len(r)):
+        d2 = np.maximum(fn[s:e, None] + rn[None] - 2.0 * (f[s:e] @ r.T), 0.0)  # (c, n_real)
+        np.minimum(nearest_fake, d2.min(0), out=nearest_fake)
+        for kk in ks:
+            inside[kk][s:e] = (d2 < rad_r[kk][None]).sum(1)
+            recalled[kk] |= (d2 < rad_f[kk][s:e, None]).any(0)
+    for kk in ks:
+        _PRDC_CACHE[(key, kk)] = {
+            "precision": (inside[kk] > 0).astype(np.float64), "density": inside[kk] / kk,
+            "recall": recalled[kk].astype(np.float64), "coverage": (nearest_fake < rad_r[kk]).astype(np.float64)}
+    while len(_PRDC_CACHE) > 8:
+        _PRDC_CACHE.popitem(last=False)
+    return _PRDC_CACHE[(key, k)]
+
+
+def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): the fraction of fake points inside some real
+    point's k-NN ball, and of real points inside some fake point's k-NN ball."""
+    x, y = _pair(real, fake, METRICS["precision"], min_n=_check_k(k) + 1)
+    pp = _prdc_per_point(x, y, k)
+    return float(pp["precision"].mean()), float(pp["recall"].mean())
+
+
+def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020): density = mean over fake points of (number of real k-NN
+    balls containing it) / k; coverage = fraction of real points whose k-NN ball contains a fake point."""
+    x, y = _pair(real, fake, METRICS["density"], min_n=_check_k(k) + 1)
+    pp = _prdc_per_point(x, y, k)
+    return float(pp["density"].mean()), float(pp["coverage"].mean())
+
+
+def _prdc_metric(name: str, default_k: int):
+    per_fake = name in ("precision", "density")
+
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, k=default_k):
+        k = _check_k(k)
+        a, b = _pair(p, q, METRICS[name], min_n=k + 1)
+        terms = _prdc_per_point(a, b, k)[name]
+        value = float(terms.mean())
+        if bootstrap > 0:
+            ci = _percentile_ci(_boot_mean(terms, boot_rng, bootstrap), value, confidence)
+            note = (_boot_note(bootstrap, "fake points" if per_fake else "real points")
+                    + " with the k-NN balls held fixed (narrower than a full refit)")
+        else:
+            ci, note = (value, value), ""
+        cite = "Kynkaanniemi et al. 2019" if name in ("precision", "recall") else "Naeem et al. 2020"
+        return _Result(value, ci, len(a), len(b), note, f"k-NN manifolds ({cite}), k={k}")
+
+    return run
+
+
+# --- known densities: Monte Carlo -----------------------------------------------------------------
+
+def _density_side(p, metric: str):
+    if not _is_density(p):
+        raise MetricError(f"P: metric {metric} needs a distribution with .log_density(x) and .sample(n, seed) "
+                          f"(a training.data.Mixture or training.metrics.Gaussian); got {type(p).__name__}")
+    return p
+
+
+def _log_q_knn(points: np.ndarray, q_samples: np.ndarray, k: int, leave_one_out: bool) -> np.ndarray:
+    """k-NN density estimate of Q at `points`: log q(x) ~ psi(k) - log M - log V_d - d log r_k(x), with r_k the
+    distance to the k-th nearest Q sample (Kozachenko-Leonenko; the psi(k) makes E log q unbiased for fixed k
+    as M grows). With leave_one_out the points are the Q samples themselves and M = m - 1."""
+    m, d = q_samples.shape
+    r, dup = _kth_nonzero_distance(points, q_samples, k)
+    if dup.max() > DUPLICATE_LIMIT:
+        raise MetricError(f"Q holds atoms (a point repeated more than {DUPLICATE_LIMIT} times): its density "
+                          "cannot be estimated by k-NN")
+    m_eff = (m - dup) if leave_one_out else (m - dup)
+    return special.digamma(k) - np.log(m_eff) - _log_unit_ball(d) - d * np.log(r)
+
+
+def _mc_metric(kind: str):
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, n=None, k=5):
+        name = f"mc_{kind}"
+        p = _density_side(p, name)
+        k = _check_k(k)
+        q_known = _is_density(q)
+        if n is None:
+            n = 10_000 if q_known else None
+        if n is not None and (not isinstance(n, (int, np.integer)) or not 2 <= n <= 1_000_000):
+            raise MetricError(f"n must be an integer in 2..1000000, got {n!r}")
+        if q_known:
+            y = np.asarray(q.sample(int(n), int(rng.integers(2**63))), np.float64)
+        else:
+            y = _points(q, "Q", name, min_n=k + 2, max_n=QUADRATIC_MAX_N)
+        n_p = int(n) if n is not None else len(y)
+        x = np.asarray(p.sample(n_p, int(rng.integers(2**63))), np.float64).reshape(n_p, -1)
+        if x.shape[1] != y.shape[1]:
+            raise MetricError(f"P and Q must have the same dimension: P has {x.shape[1]}, Q has {y.shape[1]}")
+        lp_x, lp_y = p.log_density(x), p.log_density(y)  # (n_p,), (n_q,)
+        if q_known:
+            lq_x, lq_y = q.log_density(x), q.log_density(y)
+            estimator = "Monte Carlo with both exact log-densities"
+        else:
+            lq_x = _log_q_knn(x, y, k, leave_one_out=False)
+            lq_y = _log_q_knn(y, y, k, leave_one_out=True)
+            estimator = f"Monte Carlo with P's exact log-density, k-NN density for Q (k={k})"
+        with np.errstate(invalid="ignore"):
+            if kind == "kl_pq":    # E_P[log p - log q]
+                sides = [lp_x - lq_x]
+            elif kind == "kl_qp":  # E_Q[log q - log p]
+                sides = [lq_y - lp_y]
+            else:                  # JS = 1/2 E_P log(2p/(p+q)) + 1/2 E_Q log(2q/(p+q))
+                sides = [LOG2 + lp_x - np.logaddexp(lp_x, lq_x), LOG2 + lq_y - np.logaddexp(lp_y, lq_y)]
+        sides = [np.where(np.isnan(t), np.inf, t) for t in sides]  # -inf - -inf: a point neither density reaches
+        value = float(np.mean([t.mean() for t in sides]))
+        notes = []
+        if math.isinf(value):
+            side = "Q" if kind == "kl_pq" else "P"
+            notes.append(f"+inf: {side}'s density is 0 at some samples of the other side")
+        if bootstrap > 0 and math.isfinite(value):
+            reps = np.mean([_boot_mean(t, boot_rng, bootstrap) for t in sides], axis=0)
+            ci = _percentile_ci(reps, value, confidence)
+            notes.append(_boot_note(bootstrap, "Monte Carlo terms"))
+        else:
+            ci = (value, value)
+        value, ci = _clip(value, ci, 0.0, LOG2 if kind == "js" else math.inf, notes)
+        if not q_known:
+            notes.append("Q's density is unknown: k-NN density estimate, smoothing bias grows with k and "
+                         "with the density's curvature at the k-NN radius")
+        return _Result(value, ci, n_p, len(y), "; ".join(notes), estimator)
+
+    return run
+
+
+# --- 2-D mixtures: the VEEGAN/PacGAN mode protocol ------------------------------------------------
+
+def _mode_assignments(points: np.ndarray, mixture) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest mode index, high quality?) per point: high quality = within 3 std of the nearest mean."""
+    idx, dist = mixture.nearest_mode(points)
+    return idx, dist <= 3.0 * mixture.std
+
+
+def _mode_stats(codes: np.ndarray, num_modes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From per-point codes (mode index for high-quality points, num_modes otherwise), rows of resamples
+    (B, N): modes covered, high-quality fraction, reverse KL (B,)."""
+    b, n = codes.shape
+    counts = np.zeros((b, num_modes + 1))
+    np.add.at(counts, (np.repeat(np.arange(b), n), codes.reshape(-1)), 1.0)
+    hq = counts[:, :num_modes]
+    total = hq.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = hq / total[:, None]
+        rkl = _kl_rows(freq, np.full(num_modes, 1.0 / num_modes))
+    rkl = np.where(total > 0, rkl, np.inf)
+    return (hq > 0).sum(1).astype(np.float64), total / n, rkl
+
+
+def mixture_metrics(points, mixture) -> dict[str, float]:
+    """VEEGAN/PacGAN protocol on generated 2-D points (the papers use 2,500): {"modes": modes covered (a mode is
+    covered by >= 1 high-quality sample), "high_quality": fraction within 3 std of the nearest mean,
+    "reverse_kl": KL(mode histogram of the high-quality samples || uniform over modes)}."""
+    x = _points(points, "Q", "mixture_metrics", min_n=1)
+    if x.shape[1] != mixture.means.shape[1]:
+        raise MetricError(f"Q: points have dimension {x.shape[1]}, the mixture {x.shape[1]}")
+    idx, hq = _mode_assignments(x, mixture)
+    modes, quality, rkl = _mode_stats(np.where(hq, idx, mixture.num_modes)[None], mixture.num_modes)
+    return {"modes": int(modes[0]), "high_quality": float(quality[0]), "reverse_kl": float(rkl[0])}
+
+
+def _mode_metric(name: str):
+    col = {"modes_covered": 0, "high_quality": 1, "reverse_kl_modes": 2}[name]
+
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence):
+        if not (hasattr(p, "means") and hasattr(p, "std") and callable(getattr(p, "nearest_mode", None))):
+            raise MetricError(f"P: metric {name} needs a Gaussian mixture (training.data.Mixture, e.g. ring8 or "
+                              f"grid25) as the reference; got {type(p).__name__}")
+        x = _points(q, "Q", name, min_n=1)
+        if x.shape[1] != p.means.shape[1]:
+            raise MetricError(f"Q: points have dimension {x.shape[1]}, the mixture {p.means.shape[1]}")
+        idx, hq = _mode_assignments(x, p)
+        codes = np.where(hq, idx, p.num_modes)
+        value = float(_mode_stats(codes[None], p.num_modes)[col][0])
+        notes = []
+        if len(x) != 2500:
+            notes.append(f"the published protocol uses 2,500 samples; this used {len(x)}")
+        if name == "reverse_kl_modes" and math.isinf(value):
+            notes.append("+inf: no high-quality samples, the mode histogram is empty")
+        if bootstrap > 0:
+            reps = []
+            block = max(1, (1 << 22) // len(x))
+            for s in range(0, bootstrap, block):
+                rows = boot_rng.integers(0, len(x), size=(min(block, bootstrap - s), len(x)))
+                reps.append(_mode_stats(codes[rows], p.num_modes)[col])
+            ci = _percentile_ci(np.concatenate(reps), value, confidence)
+            notes.append(_boot_note(bootstrap, "generated points"))
+        else:
+            ci = (value, value)
+        return _Result(value, ci, 0, len(x), "; ".join(notes),
+                       f"VEEGAN/PacGAN mode protocol on {p.num_modes} modes, high quality = within 3 std")
+
+    return run
+
+
+# --- critic-based (variational lower bounds) ------------------------------------------------------
+
+def _critic_metric(name: str):
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, scores="logits"):
+        real = _scores(p, "P", name)
+        fake = _scores(q, "Q", name)
+        notes = []
+        if name == "js_critic":
+            if scores == "probabilities":
+                if real.min() < 0 or real.max() > 1 or fake.min() < 0 or fake.max() > 1:
+                    raise MetricError("scores='probabilities' needs values in [0, 1]")
+                eps = 1e-7
+                real, fake = (special.logit(np.clip(s, eps, 1 - eps)) for s in (real, fake))
+                notes.append("probabilities clipped to [1e-7, 1-1e-7]; pass logits for an exact value")
+            elif scores != "logits":
+                raise MetricError(f"scores must be 'logits' or 'probabilities', got {scores!r}")
+            # V = E_P log D(x) + E_Q log(1 - D(x)), with log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) = -softplus(l).
+            t_real, t_fake = -np.logaddexp(0.0, -real), -np.logaddexp(0.0, fake)
+            combine = lambda r, f: 0.5 * (r + f + math.log(4.0))  # noqa: E731
+            notes.insert(0, "variational lower bound: JS >= (V + log 4)/2 for any discriminator, equal at the "
+                            "optimal one; a weak discriminator gives a loose (even negative) bound")
+        else:
+            if scores != "logits":
+                raise MetricError("w1_critic takes raw critic outputs; scores must be 'logits'")
+            t_real, t_fake = real, fake
+            combine = lambda r, f: r - f  # noqa: E731
+            notes.insert(0, "variational lower bound: W1 >= E_P f - E_Q f for a 1-Lipschitz f; WGAN-GP only "
+                            "penalises the gradient norm, so the bound holds approximately")
+        value = float(combine(t_real.mean(), t_fake.mean()))
+        if bootstrap > 0:
+            reps = combine(_boot_mean(t_real, boot_rng, bootstrap), _boot_mean(t_fake, boot_rng, bootstrap))
+            ci = _percentile_ci(reps, value, confidence)
+            notes.append(_boot_note(bootstrap, "scores on both sides"))
+        else:
+            ci = (value, value)
+        est = ("discriminator (V + log 4)/2 from logits" if name == "js_critic" else "critic E_P f - E_Q f")
+        return _Result(value, ci, len(real), len(fake), "; ".join(notes), est)
+
+    return run
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+def _m(name, input, unit, description, estimator, fn, options=(), max_n=None, lower_bound=False) -> Metric:
+    return Metric(name, input, unit, description, estimator, fn, tuple(options), max_n, lower_bound)
+
+
+_HIST_OPTS = ("p_exact", "q_exact", "labels")
+_PLUGIN_BIAS = ("plug-in; biased upward by about (K-1)/(2n) when P = Q, +inf (bins named in the note) when "
+                "one side has an empty bin the other uses")
+
+METRICS: dict[str, Metric] = {m.name: m for m in [
+    _m("kl_pq", "histogram", "nats", f"KL(P||Q) = sum_k p_k log(p_k/q_k) on histograms; {_PLUGIN_BIAS}",
+       "plug-in on histograms", _histogram_metric("kl_pq"), _HIST_OPTS),
+    _m("kl_qp", "histogram", "nats", f"KL(Q||P) = sum_k q_k log(q_k/p_k) on histograms; {_PLUGIN_BIAS}",
+       "plug-in on histograms", _histogram_metric("kl_qp"), _HIST_OPTS),
+    _m("js", "histogram", "nats", "JS = KL(P||M)/2 + KL(Q||M)/2, M = (P+Q)/2; in [0, log 2], always finite; "
+       "plug-in, biased upward by O(K/n) when P = Q", "plug-in on histograms", _histogram_metric("js"), _HIST_OPTS),
+    _m("js_bits", "histogram", "bits", "JS / log 2, in [0, 1]; plug-in as js", "plug-in on histograms",
+       _histogram_metric("js_bits"), _HIST_OPTS),
+    _m("tv", "histogram", "fraction", "TV = sum_k |p_k - q_k| / 2, in [0, 1]; plug-in, biased upward by "
+       "O(sqrt(K/n)) when P = Q", "plug-in on histograms", _histogram_metric("tv"), _HIST_OPTS),
+    _m("knn_kl_pq", "samples", "nats", "Wang, Kulkarni & Verdu (2009): d/n sum_i log(nu_k(i)/rho_k(i)) + "
+       "log(m/(n-1)), k=1; consistent; biased low when Q is sparse where P has mass (N(0,1) vs N(3,1), true 4.5: 3.97 at n=1,000, 4.12 at n=10,000; larger k is worse), d is "
+       "the ambient dimension so it is unreliable on data near a low-dimensional manifold",
+       "k-NN (Wang, Kulkarni & Verdu 2009)", _knn_kl_metric("pq"), ("k",), QUADRATIC_MAX_N),
+    _m("knn_kl_qp", "samples", "nats", "the same estimator with P and Q swapped: KL(Q||P)",
+       "k-NN (Wang, Kulkarni & Verdu 2009)", _knn_kl_metric("qp"), ("k",), QUADRATIC_MAX_N),
+    _m("w1_exact", "samples", "input units", f"exact W1 = min over couplings of E|x - y| (POT ot.emd2, "
+       f"Euclidean cost) on seeded subsamples of at most {W1_MAX_POINTS} points; biased upward at finite n "
+       "(the empirical W1 between two samples of one distribution is > 0)", "exact OT (POT ot.emd2)",
+       _w1_exact, ("max_points",)),
+    _m("sliced_w", "samples", "input units", "sliced W1: mean over 100 seeded random unit directions of the "
+       "1-D W1 of the projections (POT ot.sliced_wasserstein_distance, p=1); <= W1; biased upward at finite n",
+       "sliced Wasserstein (POT)", _sliced_w, ("projections",)),
+    _m("w1_1d", "samples", "input units", "1-D W1 = integral |F_P - F_Q| (scipy.stats.wasserstein_distance), "
+       "exact for the samples; D = 1 only", "scipy.stats.wasserstein_distance", _w1_1d),
+    _m("frechet", "features", "feature units^2", "Frechet distance on (evaluator) features: |mu_P - mu_Q|^2 + "
+       "tr(S_P + S_Q - 2 (S_P^1/2 S_Q S_P^1/2)^1/2) = W2^2 between fitted Gaussians (FID's formula, not on "
+       "Inception features); biased upward at finite n", "Frechet distance between fitted Gaussians", _frechet),
+    _m("kid", "features", "kernel units", "unbiased MMD^2 with k(x,y) = (x.y/d + 1)^3, mean over 50 subsets of "
+       "1,000 (Binkowski et al. 2018, their code's defaults); unbiased, can be slightly negative", "unbiased MMD^2 (Binkowski et al. 2018)",
+       _kid, ("subsets", "subset_size")),
+    _m("precision", "features", "fraction", "fraction of Q points inside the k-NN ball (k=3) of some P point "
+       "(Kynkaanniemi et al. 2019); below 1 even for P = Q (~0.7 at k=3 in high dimension)",
+       "k-NN manifolds (Kynkaanniemi et al. 2019)", _prdc_metric("precision", 3), ("k",), QUADRATIC_MAX_N),
+    _m("recall", "features", "fraction", "fraction of P points inside the k-NN ball (k=3) of some Q point "
+       "(Kynkaanniemi et al. 2019)", "k-NN manifolds (Kynkaanniemi et al. 2019)",
+       _prdc_metric("recall", 3), ("k",), QUADRATIC_MAX_N),
+    _m("density", "features", "ratio", "mean over Q points of (number of P k-NN balls containing it)/k, k=5 "
+       "(Naeem et al. 2020); ~1 for P = Q, robust to P outliers", "k-NN manifolds (Naeem et al. 2020)",
+       _prdc_metric("density", 5), ("k",), QUADRATIC_MAX_N),
+    _m("coverage", "features", "fraction", "fraction of P points whose k-NN ball (k=5) holds a Q point "
+       "(Naeem et al. 2020); ~0.97 for P = Q", "k-NN manifolds (Naeem et al. 2020)",
+       _prdc_metric("coverage", 5), ("k",), QUADRATIC_MAX_N),
+    _m("mc_kl_pq", "density", "nats", "E_P[log p - log q] by Monte Carlo with P's exact density; Q's log-density "
+       "from a k-NN estimate (k=5, smoothing bias) unless Q is a density too (then exact MC, unbiased)",
+       "Monte Carlo with the true log-density", _mc_metric("kl_pq"), ("n", "k")),
+    _m("mc_kl_qp", "density", "nats", "E_Q[log q - log p]: log p exact; log q by k-NN (Kozachenko-Leonenko "
+       "entropy of Q, consistent) unless Q is a density (exact MC)", "Monte Carlo with the true log-density",
+       _mc_metric("kl_qp"), ("n", "k")),
+    _m("mc_js", "density", "nats", "JS = E_P log(2p/(p+q))/2 + E_Q log(2q/(p+q))/2 with the same log-densities; "
+       "bounded by log 2", "Monte Carlo with the true log-density", _mc_metric("js"), ("n", "k")),
+    _m("modes_covered", "density", "modes", "modes with >= 1 high-quality sample (within 3 std of the mean), "
+       "VEEGAN/PacGAN protocol on 2,500 samples", "VEEGAN/PacGAN mode protocol", _mode_metric("modes_covered")),
+    _m("high_quality", "density", "fraction", "fraction of samples within 3 std of the nearest mean; a perfect "
+       "2-D sampler scores 1 - exp(-4.5) = 0.989", "VEEGAN/PacGAN mode protocol", _mode_metric("high_quality")),
+    _m("reverse_kl_modes", "density", "nats", "KL(mode histogram of the high-quality samples || uniform); log K "
+       "for a sampler collapsed on one mode, ~0.002 for a perfect ring8 sampler from noise at n=2,500",
+       "VEEGAN/PacGAN mode protocol", _mode_metric("reverse_kl_modes")),
+    _m("js_critic", "critic", "nats", "(V + log 4)/2 with V = E_P log D(x) + E_Q log(1 - D(x)) from the "
+       "discriminator's logits (stable log-sigmoid); a variational lower bound on JS",
+       "discriminator bound", _critic_metric("js_critic"), ("scores",), lower_bound=True),
+    _m("w1_critic", "critic", "critic units", "E_P f(x) - E_Q f(x) with a WGAN-GP critic f; a lower bound on "
+       "W1 to the extent f is 1-Lipschitz", "critic bound", _critic_metric("w1_critic"), ("scores",),
+       lower_bound=True),
+]}
+
+
+def estimate(metric: str, p, q, *, seed: int = 0, bootstrap: int = 200, confidence: float = 0.95,
+             **context) -> Estimate:
+    """Estimate `metric` between P (reference) and Q (model); see `METRICS[metric].input` for what P and Q are.
+
+    `seed` drives subsampling, random projections, sampling from known densities and the bootstrap (the
+    point estimate does not depend on `bootstrap`). `context` holds metric options (`Metric.options`),
+    e.g. k=5 or q_exact=True; an option the metric does not take is an error.
+    """
+    if metric not in METRICS:
+        raise MetricError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    m = METRICS[metric]
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise MetricError(f"bootstrap must be an integer in 0..{MAX_BOOTSTRAP}, got {bootstrap!r}")
+    if not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
+        raise MetricError(f"confidence must be in (0, 1), got {confidence!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MetricError(f"seed must be a non-negative integer, got {seed!r}")
+    unknown = sorted(set(context) - set(m.options))
+    if unknown:
+        accepted = ", ".join(m.options) or "none"
+        raise MetricError(f"metric {metric} does not take option(s) {', '.join(unknown)} (accepted: {accepted})")
+    rng, boot_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
+    r = m.fn(p, q, rng=rng, boot_rng=boot_rng, bootstrap=int(bootstrap), confidence=float(confidence), **context)
+    lo, hi = r.ci
+    return Estimate(metric=metric, value=float(r.value), ci_low=float(lo), ci_high=float(hi),
+                    confidence=float(confidence), n_p=int(r.n_p), n_q=int(r.n_q),
+                    estimator=r.estimator or m.estimator, unit=m.unit, lower_bound=m.lower_bound, note=r.note)
+
+
+# --- plain helpers --------------------------------------------------------------------------------
+
+def class_histogram(labels, num_classes: int) -> np.ndarray:
+    """Counts (num_classes,) int64 of integer labels in 0..num_classes-1."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise MetricError(f"labels must be a vector (N,), got shape {y.shape}")
+    if num_classes < 1:
+        raise MetricError(f"num_classes must be >= 1, got {num_classes}")
+    if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes):
+        raise MetricError(f"labels must be integers in 0..{num_classes - 1}")
+    return np.bincount(y.astype(np.int64), minlength=num_classes).astype(np.int64)
+
+
+def classes_covered(counts, min_count: int = 1) -> int:
+    """Number of classes with at least `min_count` samples."""
+    return int((np.asarray(counts) >= min_count).sum())
+
+
+def conditional_accuracy(requested, predicted, num_classes: int) -> tuple[float, np.ndarray]:
+    """(overall accuracy, per-class accuracy (num_classes,)) of predicted labels against requested ones;
+    a class that was never requested gets NaN in the per-class vector."""
+    r, p = np.asarray(requested), np.asarray(predicted)
+    if r.shape != p.shape or r.ndim != 1 or len(r) == 0:
+        raise MetricError(f"requested and predicted must be non-empty vectors of one length, got {r.shape}, {p.shape}")
+    class_histogram(r, num_classes), class_histogram(p, num_classes)  # validates both
+    hit = (r == p).astype(np.float64)
+    n = np.bincount(r, minlength=num_classes)
+    correct = np.bincount(r, weights=hit, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(n > 0, correct / np.maximum(n, 1), np.nan)
+    return float(hit.mean()), per_class
+
+
+DATA_KINDS = {
+    "histogram": ["kl_pq", "kl_qp", "js", "tv"],
+    "features": ["frechet", "kid", "precision", "recall", "density", "coverage"],
+    "images": ["kl_pq", "kl_qp", "js", "tv", "frechet", "kid", "precision", "recall", "density", "coverage"],
+    "mixture": ["modes_covered", "high_quality", "reverse_kl_modes", "mc_kl_qp", "mc_js", "w1_exact", "sliced_w"],
+    "samples": ["knn_kl_pq", "knn_kl_qp", "w1_exact", "sliced_w"],
+    "samples-1d": ["knn_kl_pq", "knn_kl_qp", "w1_1d"],
+    "critic": ["js_critic"],
+    "wgan-critic": ["w1_critic"],
+}
+
+
+def default_metrics(data_kind: str) -> list[str]:
+    """A sensible metric set for a kind of data: one of DATA_KINDS (images = class histograms from the
+    evaluator plus its features; mixture = a 2-D Gaussian mixture reference against samples)."""
+    if data_kind not in DATA_KINDS:
+        raise MetricError(f"unknown data kind {data_kind!r}; known: {', '.join(DATA_KINDS)}")
+    return list(DATA_KINDS[data_kind])
+
+
+def metrics_table_markdown() -> str:
+    """The README table: name, input, unit, formula and bias."""
+    rows = ["| metric | input | unit | formula, bias |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{m.name}` | {m.input} | {m.unit} | {m.description} |" for m in METRICS.values()]
+    return "\n".join(rows)
