@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import copy
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import numpy as np
 
 from protos.ganserve.v1 import generator_pb2 as pb
-from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from sdk import _types as T
-from sdk._client import _Settings
-from sdk._errors import RETRYABLE, DeadlineExceededError, from_rpc_error
+from sdk._base import _Base
+from sdk._errors import from_rpc_error
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """`async with AsyncClient() as c: x = await c.sample(label=7)` - see Client for the arguments."""
 
-    def __init__(self, target: str | None = None, *, timeout: float | None = None, retries: int | None = None,
-                 tls: bool = False, root_certificates=None, client_cert=None, client_key=None,
-                 token: str | None = None):
-        self._s = _Settings(target, timeout=timeout, retries=retries, tls=tls, root_certificates=root_certificates,
-                            client_cert=client_cert, client_key=client_key, token=token)
-        self._channel = (grpc.aio.secure_channel(self._s.target, self._s.credentials, self._s.options) if self._s.tls
-                         else grpc.aio.insecure_channel(self._s.target, self._s.options))
-        self._stub = pb_grpc.GeneratorServiceStub(self._channel)
-        self._owner = True
-
-    @property
-    def target(self) -> str:
-        return self._s.target
-
-    def with_options(self, *, timeout: float | None = None, retries: int | None = None) -> "AsyncClient":
-        other = copy.copy(self)
-        other._s = copy.copy(self._s)
-        if timeout is not None:
-            other._s.timeout = float(timeout)
-        if retries is not None:
-            other._s.retries = int(retries)
-        other._owner = False
-        return other
+    _grpc = grpc.aio
 
     async def close(self) -> None:
         if self._owner:
@@ -55,20 +30,15 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, method: str, request, timeout: float | None = None):
-        s = self._s
-        deadline = time.monotonic() + (s.timeout if timeout is None else timeout)
-        attempt = 0
+        deadline, attempt = self._deadline(timeout), 0
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method}: no time left for a retry")
             try:
-                return await getattr(self._stub, method)(request, timeout=left, metadata=s.metadata)
+                return await getattr(self._stub, method)(request, timeout=self._left(method, deadline),
+                                                         metadata=self._s.metadata)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
-                pause = s.backoff(attempt)
-                if e.code() not in RETRYABLE or attempt >= s.retries or time.monotonic() + pause >= deadline:
-                    raise err from e
+                pause, typed = self._retry_pause(e, attempt, deadline)
+                if pause < 0:
+                    raise typed from e
                 attempt += 1
                 await asyncio.sleep(pause)
 

@@ -4,50 +4,19 @@ grpc error."""
 
 from __future__ import annotations
 
-import copy
-import os
-import random
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import grpc
 import numpy as np
 
 from protos.ganserve.v1 import generator_pb2 as pb
-from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from sdk import _constants as C
 from sdk import _types as T
-from sdk._errors import RETRYABLE, DeadlineExceededError, from_rpc_error
+from sdk._base import _Base
+from sdk._errors import from_rpc_error
 
 
-def _read(value: bytes | str | os.PathLike | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return Path(value).read_bytes()
-
-
-class _Settings:
-    """What both clients resolve the same way: target, credentials, metadata, timeout, retries."""
-
-    def __init__(self, target, *, timeout, retries, tls, root_certificates, client_cert, client_key, token):
-        self.target = target or os.environ.get(C.ENV_TARGET) or C.DEFAULT_TARGET
-        self.timeout = C.DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
-        self.retries = C.DEFAULT_RETRIES if retries is None else int(retries)
-        token = token if token is not None else os.environ.get(C.ENV_TOKEN)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.tls = bool(tls or root_certificates or client_cert)
-        self.credentials = grpc.ssl_channel_credentials(_read(root_certificates), _read(client_key),
-                                                        _read(client_cert)) if self.tls else None
-        self.options = [("grpc.max_receive_message_length", C.MAX_MESSAGE_BYTES),
-                        ("grpc.max_send_message_length", C.MAX_MESSAGE_BYTES)]
-
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2^attempt)]."""
-        return random.uniform(0, min(C.BACKOFF_MAX_S, C.BACKOFF_INITIAL_S * 2 ** attempt))
-
-
-class Client:
+class Client(_Base):
     """A ganserve client. `Client()` talks to $GANSERVE_TARGET or localhost:50051.
 
     Args:
@@ -57,31 +26,6 @@ class Client:
         tls / root_certificates / client_cert / client_key: TLS (certificates as PEM bytes or file paths).
         token: bearer token (default $GANSERVE_TOKEN).
     """
-
-    def __init__(self, target: str | None = None, *, timeout: float | None = None, retries: int | None = None,
-                 tls: bool = False, root_certificates=None, client_cert=None, client_key=None,
-                 token: str | None = None):
-        self._s = _Settings(target, timeout=timeout, retries=retries, tls=tls, root_certificates=root_certificates,
-                            client_cert=client_cert, client_key=client_key, token=token)
-        self._channel = (grpc.secure_channel(self._s.target, self._s.credentials, self._s.options) if self._s.tls
-                         else grpc.insecure_channel(self._s.target, self._s.options))
-        self._stub = pb_grpc.GeneratorServiceStub(self._channel)
-        self._owner = True
-
-    @property
-    def target(self) -> str:
-        return self._s.target
-
-    def with_options(self, *, timeout: float | None = None, retries: int | None = None) -> "Client":
-        """A copy sharing the connection, with other defaults: `client.with_options(timeout=5).sample(...)`."""
-        other = copy.copy(self)
-        other._s = copy.copy(self._s)
-        if timeout is not None:
-            other._s.timeout = float(timeout)
-        if retries is not None:
-            other._s.retries = int(retries)
-        other._owner = False
-        return other
 
     def close(self) -> None:
         if self._owner:
@@ -95,20 +39,15 @@ class Client:
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def _call(self, method: str, request, timeout: float | None = None):
-        s = self._s
-        deadline = time.monotonic() + (s.timeout if timeout is None else timeout)
-        attempt = 0
+        deadline, attempt = self._deadline(timeout), 0
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method}: no time left for a retry")
             try:
-                return getattr(self._stub, method)(request, timeout=left, metadata=s.metadata)
+                return getattr(self._stub, method)(request, timeout=self._left(method, deadline),
+                                                   metadata=self._s.metadata)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
-                pause = s.backoff(attempt)
-                if e.code() not in RETRYABLE or attempt >= s.retries or time.monotonic() + pause >= deadline:
-                    raise err from e
+                pause, typed = self._retry_pause(e, attempt, deadline)
+                if pause < 0:
+                    raise typed from e
                 attempt += 1
                 time.sleep(pause)
 

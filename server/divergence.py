@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine, validate
 from server.config import Config

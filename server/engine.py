@@ -179,6 +179,10 @@ def guess_labels(registry: Registry, model: LoadedModel, x: np.ndarray) -> np.nd
     if evaluator is None:
         raise FailedPrecondition(f"{model.ref} is conditional and no evaluator model is served to guess the labels; "
                                  "send labels", "labels")
+    dims = tuple(evaluator.graph("classifier")["inputs"][0]["dims"])
+    if dims != model.output_shape:
+        raise FailedPrecondition(f"the evaluator {evaluator.ref} takes images of shape {list(dims)}, {model.ref} makes "
+                                 f"{list(model.output_shape)}: it cannot guess the labels; send labels", "labels")
     logits, _ = classify(evaluator, to_unit(model, x))
     y = np.zeros((len(x), model.num_classes), np.float32)
     y[np.arange(len(x)), logits.argmax(1) % model.num_classes] = 1.0

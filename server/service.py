@@ -41,8 +41,12 @@ class _Rpc:
 
 
 def _finish(tel: Telemetry, method: str, rpc: _Rpc, code: grpc.StatusCode, t0: float) -> None:
+    seconds = time.perf_counter() - t0
     tel.requests.labels(method, rpc.model or "-", code.name).inc()
-    tel.latency.labels(method).observe(time.perf_counter() - t0)
+    tel.latency.labels(method).observe(seconds)
+    if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
+        log.debug("%s %s %s %.1f ms", method, rpc.model or "-", code.name, 1000 * seconds,
+                  extra={"method": method, "model": rpc.model, "code": code.name, "ms": round(1000 * seconds, 3)})
 
 
 def _fail(method: str, err: Exception) -> ServiceError:
