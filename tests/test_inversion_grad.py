@@ -113,3 +113,15 @@ def test_missing_input_is_named():
     g = _randomize_bn(DCGAN())
     with pytest.raises(GradGraphError, match="latent"):
         build_grad_graph(_export(g, (torch.randn(2, 16),), ["z"]), z_name="latent")
+
+
+@pytest.mark.parametrize("nc", [0, 10])
+def test_grad_graph_shipped_dcgan_generator(nc):
+    """The generator the GAN/WGAN-GP/cGAN families ship (training/dcgan.py); its export de-duplicates
+    BatchNorm constants through Identity nodes."""
+    from training.dcgan import Generator
+
+    torch.manual_seed(0)
+    g = _randomize_bn(Generator(12, nc, width=8))
+    z = torch.randn(4, 12)
+    _check(g, z, torch.eye(10)[:4] if nc else None, torch.rand(4, 1, 28, 28) * 2 - 1)

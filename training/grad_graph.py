@@ -56,11 +56,13 @@ class _Builder:
         self.inits: list[onnx.TensorProto] = []
         self.n = 0
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        for node in graph.node:
+        for node in graph.node:  # Constant nodes, and Identity of a constant (the exporter's de-duplication)
             if node.op_type == "Constant":
                 for a in node.attribute:
                     if a.name == "value":
                         self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+            elif node.op_type == "Identity" and node.input[0] in self.consts:
+                self.consts[node.output[0]] = self.consts[node.input[0]]
 
     def fresh(self, hint: str) -> str:
         self.n += 1
