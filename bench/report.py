@@ -1,0 +1,237 @@
+"""Tables (markdown) and the issue-7 target checks from a benchmark result (the JSON written by
+`python -m bench`, keys as strings). `python -m bench.report result.json` prints them again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ENGINES = ("ort/t1", "ort/t2", "torch-eager/t1", "torch-eager/t2", "torch-compile/t1", "torch-compile/t2")
+
+
+def _f(x, fmt="{:,.0f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _lat(r: dict | None) -> str:
+    if not r or "p50_ms" not in r:
+        return "error: " + (r or {}).get("error", "not run")[:60]
+    return f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}"
+
+
+def inprocess_best(model: dict, batches=None) -> tuple[float, str, str]:
+    """(samples/s, engine, batch) of the fastest in-process contender over the given batch sizes."""
+    best = (0.0, "", "")
+    for b, stats in model["inprocess"]["batches"].items():
+        if batches and b not in batches:
+            continue
+        for eng, s in stats.items():
+            if s["samples_per_s"] > best[0]:
+                best = (s["samples_per_s"], eng, b)
+    return best
+
+
+def _ort_best(model: dict, batch: str) -> float:
+    stats = model["inprocess"]["batches"].get(batch, {})
+    return max((s["samples_per_s"] for e, s in stats.items() if e.startswith("ort/")), default=0.0)
+
+
+def targets(res: dict) -> list[dict]:
+    """Issue 7 item 3, each as {target, measured, met} (met None when it could not be measured)."""
+    out = []
+    srv = res.get("servers", {})
+    prim = res["models"][res["primary"]]
+
+    def add(target, measured, met):
+        out.append({"target": target, "measured": measured, "met": met})
+
+    lat = srv.get("latency", {})
+    r256 = lat.get("256", {})
+    if "ganserve" in r256 and "samples_per_s" in r256["ganserve"]:
+        ref = max(r256.get("inproc/t1", {}).get("samples_per_s", 0), r256.get("inproc/t2", {}).get("samples_per_s", 0))
+        got = r256["ganserve"]["samples_per_s"]
+        add("n=256 request: server >= 90% of in-process ORT at batch 256",
+            f"{got:,.0f} vs {ref:,.0f} samples/s in-process (same rounds) = {got / ref:.0%}", got >= 0.9 * ref)
+    r1 = lat.get("1", {})
+    if "ganserve" in r1 and "p50_ms" in r1["ganserve"]:
+        ref = min(r1.get("inproc/t1", {}).get("p50_ms", 1e9), r1.get("inproc/t2", {}).get("p50_ms", 1e9))
+        g = r1["ganserve"]
+        add("n=1, one client: p50 within 1 ms of in-process, p99 <= 10 ms",
+            f"p50 {g['p50_ms']:.2f} ms vs {ref:.2f} ms in-process (+{g['p50_ms'] - ref:.2f} ms), p99 {g['p99_ms']:.2f} ms",
+            g["p50_ms"] - ref <= 1.0 and g["p99_ms"] <= 10.0)
+    tp = srv.get("throughput", {})
+    c32 = tp.get("32", {})
+    if "ganserve/on" in c32 and "samples_per_s" in c32["ganserve/on"]:
+        ref = max(c32.get("inproc-b64/t1", {}).get("samples_per_s", 0),
+                  c32.get("inproc-b64/t2", {}).get("samples_per_s", 0))
+        best_a, eng, b = inprocess_best(prim)
+        ref_note = f"in-process batch 64 in the same rounds {ref:,.0f}/s (section A best: {best_a:,.0f}/s, {eng} b{b})"
+        g = c32["ganserve/on"]
+        add("32 single-sample clients: >= 60% of in-process best samples/s, p99 <= 50 ms",
+            f"{g['samples_per_s']:,.0f}/s = {g['samples_per_s'] / ref:.0%} of {ref_note}; p99 {g['p99_ms']:.1f} ms; "
+            f"load generator used {g['load_cpu_cores']:.2f} cores",
+            g["samples_per_s"] >= 0.6 * ref and g["p99_ms"] <= 50)
+    worse = [(c, r["ganserve/on"]["samples_per_s"], r["ganserve/off"]["samples_per_s"]) for c, r in tp.items()
+             if "samples_per_s" in r.get("ganserve/on", {}) and "samples_per_s" in r.get("ganserve/off", {})]
+    if worse:
+        bad = [f"c={c}: on {a:,.0f} < off {b:,.0f}" for c, a, b in worse if a < 0.95 * b]
+        add("batching on never worse than off (5% noise allowance)",
+            "; ".join(f"c={c} {a / b:.2f}x" for c, a, b in worse) + ("" if not bad else " — worse: " + ", ".join(bad)),
+            not bad)
+    gains = []
+    for name, r in srv.get("batching_by_model", {}).items():
+        m = res["models"].get(name)
+        if not m or "samples_per_s" not in r.get("on", {}) or "samples_per_s" not in r.get("off", {}):
+            continue
+        curve = _ort_best(m, "64") / max(_ort_best(m, "1"), 1e-9)
+        gains.append(f"{name}: in-process b64/b1 {curve:.2f}x, server on/off {r['on']['samples_per_s'] / r['off']['samples_per_s']:.2f}x")
+    if gains:
+        add("batching gain follows each model's per-sample cost curve", "; ".join(gains), None)
+    ts_rows = [(c, r) for c, r in tp.items() if "samples_per_s" in r.get("torchserve/off", {})]
+    if ts_rows:
+        parts, ok = [], True
+        for c, r in ts_rows:
+            g = r.get("ganserve/on", {}).get("samples_per_s", 0)
+            a, b = r["torchserve/off"]["samples_per_s"], r.get("torchserve/on", {}).get("samples_per_s", float("nan"))
+            parts.append(f"c={c}: {g / a:.1f}x unbatched, {g / b:.1f}x batched")
+            ok = ok and g >= 3 * a and g >= 1.6 * b
+        add("vs TorchServe, same loads: >= 3x its unbatched, >= 1.6x its batched throughput", "; ".join(parts), ok)
+        if "torchserve" in r1 and "p50_ms" in r1["torchserve"] and "ganserve" in r1:
+            a, b = r1["ganserve"]["p50_ms"], r1["torchserve"]["p50_ms"]
+            add("vs TorchServe: p50 (n=1) <= 1/3 of its p50", f"{a:.2f} ms vs {b:.2f} ms = {a / b:.2f}", a <= b / 3)
+    st = srv.get("stream", {})
+    for enc, r in st.get("results", {}).items():
+        if "samples_per_s" not in r:
+            continue
+        ceil = max(v for v in [*st["ceiling_before"].values(), *st["ceiling_after"].values()] if v)
+        add(f"batch job (SampleStream {st['n']:,} samples, {enc}) >= 90% of the in-process ceiling",
+            f"{r['samples_per_s']:,.0f} vs {ceil:,.0f} samples/s = {r['samples_per_s'] / ceil:.0%}",
+            r["samples_per_s"] >= 0.9 * ceil)
+    for name, m in res["models"].items():
+        b = m["inprocess"]["batches"]
+        picks = []
+        for batch in ("1", "256"):
+            if batch in b:
+                ort = max((s["samples_per_s"] for e, s in b[batch].items() if e.startswith("ort")), default=0)
+                tor = max((s["samples_per_s"] for e, s in b[batch].items() if e.startswith("torch")), default=0)
+                picks.append(f"b{batch}: ORT {ort:,.0f} vs torch {tor:,.0f}/s -> {'ORT' if ort >= tor else 'torch'}")
+        if picks:
+            add(f"engine choice for {name}", "; ".join(picks), None)
+    return out
+
+
+def render(res: dict) -> str:
+    mach = res["machine"]
+    parts = [f"Machine: {mach.get('cpu') or 'unknown CPU'}, {mach.get('cores')} cores, {mach.get('ram_gb')} GB RAM; "
+             f"Python {mach.get('python')}, onnxruntime {mach.get('onnxruntime')}, torch {mach.get('torch', '—')}, "
+             f"grpcio {mach.get('grpc', '—')}, TorchServe {mach.get('ts', '—')}. Load average at start "
+             f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_start', []))}, at end "
+             f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_end', []))}. "
+             f"{'Quick' if res.get('quick') else 'Full'} run, {res.get('wall_s', 0):.0f} s."]
+
+    for name, m in res["models"].items():
+        ip = m["inprocess"]
+        engines = [e for e in ENGINES if any(e in s for s in ip["batches"].values())]
+        rows = []
+        for b, stats in ip["batches"].items():
+            best = max(stats, key=lambda e: stats[e]["samples_per_s"])
+            rows.append([b, *(_f(stats[e]["samples_per_s"]) if e in stats else "—" for e in engines),
+                         f"{stats[best]['gflops']:.1f} ({best})", f"{stats[best]['p50_ms']:.2f}"])
+        torch_note = ip.get("torch", {})
+        note = ""
+        if "error" in torch_note:
+            note = f" torch not measured: {torch_note['error']}."
+        elif "compile_error" in torch_note:
+            note = f" torch.compile failed: {torch_note['compile_error']}."
+        elif torch_note.get("compile_s"):
+            note = (" torch.compile (inductor) compile+first-call seconds per batch size: "
+                    + ", ".join(f"b{b} {s:.0f}" for b, s in torch_note["compile_s"].items()) + ".")
+        elif not any(e.startswith("torch-compile") for e in engines):
+            note = " torch.compile not run (--quick or --no-compile; it compiles for ~45 s per model here)."
+        parts.append(f"### In-process: {name} ({m['kind']}, v{m['version']}) — {ip['flops_per_sample'] / 1e6:.1f} "
+                     f"MFLOP/sample counted, {ip['params'] / 1e6:.2f} M parameters; samples/s\n\n"
+                     + _table(["batch", *engines, "best GFLOP/s", "best p50 ms/call"], rows)
+                     + (f"\n\ntorch max |diff| vs ORT: {torch_note['max_abs_diff_vs_ort']:.1e}."
+                        if "max_abs_diff_vs_ort" in torch_note else "") + note)
+
+    srv = res.get("servers")
+    if srv:
+        prim = res["primary"]
+        rows = []
+        for n, r in srv["latency"].items():
+            rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "ganserve", "torchserve")),
+                         _f(r.get("ganserve", {}).get("samples_per_s")),
+                         _f(r.get("torchserve", {}).get("samples_per_s"))])
+        parts.append(f"### Latency, one client ({prim}); p50 / p99 ms\n\n" + _table(
+            ["n", "in-process ORT t1", "in-process ORT t2", "ganserve gRPC", "TorchServe HTTP", "ganserve samples/s",
+             "TorchServe samples/s"], rows))
+        rows = []
+        for c, r in srv["throughput"].items():
+            for k in ("ganserve/off", "ganserve/on", "torchserve/off", "torchserve/on", "inproc-b64/t1", "inproc-b64/t2"):
+                if k not in r:
+                    continue
+                x = r[k]
+                if "samples_per_s" not in x:
+                    rows.append([c, k, "error: " + x.get("error", "")[:80], "", "", "", ""])
+                    continue
+                rows.append([c, k, _f(x["samples_per_s"]), _lat(x), f"{x['load_cpu_cores']:.2f}",
+                             _f(x.get("server_cpu_cores"), "{:.2f}"), str(x.get("errors", 0))])
+        parts.append(f"### Single-sample requests vs concurrency ({prim})\n\n" + _table(
+            ["clients", "server", "samples/s", "p50 / p99 ms", "load-gen CPU cores", "server CPU cores", "errors"],
+            rows) + "\n\ninproc-b64 rows: in-process ONNX Runtime at batch 64, interleaved with the c=32 rounds "
+                    "(the reference of the 60% target).")
+        rows = [[enc, _lat(r), _f(r.get("samples_per_s")), _f(r.get("bytes_per_response"))]
+                for enc, r in srv["encoding"].items()]
+        parts.append("### Encodings (ganserve, n=64, one client)\n\n" + _table(
+            ["encoding", "p50 / p99 ms", "samples/s", "bytes/response"], rows))
+        rows = []
+        for name, r in srv.get("batching_by_model", {}).items():
+            m = res["models"][name]
+            o1, o64 = _ort_best(m, "1"), _ort_best(m, "64")
+            on, off = r.get("on", {}).get("samples_per_s"), r.get("off", {}).get("samples_per_s")
+            rows.append([name, _f(o1), _f(o64), f"{o64 / max(o1, 1e-9):.2f}x", _f(off), _f(on),
+                         f"{on / off:.2f}x" if on and off else "—"])
+        parts.append("### Batching gain by model (32 single-sample clients) vs in-process batch curve\n\n" + _table(
+            ["model", "in-process b1/s", "in-process b64/s", "b64/b1", "server off/s", "server on/s", "on/off"], rows))
+        st = srv.get("stream", {})
+        rows = []
+        for enc, r in st.get("results", {}).items():
+            ceil = max(v for v in [*st["ceiling_before"].values(), *st["ceiling_after"].values()] if v)
+            rows.append([enc, _f(r.get("samples_per_s")), _f(ceil),
+                         f"{r['samples_per_s'] / ceil:.0%}" if "samples_per_s" in r else r.get("error", ""),
+                         f"{r.get('wall_s', 0):.0f}", _f(r.get("load_cpu_cores"), "{:.2f}"),
+                         _f(r.get("server_cpu_cores"), "{:.2f}")])
+        if rows:
+            cb, ca = st["ceiling_before"], st["ceiling_after"]
+            parts.append(f"### SampleStream job ({st['n']:,} samples, chunk {st['chunk']})\n\n" + _table(
+                ["encoding", "samples/s", "in-process ceiling/s", "ratio", "wall s", "client CPU cores",
+                 "server CPU cores"], rows)
+                + "\n\nCeiling = in-process ORT at the chunk size, best of 1/2 threads, measured just before "
+                  f"({', '.join(f't{t} {_f(v)}' for t, v in cb.items())}) and after "
+                  f"({', '.join(f't{t} {_f(v)}' for t, v in ca.items())}) the stream.")
+        rss = [["ganserve (batching on)", _f(srv["rss_after_warmup_mb"]["on"]), _f(srv["rss_after_load_mb"]["on"])],
+               ["ganserve (batching off)", _f(srv["rss_after_warmup_mb"]["off"]), _f(srv["rss_after_load_mb"]["off"])]]
+        if "torchserve_rss_after_warmup_mb" in srv:
+            rss.append(["TorchServe (JVM + workers, both registrations)", _f(srv["torchserve_rss_after_warmup_mb"]),
+                        _f(srv.get("torchserve_rss_after_load_mb"))])
+        parts.append("### Memory (RSS, MB)\n\n" + _table(["process", "after warm-up", "after load"], rss))
+    if res.get("torchserve_error"):
+        parts.append(f"TorchServe not measured: {res['torchserve_error']}")
+    if res.get("targets"):
+        rows = [[t["target"], t["measured"], {True: "met", False: "MISSED", None: "(info)"}[t["met"]]]
+                for t in res["targets"]]
+        parts.append("### Issue 7 targets\n\n" + _table(["target", "measured (same run)", ""], rows))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    data = json.loads(Path(sys.argv[1]).read_text())
+    data["targets"] = targets(data)
+    print(render(data))
