@@ -111,7 +111,10 @@ def from_args(argv: list[str] | None = None, env: dict[str, str] | None = None) 
     for f in fields(Config):
         kind = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
         var = ENV_PREFIX + f.name.upper()
-        default = _parse_env(f, env[var]) if var in env else getattr(defaults, f.name)
+        try:
+            default = _parse_env(f, env[var]) if var in env else getattr(defaults, f.name)
+        except ValueError as e:
+            p.error(str(e))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                        help=f"{f.metadata['help']} [env {var}]")
     args = p.parse_args(argv)

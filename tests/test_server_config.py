@@ -1,0 +1,38 @@
+"""Server configuration: flags beat GANSERVE_* variables, which beat the defaults; bad values are refused."""
+
+import pytest
+
+from server.config import Config, from_args
+
+
+def test_defaults_are_safe_for_a_shared_machine():
+    c = from_args([], env={})
+    assert c.address == "localhost:50051"  # localhost unless told otherwise
+    assert c.intra_op_threads == 1 and c.max_queue_delay_ms == 0 and c.providers == "auto"
+    assert c.token() == "" and not c.tls_cert
+
+
+def test_flag_beats_env_beats_default(tmp_path):
+    env = {"GANSERVE_ADDRESS": "0.0.0.0:6000", "GANSERVE_MAX_SAMPLES": "64", "GANSERVE_LOG_FORMAT": "json"}
+    c = from_args(["--max-samples", "32"], env=env)
+    assert (c.address, c.max_samples, c.log_format) == ("0.0.0.0:6000", 32, "json")
+    token = tmp_path / "token"
+    token.write_text("from-a-file\n")
+    assert from_args([], env={"GANSERVE_AUTH_TOKEN_FILE": str(token)}).token() == "from-a-file"
+    assert from_args(["--auth-token", "flag"], env={"GANSERVE_AUTH_TOKEN_FILE": str(token)}).token() == "flag"
+
+
+@pytest.mark.parametrize("argv,env", [
+    (["--providers", "tpu"], {}),
+    (["--max-batch-samples", "0"], {}),
+    (["--tls-cert", "only-a-cert.pem"], {}),
+    ([], {"GANSERVE_MAX_SAMPLES": "many"}),
+])
+def test_bad_settings_are_refused(argv, env):
+    with pytest.raises((SystemExit, ValueError)):
+        from_args(argv, env=env)
+
+
+def test_config_validates_itself():
+    with pytest.raises(ValueError, match="log_format"):
+        Config(log_format="xml")
