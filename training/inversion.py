@@ -52,6 +52,7 @@ class EncoderConfig:
     w_pair_pix: float = 0.0     # weight of the pair reconstruction loss ||G(E(G(z))) - G(z)||^2 / P (0: skipped)
     pair_pool: int = 20000      # (G(z), z) pairs generated with ONNX Runtime, redrawn when the pool is used up
     threads: int = 1
+    init: str = ""              # warm start: an encoder.safetensors from an earlier run (same latent/classes)
 
     def __post_init__(self):
         for f in ("channels", "hidden", "steps", "batch_size", "pair_pool", "threads"):
@@ -143,6 +144,11 @@ def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=pr
     px, pz, py = make_pairs(cfg.pair_pool)
     log(f"generated {cfg.pair_pool} pairs in {time.time() - t0:.0f}s")
     enc = InversionEncoder(d, k, cfg.channels, cfg.hidden)
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        enc.load_state_dict(load_file(cfg.init))
+        log(f"warm start from {cfg.init}")
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     b, pixels = cfg.batch_size, float(np.prod(x_real.shape[1:]))
@@ -204,21 +210,18 @@ def export_encoder(enc: InversionEncoder, path: Path) -> float:
 # --- pictures ---------------------------------------------------------------------------------------------
 
 def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.InversionSettings = rt.DEFAULTS) -> None:
-    """Two rows: n real test digits, and their HYBRID inversions (scaled x2 for the README)."""
-    from PIL import Image
-
+    """Two rows: n real test digits (one per class), and their HYBRID inversions."""
+    from training.common import image_grid
     from training.data import load_mnist
 
     m = read(version_dir)
     k = m["num_classes"]
     test = load_mnist("test")
-    idx = [int(np.flatnonzero(np.asarray(test.labels) == c)[0]) for c in range(10)][:n]
+    idx = [int(np.flatnonzero(np.asarray(test.labels) == c % 10)[c // 10]) for c in range(n)]
     x = np.asarray(test.images[idx], np.float32) * 2 - 1
     y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[idx])] if k else None
     rec = rt.Inverter.from_version_dir(version_dir).invert(x, "HYBRID", y, settings=settings).reconstruction
-    rows = [np.concatenate(list(((a[:, 0] + 1) * 127.5).clip(0, 255)), axis=1) for a in (x, rec)]
-    img = np.concatenate(rows, axis=0).astype(np.uint8)
-    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+    image_grid(np.concatenate([x, rec]), n, path)
 
 
 # --- publish -----------------------------------------------------------------------------------------------
@@ -251,6 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store", default=str(STORE))
     p.add_argument("--work", default=None, help="scratch folder (default runs/<model>-encoder)")
     p.add_argument("--no-publish", action="store_true")
+    p.add_argument("--strip", default=None, help="also write originals/HYBRID inversions as a PNG strip here")
+    p.add_argument("--inv-steps", type=int, default=rt.DEFAULTS.steps, help="OPTIMIZE/HYBRID steps to measure with")
+    p.add_argument("--inv-lr", type=float, default=rt.DEFAULTS.lr)
+    p.add_argument("--inv-prior", type=float, default=rt.DEFAULTS.prior_weight)
+    p.add_argument("--measure-only", action="store_true",
+                   help="only measure the newest version as published (no training, no publishing)")
     args, rest = p.parse_known_args(argv)
     values = read_toml(config_path(args.config)) if args.config else {}
     values.pop("family", None)
@@ -259,6 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cfg.threads)
     store = Path(args.store)
     src = resolve(store, args.model)
+    settings = rt.InversionSettings(steps=args.inv_steps, lr=args.inv_lr, prior_weight=args.inv_prior)
+    if args.measure_only:
+        print(json.dumps(rt.measure(src, find_evaluator(store), settings=settings), indent=2))
+        if args.strip:
+            strip_png(src, Path(args.strip), settings=settings)
+        return
     work = Path(args.work or f"runs/{args.model}-encoder")
     work.mkdir(parents=True, exist_ok=True)
     m = read(src)
@@ -267,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     fd = check_grad_graph(grad_onnx, src / m["graphs"]["generator"]["file"], m["latent_dim"], m["num_classes"])
     print(f"{src}: generator_grad vs central finite differences, max rel err {fd:.2e}")
     enc, info = train_encoder(src, grad_onnx, cfg, print)
+    from safetensors.torch import save_file
+
+    save_file(enc.state_dict(), str(work / "encoder.safetensors"), metadata={"config": json.dumps(dataclasses.asdict(cfg))})
     parity = export_encoder(enc, enc_onnx)
     print(f"encoder parity max abs diff {parity:.2e}")
     # Measure on a scratch copy laid out like a version folder.
@@ -278,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     (scratch / "encoder.onnx").write_bytes(enc_onnx.read_bytes())
     (scratch / "generator_grad.onnx").write_bytes(grad_onnx.read_bytes())
     (scratch / "manifest.json").write_text(json.dumps(m))
-    metrics = rt.measure(scratch, find_evaluator(store))
+    metrics = rt.measure(scratch, find_evaluator(store), settings=settings)
+    if args.strip:
+        strip_png(scratch, Path(args.strip), settings=settings)
     (work / "inversion_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.no_publish:
         return
