@@ -159,7 +159,7 @@ def run(target, *, n: int, concurrency: int, duration: float, warmup: float, enc
     seed_lock = threading.Lock()
     next_seed = [int(time.time_ns() % 1_000_000_007) * 1000]
     records: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
-    sizes, errors = [0] * concurrency, []
+    sizes, failed, errors = [0] * concurrency, [0] * concurrency, []
     start = time.perf_counter()
     t0, t1 = start + warmup, start + warmup + duration
     marks = {}
@@ -170,7 +170,7 @@ def run(target, *, n: int, concurrency: int, duration: float, warmup: float, enc
         while True:
             now = time.perf_counter()
             # every worker records at least one request (slow large batches), unless it only gets errors
-            if now >= t1 and (records[w] or now >= t1 + 30):
+            if now >= t1 and (records[w] or failed[w]):
                 return
             with seed_lock:
                 seed = next_seed[0]
@@ -178,6 +178,7 @@ def run(target, *, n: int, concurrency: int, duration: float, warmup: float, enc
             try:
                 size = target.call(w, seed, n, encoding)
             except Exception as e:  # noqa: BLE001 - counted and reported, the loop goes on
+                failed[w] += 1
                 if len(errors) < 1000:
                     errors.append(f"{type(e).__name__}: {e}")
                 time.sleep(0.001)

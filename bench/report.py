@@ -165,7 +165,7 @@ def render(res: dict) -> str:
     if srv:
         prim = res["primary"]
         rows = []
-        for n, r in srv["latency"].items():
+        for n, r in srv.get("latency", {}).items():
             rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "ganserve", "torchserve")),
                          _f(r.get("ganserve", {}).get("samples_per_s")),
                          _f(r.get("torchserve", {}).get("samples_per_s"))])
@@ -173,7 +173,7 @@ def render(res: dict) -> str:
             ["n", "in-process ORT t1", "in-process ORT t2", "ganserve gRPC", "TorchServe HTTP", "ganserve samples/s",
              "TorchServe samples/s"], rows))
         rows = []
-        for c, r in srv["throughput"].items():
+        for c, r in srv.get("throughput", {}).items():
             for k in ("ganserve/off", "ganserve/on", "torchserve/off", "torchserve/on", "inproc-b64/t1", "inproc-b64/t2"):
                 if k not in r:
                     continue
@@ -188,7 +188,7 @@ def render(res: dict) -> str:
             rows) + "\n\ninproc-b64 rows: in-process ONNX Runtime at batch 64, interleaved with the c=32 rounds "
                     "(the reference of the 60% target).")
         rows = [[enc, _lat(r), _f(r.get("samples_per_s")), _f(r.get("bytes_per_response"))]
-                for enc, r in srv["encoding"].items()]
+                for enc, r in srv.get("encoding", {}).items()]
         parts.append("### Encodings (ganserve, n=64, one client)\n\n" + _table(
             ["encoding", "p50 / p99 ms", "samples/s", "bytes/response"], rows))
         rows = []
@@ -216,19 +216,26 @@ def render(res: dict) -> str:
                 + "\n\nCeiling = in-process ORT at the chunk size, best of 1/2 threads, measured just before "
                   f"({', '.join(f't{t} {_f(v)}' for t, v in cb.items())}) and after "
                   f"({', '.join(f't{t} {_f(v)}' for t, v in ca.items())}) the stream.")
+        if "rss_after_load_mb" not in srv:
+            return "\n\n".join(parts + _target_part(res))
         rss = [["ganserve (batching on)", _f(srv["rss_after_warmup_mb"]["on"]), _f(srv["rss_after_load_mb"]["on"])],
                ["ganserve (batching off)", _f(srv["rss_after_warmup_mb"]["off"]), _f(srv["rss_after_load_mb"]["off"])]]
         if "torchserve_rss_after_warmup_mb" in srv:
             rss.append(["TorchServe (JVM + workers, both registrations)", _f(srv["torchserve_rss_after_warmup_mb"]),
                         _f(srv.get("torchserve_rss_after_load_mb"))])
         parts.append("### Memory (RSS, MB)\n\n" + _table(["process", "after warm-up", "after load"], rss))
+    return "\n\n".join(parts + _target_part(res))
+
+
+def _target_part(res: dict) -> list[str]:
+    parts = []
     if res.get("torchserve_error"):
         parts.append(f"TorchServe not measured: {res['torchserve_error']}")
     if res.get("targets"):
         rows = [[t["target"], t["measured"], {True: "met", False: "MISSED", None: "(info)"}[t["met"]]]
                 for t in res["targets"]]
         parts.append("### Issue 7 targets\n\n" + _table(["target", "measured (same run)", ""], rows))
-    return "\n\n".join(parts)
+    return parts
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""The benchmark's own parts: FLOP counts against hand-computed answers, the ONNX->torch runner against ONNX
+Runtime, the load generator against an in-process target, and the target checks on known results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bench import flops, report
+from bench.inprocess import Contender, interleave
+
+ROOT = Path(__file__).resolve().parent.parent
+F32 = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, F32, shape)
+
+
+def test_flops_dense_layers_by_hand():
+    # Gemm (N,10)x(10,20)^T + bias, then MatMul (N,20)x(20,5): per sample 2*10*20 + 20 + 2*20*5
+    rng = np.random.default_rng(0)
+    m = _model([helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1),
+                helper.make_node("MatMul", ["h", "V"], ["y"])],
+               [_vi("x", ["batch", 10])], [_vi("y", ["batch", 5])],
+               {"W": rng.standard_normal((20, 10)).astype(np.float32), "b": np.zeros(20, np.float32),
+                "V": rng.standard_normal((20, 5)).astype(np.float32)})
+    per_sample = 2 * 10 * 20 + 20 + 2 * 20 * 5
+    assert flops.count(m).total == per_sample
+    c = flops.count(m, batch=7)
+    assert c.total == 7 * per_sample and c.by_op == {"Gemm": 7 * 420, "MatMul": 7 * 200}
+    assert c.params == 20 * 10 + 20 + 20 * 5
+
+
+def test_flops_convolutions_by_hand():
+    # Conv 3->8, 3x3, pad 1 on 16x16: 2*8*16*16*3*9 (+ bias 8*16*16); grouped ConvTranspose 8->4 (group 2),
+    # 4x4 stride 2 pad 1: 16x16 -> 32x32, each input element scatters into (4/2)*16 outputs: 2*8*16*16*2*16
+    rng = np.random.default_rng(1)
+    m = _model([helper.make_node("Conv", ["x", "W", "b"], ["h"], pads=[1, 1, 1, 1]),
+                helper.make_node("ConvTranspose", ["h", "T"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], group=2)],
+               [_vi("x", ["N", 3, 16, 16])], [_vi("y", ["N", 4, 32, 32])],
+               {"W": rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "b": np.zeros(8, np.float32),
+                "T": rng.standard_normal((8, 2, 4, 4)).astype(np.float32)})
+    conv = 2 * 8 * 16 * 16 * 3 * 9 + 8 * 16 * 16
+    convt = 2 * 8 * 16 * 16 * 2 * 16
+    c = flops.count(m, batch=2)
+    assert c.by_op == {"Conv": 2 * conv, "ConvTranspose": 2 * convt}
+    # the same ConvTranspose counted from its outputs' side: every output element gathers C_in/group * k^2 / s^2
+    assert convt == 2 * (4 * 32 * 32) * (8 // 2) * 16 // 4
+
+
+def test_flops_reference_dcgan_is_the_issue_figure(tmp_path):
+    pytest.importorskip("torch")
+    from bench.reference import export_onnx
+
+    c = flops.count(export_onnx(tmp_path / "g.onnx"))
+    linear = 2 * 100 * 256 * 7 * 7
+    convt1 = 2 * 256 * 7 * 7 * 128 * 16
+    convt2 = 2 * 128 * 14 * 14 * 1 * 16 + 28 * 28       # + bias
+    assert c.total == linear + convt1 + convt2 == 54_692_624  # "~55 MFLOP per sample"
+    assert 1.75e6 < c.params < 1.85e6                          # "1.8M-parameter"
+
+
+def test_flops_reports_missing_shapes():
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["y"])], [_vi("x", ["N", 4])], [_vi("y", ["N", 3])],
+               {"W": np.ones((4, 3), np.float32)})
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        flops.count(m, batch=0)
+
+
+def test_torch_runner_matches_onnxruntime_on_exported_and_handwritten_graphs(tmp_path, model_store):
+    torch = pytest.importorskip("torch")
+    from bench.onnx_torch import OnnxModule
+    from bench.reference import export_onnx
+
+    rng = np.random.default_rng(2)
+    cases = [(export_onnx(tmp_path / "g.onnx"), {"z": rng.standard_normal((3, 100), dtype=np.float32)}),
+             (model_store / "tiny-cgan" / "1" / "generator.onnx",
+              {"z": rng.standard_normal((5, 8), dtype=np.float32), "y": np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]})]
+    for path, feeds in cases:
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        with torch.inference_mode():
+            got = OnnxModule(str(path)).eval()(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_torch_runner_names_unsupported_ops():
+    pytest.importorskip("torch")
+    from bench.onnx_torch import OnnxModule
+
+    m = _model([helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,ij->i")],
+               [_vi("x", ["N", 4])], [_vi("y", ["N"])], {})
+    with pytest.raises(NotImplementedError, match="Einsum"):
+        OnnxModule(m)
+
+
+def test_interleave_rotates_rounds_and_counts_samples():
+    order = []
+    a = Contender("a", lambda: order.append("a"))
+    b = Contender("b", lambda: order.append("b"))
+    out = interleave([a, b], batch=4, rounds=3, round_s=0.0, warmup_calls=1)
+    # warm-up a b, then rounds (a, b), (b, a), (a, b) with 2 calls each (the minimum per round)
+    assert order == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
+    assert out["a"]["calls"] == 6 and len(out["a"]["rounds"]) == 3 and out["a"]["samples_per_s"] > 0
+
+
+def test_load_generator_against_in_process_target(model_store):
+    proc = subprocess.Popen([sys.executable, "-m", "bench.load"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    target = {"kind": "inproc", "onnx": str(model_store / "tiny-gan" / "1" / "generator.onnx"), "threads": 1,
+              "latent_dim": 8, "num_classes": 0}
+    try:
+        proc.stdin.write(json.dumps({"op": "run", "target": target, "n": 4, "concurrency": 2, "duration": 0.3,
+                                     "warmup": 0.05}) + "\n")
+        proc.stdin.write(json.dumps({"op": "run", "target": {"kind": "grpc", "address": "127.0.0.1:1", "model": "x"},
+                                     "n": 1, "concurrency": 1, "duration": 0.1, "warmup": 0}) + "\n")
+        proc.stdin.write('{"op": "quit"}\n')
+        proc.stdin.flush()
+        ok, failed = (json.loads(proc.stdout.readline()) for _ in range(2))
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ok["errors"] == 0 and ok["requests"] > 10 and ok["samples"] == 4 * ok["requests"]
+    assert ok["bytes_per_response"] == 4 * 64 * 4  # (4, 1, 8, 8) float32
+    assert 0 < ok["p50_ms"] <= ok["p99_ms"] and ok["load_cpu_s"] > 0
+    assert abs(ok["samples_per_s"] - ok["samples"] / ok["wall_s"]) < 1e-6 * ok["samples_per_s"]
+    assert failed["requests"] == 0 and failed["errors"] > 0  # nothing listens on port 1: errors, not a hang
+
+
+def _result(**servers):
+    stats = lambda r: {"samples_per_s": r, "p50_ms": 1.0, "p99_ms": 2.0, "gflops": 1.0}  # noqa: E731
+    return {"primary": "g", "models": {"g": {"kind": "gan", "version": 1, "data_kind": "image", "inprocess": {
+        "flops_per_sample": 1e6, "params": 1, "torch": {},
+        "batches": {"1": {"ort/t1": stats(1000.0), "torch-eager/t1": stats(400.0)},
+                    "64": {"ort/t1": stats(2000.0), "torch-eager/t1": stats(2500.0)},
+                    "256": {"ort/t1": stats(2100.0), "torch-eager/t1": stats(900.0)}}}}},
+        "servers": servers, "machine": {}}
+
+
+def _lat(p50, p99, rate=0.0):
+    return {"p50_ms": p50, "p99_ms": p99, "samples_per_s": rate, "load_cpu_cores": 0.5}
+
+
+def test_targets_judge_known_results():
+    res = _result(
+        latency={"1": {"inproc/t1": _lat(0.5, 0.9), "inproc/t2": _lat(0.6, 1.0), "ganserve": _lat(1.4, 9.0),
+                       "torchserve": _lat(5.0, 9.0)},
+                 "256": {"inproc/t1": _lat(100, 100, 2000.0), "inproc/t2": _lat(100, 100, 1900.0),
+                         "ganserve": _lat(100, 100, 1700.0)}},
+        throughput={"32": {"ganserve/on": _lat(10, 40, 1300.0), "ganserve/off": _lat(10, 40, 700.0),
+                           "torchserve/off": _lat(10, 40, 400.0), "torchserve/on": _lat(10, 40, 900.0),
+                           "inproc-b64/t1": _lat(1, 1, 2000.0)}},
+        batching_by_model={"g": {"on": _lat(1, 1, 1300.0), "off": _lat(1, 1, 700.0)}},
+        stream={"n": 10, "chunk": 4, "results": {"uint8": {"samples_per_s": 1850.0}},
+                "ceiling_before": {"1": 2000.0}, "ceiling_after": {"1": 1900.0}})
+    got = {t["target"].split(":")[0]: t for t in report.targets(res)}
+    assert got["n=256 request"]["met"] is False                      # 1700 / 2000 = 85% < 90%
+    assert got["n=1, one client"]["met"] is True                     # +0.9 ms, p99 9 ms
+    assert got["32 single-sample clients"]["met"] is True            # 1300 / 2000 = 65%, p99 40 ms
+    assert got["batching on never worse than off (5% noise allowance)"]["met"] is True
+    assert got["vs TorchServe, same loads"]["met"] is False         # 3.25x unbatched but 1.44x batched
+    assert got["vs TorchServe"]["met"] is True                       # p50 1.4 / 5.0 = 0.28 <= 1/3
+    assert "batch job (SampleStream 10 samples, uint8) >= 90% of the in-process ceiling" in {
+        t["target"] for t in report.targets(res) if t["met"] is True}
+    picks = got["engine choice for g"]["measured"]
+    assert "b1: ORT 1,000 vs torch 400/s -> ORT" in picks and "b256: ORT 2,100 vs torch 900/s -> ORT" in picks
+    res["targets"] = report.targets(res)
+    text = report.render(res)  # sections that did not run are left out
+    assert "| n=256 request: server >= 90% of in-process ORT at batch 256 | 1,700 vs 2,000" in text
