@@ -51,6 +51,12 @@ def choose_providers(setting: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _available() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
 def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
     """'name' or 'name@version' -> (name, version or None); INVALID_ARGUMENT for anything else."""
     name, sep, version = ref.partition("@")
@@ -161,10 +167,29 @@ def _check_session(role: str, graph: dict[str, Any], session) -> None:
             dtype = _ORT_DTYPES.get(a.type, a.type)
             if dtype != s["dtype"]:
                 raise mf.ManifestError(f"graphs.{role}.{what} {s['name']}: manifest dtype {s['dtype']}, graph {dtype}")
+            if what == "outputs" and (not a.shape or len(a.shape) != len(s["dims"]) + 1):
+                continue  # rank unknown to shape inference: the probe run in _probe checks the real shape
             dims = list(a.shape[1:])
             if len(dims) != len(s["dims"]) or any(isinstance(d, int) and d != w for d, w in zip(dims, s["dims"])):
                 raise mf.ManifestError(f"graphs.{role}.{what} {s['name']}: manifest dims {s['dims']}, "
                                        f"graph {a.shape} (batch axis first)")
+
+
+def _probe(manifest: dict[str, Any], sessions: dict[str, Any]) -> None:
+    """Run the main graph once on a zero batch of 2: its outputs must have the shapes the manifest says."""
+    import numpy as np
+
+    role = "classifier" if manifest["kind"] == "evaluator" else "generator"
+    graph = manifest["graphs"][role]
+    feeds = {s["name"]: np.zeros((2, *s["dims"]), s["dtype"]) for s in graph["inputs"]}
+    names = [s["name"] for s in graph["outputs"]]
+    for spec, out in zip(graph["outputs"], sessions[role].run(names, feeds)):
+        if tuple(out.shape) != (2, *spec["dims"]):
+            raise mf.ManifestError(f"graphs.{role}.outputs {spec['name']}: manifest dims {spec['dims']}, the graph "
+                                   f"returned {list(out.shape[1:])}")
+    if role == "generator" and tuple(graph["outputs"][0]["dims"]) != tuple(manifest["output"]["shape"]):
+        raise mf.ManifestError(f"output.shape {manifest['output']['shape']} != graphs.generator.outputs[0].dims "
+                               f"{graph['outputs'][0]['dims']}")
 
 
 def _signature(folder: Path) -> tuple:
@@ -187,7 +212,7 @@ class Registry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ready = False  # True after the first scan; until then model lookups answer UNAVAILABLE
-        log.info("ONNX Runtime providers: %s", self.providers)
+        log.info("ONNX Runtime providers: %s (available: %s)", self.providers, _available())
 
     # -- loading ------------------------------------------------------------------------------------------
     def _session(self, path: Path):
@@ -209,6 +234,7 @@ class Registry:
             except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
                 raise mf.ManifestError(f"{folder}/{graph['file']}: ONNX Runtime cannot load it ({e})") from e
             _check_session(role, graph, sessions[role])
+        _probe(manifest, sessions)
         model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)
         if "generator" in sessions and self._make_batcher is not None:
             model.batcher = self._make_batcher(model)
@@ -260,8 +286,8 @@ class Registry:
                     if current is not None and current.batcher is not None:
                         current.batcher.close()
                     new.setdefault(name, {})[int(v)] = model
-                    log.info("loaded %s (kind %s, graphs %s) from %s", model.ref, model.kind,
-                             sorted(model.sessions), folder)
+                    log.info("loaded %s (kind %s, graphs %s, providers %s) from %s", model.ref, model.kind,
+                             sorted(model.sessions), next(iter(model.sessions.values())).get_providers(), folder)
             for name, versions in old.items():
                 for v, model in versions.items():
                     if new.get(name, {}).get(v) is not model and model.folder not in found:

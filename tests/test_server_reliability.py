@@ -59,6 +59,8 @@ def _corrupt_copy(store: Path, version: int, how: str) -> None:
         m["files"]["generator.onnx"] = hashlib.sha256(data).hexdigest()
     elif how == "inputs":
         m["graphs"]["generator"]["inputs"][0]["name"] = "latent"
+    elif how == "outputs":
+        m["graphs"]["generator"]["outputs"][0]["dims"] = m["output"]["shape"] = [1, 9, 9]
     elif how == "missing":
         (tmp / "critic.onnx").unlink()
     (tmp / "manifest.json").write_text(json.dumps(m))
@@ -70,7 +72,7 @@ def _corrupt_copy(store: Path, version: int, how: str) -> None:
 def test_invalid_versions_are_skipped_at_start_up(tmp_path, caplog):
     store = tmp_path / "store"
     publish_gan(store, tmp_path / "build")
-    for version, how in ((2, "checksum"), (3, "truncated"), (4, "inputs"), (5, "missing")):
+    for version, how in ((2, "checksum"), (3, "truncated"), (4, "inputs"), (5, "missing"), (6, "outputs")):
         _corrupt_copy(store, version, how)
     (store / "tiny-gan" / ".tmp-interrupted").mkdir()  # an interrupted publish
     with caplog.at_level(logging.ERROR, logger="ganserve.registry"):
@@ -84,6 +86,7 @@ def test_invalid_versions_are_skipped_at_start_up(tmp_path, caplog):
         assert "tiny-gan@3" in text and "ONNX Runtime cannot load it" in text
         assert "tiny-gan@4" in text and "inputs ['latent'] != the ONNX graph's inputs ['z']" in text
         assert "tiny-gan@5" in text and "missing file critic.onnx" in text
+        assert "tiny-gan@6" in text and "manifest dims [1, 9, 9]" in text
         with pytest.raises(grpc.RpcError) as err:
             stub.GetModel(pb.GetModelRequest(model="tiny-gan@2"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
