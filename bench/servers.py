@@ -115,8 +115,11 @@ def _alive_descendants(proc: subprocess.Popen) -> bool:
 class Ganserve:
     """`python -m server` on a free loopback port, serving `store`; ready when health says SERVING."""
 
-    def __init__(self, store: Path, *, args: tuple[str, ...] = (), log: Path | None = None, ready_timeout=120.0):
-        self.store, self.args, self.ready_timeout = Path(store), tuple(args), ready_timeout
+    def __init__(self, store: Path, *, args: tuple[str, ...] = (), log: Path | None = None, ready_timeout=120.0,
+                 entry: tuple[str, ...] = ("-m", "server")):
+        """`entry`: what python runs (default `-m server`; a script that patches the server for an experiment
+        and then calls server.__main__.main takes the same flags)."""
+        self.store, self.args, self.ready_timeout, self.entry = Path(store), tuple(args), ready_timeout, tuple(entry)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._log = log
@@ -128,7 +131,7 @@ class Ganserve:
 
         self._log_file = open(self._log, "ab") if self._log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--address", self.address, "--store", str(self.store),
+            [sys.executable, *self.entry, "--address", self.address, "--store", str(self.store),
              "--reload-interval-s", "0", "--log-level", "WARNING", *self.args],
             cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -91,6 +91,13 @@ def test_bad_requests_name_the_field(body, field):
         ts.parse_request(body, manifest, 1024)
 
 
+def test_uint8_needs_an_image_value_range():
+    points = {"num_classes": 0, "latent_dim": 2, "output": {"shape": [2], "value_range": None}}
+    with pytest.raises(ValueError, match="^encoding: uint8 needs"):
+        ts.parse_request({"encoding": "uint8"}, points, 1024)
+    assert ts.parse_request({"n": 2}, points, 1024)["encoding"] == "float32"
+
+
 def test_conditional_requests_need_valid_labels():
     manifest = {"num_classes": CLASSES, "latent_dim": LATENT}
     for labels in (None, [CLASSES], [0, 1], [True]):

@@ -78,6 +78,8 @@ def parse_request(body, manifest: dict, max_n: int) -> dict:
     encoding = body.get("encoding", "float32")
     if encoding not in ("float32", "uint8"):
         raise ValueError(f"encoding: must be 'float32' or 'uint8', got {encoding!r}")
+    if encoding == "uint8" and not manifest.get("output", {}).get("value_range"):
+        raise ValueError("encoding: uint8 needs a model with a value range (images); this one outputs points")
     truncation = body.get("truncation", 0.0)
     if not isinstance(truncation, int | float) or isinstance(truncation, bool) or not truncation >= 0:
         raise ValueError(f"truncation: must be a number >= 0, got {truncation!r}")
@@ -153,7 +155,7 @@ class GeneratorHandler:
             zs, ys = zip(*(inputs_for(req, self.manifest) for _, req in parsed))
             x = self.run(np.concatenate(zs), None if ys[0] is None else np.concatenate(ys))  # (sum n, *shape)
             lo = 0
-            value_range = self.manifest["output"].get("value_range") or (-1.0, 1.0)
+            value_range = self.manifest["output"].get("value_range")
             for i, req in parsed:
                 xi = x[lo:lo + req["n"]]
                 lo += req["n"]
