@@ -162,6 +162,9 @@ def pool(results: list[dict]) -> dict:
            "load_cpu_cores": med("load_cpu_cores"), "load_cpu_us_per_req": med("load_cpu_us_per_req")}
     if any("server_cpu_cores" in r for r in ok):
         out["server_cpu_cores"] = med("server_cpu_cores")
+        # CPU the server spent per request: robust to other processes taking the cores (unlike wall time)
+        out["server_cpu_ms_per_req"] = float(np.median([1e3 * r["server_cpu_cores"] / r["req_per_s"] for r in ok
+                                                        if "server_cpu_cores" in r]))
     return out
 
 

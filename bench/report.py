@@ -179,12 +179,14 @@ def render(res: dict) -> str:
                     continue
                 x = r[k]
                 if "samples_per_s" not in x:
-                    rows.append([c, k, "error: " + x.get("error", "")[:80], "", "", "", ""])
+                    rows.append([c, k, "error: " + x.get("error", "")[:80], "", "", "", "", ""])
                     continue
                 rows.append([c, k, _f(x["samples_per_s"]), _lat(x), f"{x['load_cpu_cores']:.2f}",
-                             _f(x.get("server_cpu_cores"), "{:.2f}"), str(x.get("errors", 0))])
+                             _f(x.get("server_cpu_cores"), "{:.2f}"), _f(x.get("server_cpu_ms_per_req"), "{:.2f}"),
+                             str(x.get("errors", 0))])
         parts.append(f"### Single-sample requests vs concurrency ({prim})\n\n" + _table(
-            ["clients", "server", "samples/s", "p50 / p99 ms", "load-gen CPU cores", "server CPU cores", "errors"],
+            ["clients", "server", "samples/s", "p50 / p99 ms", "load-gen CPU cores", "server CPU cores",
+             "server CPU ms/request", "errors"],
             rows) + "\n\ninproc-b64 rows: in-process ONNX Runtime at batch 64, interleaved with the c=32 rounds "
                     "(the reference of the 60% target).")
         rows = [[enc, _lat(r), _f(r.get("samples_per_s")), _f(r.get("bytes_per_response"))]
