@@ -58,10 +58,24 @@ def test_nearly_point_masses_with_known_densities(gap):
     assert M.gaussian_kl(p, q) == pytest.approx(gap**2 / 2e-4, rel=1e-12)
 
 
-def test_knn_kl_refuses_atoms():
+def test_knn_kl_with_atoms_is_infinite_or_refused():
     p, q = _point_masses(10.0)
-    with pytest.raises(MetricError, match="atoms"):
+    with pytest.raises(MetricError, match="atoms"):  # both sides atoms: no density to compare against
         estimate("knn_kl_pq", p, q)
+    # P a point mass, Q continuous: KL(P||Q) = +inf (P puts mass where Q has density only); KL(Q||P) needs P's
+    # density, which does not exist.
+    cont = np.random.default_rng(0).standard_normal((500, 1))
+    e = estimate("knn_kl_pq", p, cont)
+    assert e.value == math.inf and e.ci_high == math.inf and "+inf: P puts mass 1" in e.note
+    with pytest.raises(MetricError, match="P: the samples hold atoms"):
+        estimate("knn_kl_qp", p, cont)
+    # A generator collapsed onto one exact point, against the ring's density: KL(Q||P) = +inf, with the reason.
+    collapsed = np.tile(ring8().means[2], (2500, 1))
+    e = estimate("mc_kl_qp", ring8(), collapsed)
+    assert e.value == math.inf and "repeated exactly" in e.note and (e.n_p, e.n_q) == (0, 2500)
+    with pytest.raises(MetricError, match="atoms"):
+        estimate("mc_js", ring8(), collapsed)
+    assert estimate("modes_covered", ring8(), collapsed).value == 1.0
 
 
 # --- 7. N(0,1) vs N(3,1): KL = 4.5 -----------------------------------------------------------------

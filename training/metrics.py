@@ -261,7 +261,7 @@ def _is_density(obj: Any) -> bool:
 # --- histograms (plug-in) -------------------------------------------------------------------------
 
 def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """KL(p || q) along the last axis of probability arrays; 0 log 0 = 0, p > 0 = q gives +inf."""
+    """KL(p || q) along the last axis of probability arrays; 0 log 0 = 0, and p > 0 where q = 0 gives +inf."""
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
     return terms.sum(-1)
@@ -311,8 +311,8 @@ def _histogram_metric(name: str):
                     f"+inf: {b_name} has zero count in bin(s) [{_bin_names(empty, labels)}] where {a_name} has mass "
                     f"(plug-in estimate; the true value may be finite if {b_name}'s mass there is only unobserved)")
         if bootstrap > 0 and not (p_exact and q_exact):
-            bp = (rng_multinomial(boot_rng, cp, bootstrap) if not p_exact else np.broadcast_to(pp, (bootstrap, len(pp))))
-            bq = (rng_multinomial(boot_rng, cq, bootstrap) if not q_exact else np.broadcast_to(qq, (bootstrap, len(qq))))
+            bp = (_resample_counts(boot_rng, cp, bootstrap) if not p_exact else np.broadcast_to(pp, (bootstrap, len(pp))))
+            bq = (_resample_counts(boot_rng, cq, bootstrap) if not q_exact else np.broadcast_to(qq, (bootstrap, len(qq))))
             ci = _percentile_ci(func(bp, bq), value, confidence)
             notes.append(_boot_note(bootstrap, "counts (multinomial)"))
         else:
@@ -323,7 +323,7 @@ def _histogram_metric(name: str):
     return run
 
 
-def rng_multinomial(rng: np.random.Generator, counts: np.ndarray, size: int) -> np.ndarray:
+def _resample_counts(rng: np.random.Generator, counts: np.ndarray, size: int) -> np.ndarray:
     """(size, K) resampled probability vectors: multinomial draws of sum(counts) with the observed frequencies
     (the bootstrap of the underlying labels, done on their histogram)."""
     n = int(round(counts.sum()))
@@ -384,8 +384,17 @@ def _kth_nonzero_distance(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[n
     return out, dup
 
 
-def _knn_kl_terms(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, str]:
-    """Per-point terms of the k-NN estimate of KL(P || Q) from x ~ P (n, d) and y ~ Q (m, d).
+def _atoms(x: np.ndarray) -> np.ndarray:
+    """Copy counts of the points of x repeated exactly more than DUPLICATE_LIMIT times (atoms), or empty."""
+    if len(x) <= DUPLICATE_LIMIT:
+        return np.zeros(0, np.int64)
+    counts = np.unique(x, axis=0, return_counts=True)[1]
+    return counts[counts > DUPLICATE_LIMIT]
+
+
+def _knn_kl_terms(x: np.ndarray, y: np.ndarray, k: int, names: tuple[str, str] = ("P", "Q")):
+    """Per-point terms of the k-NN estimate of KL(X || Y) from x (n, d) and y (m, d), and a note; the terms
+    are None when the divergence is +inf (X has atoms, Y does not).
 
     Wang, Kulkarni & Verdu (2009), eq. (5) with k_i = l_i = k:
         KL = d/n sum_i log(nu_k(i) / rho_k(i)) + log(m / (n - 1)),
@@ -394,11 +403,19 @@ def _knn_kl_terms(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, str
     n - 1 and m: the estimator assumes continuous densities, and this makes identical inputs give exactly 0.
     """
     n, d = x.shape
+    # 1. Atoms (a point repeated exactly, e.g. a collapsed generator): X's atoms make KL(X||Y) = +inf when Y
+    #    has none; atoms in Y leave the estimator without a density to compare against.
+    atoms_y = _atoms(y)
+    if len(atoms_y):
+        raise MetricError(f"{names[1]}: the samples hold atoms (a point repeated {int(atoms_y.max())} times); k-NN "
+                          "divergence estimators assume continuous distributions; use a histogram metric")
+    atoms_x = _atoms(x)
+    if len(atoms_x):
+        return None, (f"+inf: {names[0]} puts mass {atoms_x.sum() / n:.3g} on {len(atoms_x)} point(s) repeated exactly "
+                      f"(up to {int(atoms_x.max())} copies) where {names[1]} has no atom")
+    # 2. Neighbour distances, exact copies left out.
     rho, dup_x = _kth_nonzero_distance(x, x, k)
     nu, dup_y = _kth_nonzero_distance(x, y, k)
-    if max(dup_x.max() - 1, dup_y.max()) > DUPLICATE_LIMIT:
-        raise MetricError(f"the samples hold atoms (a point repeated more than {DUPLICATE_LIMIT} times): k-NN "
-                          "divergence estimators assume continuous distributions; use a histogram metric")
     terms = d * (np.log(nu) - np.log(rho)) + np.log((len(y) - dup_y) / (n - dup_x))
     copies = int((dup_x > 1).sum() + (dup_y > 0).sum())
     note = f"{copies} exact duplicate(s) left out of the neighbour sets" if copies else ""
@@ -411,7 +428,11 @@ def _knn_kl_metric(direction: str):
         k = _check_k(k)
         a, b = _pair(p, q, m, min_n=k + 1)
         x, y = (a, b) if direction == "pq" else (b, a)
-        terms, dup_note = _knn_kl_terms(x, y, k)
+        names = ("P", "Q") if direction == "pq" else ("Q", "P")
+        terms, dup_note = _knn_kl_terms(x, y, k, names)
+        estimator = f"k-NN (Wang, Kulkarni & Verdu 2009), k={k}"
+        if terms is None:
+            return _Result(math.inf, (math.inf, math.inf), len(a), len(b), dup_note, estimator)
         value = float(terms.mean())
         notes = [dup_note] if dup_note else []
         if x.shape[1] > 10:
@@ -419,21 +440,26 @@ def _knn_kl_metric(direction: str):
                          "their bias (N(0,I) vs N(0.1,1.21I) in d=128, n=10,000: 5.7 for a true 1.6); prefer "
                          "frechet/kid/precision/recall on features")
         if bootstrap > 0:
-            ci, note = _split_ci(lambda u, v: float(_knn_kl_terms(u, v, k)[0].mean()), x, y, value, boot_rng,
+            ci, note = _split_ci(lambda u, v: float(_knn_kl_terms(u, v, k, names)[0].mean()), x, y, value, boot_rng,
                                  confidence, min_size=max(k + 2, 20))
             notes.append(note)
         else:
             ci = (value, value)
         value, ci = _clip(value, ci, 0.0, math.inf, notes)
-        return _Result(value, ci, len(a), len(b), "; ".join(notes), f"k-NN (Wang, Kulkarni & Verdu 2009), k={k}")
+        return _Result(value, ci, len(a), len(b), "; ".join(notes), estimator)
 
     return run
 
 
+def _int_option(name: str, value, lo: int, hi: int) -> int:
+    """An integer option in lo..hi, or a MetricError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise MetricError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    return int(value)
+
+
 def _check_k(k) -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise MetricError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    return _int_option("k", k, 1, 1000)
 
 
 # --- Wasserstein ----------------------------------------------------------------------------------
@@ -464,9 +490,8 @@ def _w1_exact(p, q, *, rng, boot_rng, bootstrap, confidence, max_points=W1_MAX_P
     ot = _ot()
     m = METRICS["w1_exact"]
     a, b = _pair(p, q, m, min_n=1)
-    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or not 2 <= max_points <= 10_000:
-        raise MetricError(f"max_points must be an integer in 2..10000, got {max_points!r}")
-    ip, iq = _same_subsample(rng, len(a), len(b), int(max_points))
+    max_points = _int_option("max_points", max_points, 2, 10_000)
+    ip, iq = _same_subsample(rng, len(a), len(b), max_points)
     x, y = a[ip], b[iq]
     cost = ot.dist(x, y, metric="euclidean")  # (n, m)
     wa, wb = np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y))
@@ -516,9 +541,7 @@ def _sliced_w(p, q, *, rng, boot_rng, bootstrap, confidence, projections=100):
     ot = _ot()
     m = METRICS["sliced_w"]
     a, b = _pair(p, q, m, min_n=1)
-    if isinstance(projections, bool) or not isinstance(projections, (int, np.integer)) or not 2 <= projections <= 5000:
-        raise MetricError(f"projections must be an integer in 2..5000, got {projections!r}")
-    L = int(projections)
+    L = _int_option("projections", projections, 2, 5000)
     theta = ot.sliced.get_random_projections(a.shape[1], L, seed=int(rng.integers(2**31)))  # (d, L)
     value = float(ot.sliced_wasserstein_distance(a, b, n_projections=L, p=1, projections=theta))
     # Interval by the delta method: project once, sort once per direction, then the influence of each point.
@@ -714,10 +737,8 @@ def kid(a, b, *, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> f
 def _kid(p, q, *, rng, boot_rng, bootstrap, confidence, subsets=50, subset_size=1000):
     met = METRICS["kid"]
     a, b = _pair(p, q, met)
-    for name, v, hi in (("subsets", subsets, 10_000), ("subset_size", subset_size, 100_000)):
-        if not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
-            raise MetricError(f"{name} must be an integer in 1..{hi}, got {v!r}")
-    m = min(int(subset_size), len(a), len(b))
+    subsets = _int_option("subsets", subsets, 2, 10_000)
+    m = min(_int_option("subset_size", subset_size, 2, 100_000), len(a), len(b))
     est, vgx, vgy = _kid_subsets(a, b, rng, int(subsets), m)
     value = float(est.mean())
     # Variance of the mean of S subset U-statistics (an incomplete U-statistic): the full-data first-order
@@ -843,9 +864,6 @@ def _log_q_knn(points: np.ndarray, q_samples: np.ndarray, k: int) -> np.ndarray:
     at Q's own samples). E log q is then unbiased for fixed k as M grows (Kozachenko-Leonenko)."""
     m, d = q_samples.shape
     r, dup = _kth_nonzero_distance(points, q_samples, k)
-    if dup.max() > DUPLICATE_LIMIT:
-        raise MetricError(f"Q holds atoms (a point repeated more than {DUPLICATE_LIMIT} times): its density "
-                          "cannot be estimated by k-NN")
     return special.digamma(k) - np.log(m - dup) - _log_unit_ball(d) - d * np.log(r)
 
 
@@ -867,13 +885,22 @@ def _mc_metric(kind: str):
         p = _density_side(p, name)
         k = _check_k(k)
         q_known = _is_density(q)
-        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= 1_000_000):
-            raise MetricError(f"n must be an integer in 2..1000000, got {n!r}")
+        if n is not None:
+            n = _int_option("n", n, 2, 1_000_000)
         if q_known:
             n = 10_000 if n is None else int(n)
             y = np.asarray(q.sample(n, int(rng.integers(2**63))), np.float64).reshape(n, -1)
         else:
             y = _points(q, "Q", name, min_n=k + 2, max_n=QUADRATIC_MAX_N)
+            atoms = _atoms(y)
+            if len(atoms) and kind == "kl_qp":  # Q puts mass on single points, P has a density: infinite
+                return _Result(math.inf, (math.inf, math.inf), 0, len(y),
+                               f"+inf: Q puts mass {atoms.sum() / len(y):.3g} on {len(atoms)} point(s) repeated "
+                               f"exactly (up to {int(atoms.max())} copies) and P has a density",
+                               "Monte Carlo with P's exact log-density")
+            if len(atoms):
+                raise MetricError(f"Q: the samples hold atoms (a point repeated {int(atoms.max())} times); the k-NN "
+                                  f"density of Q that {name} needs does not exist; use mc_kl_qp or a histogram metric")
             if kind == "js" and n is not None and n != len(y):
                 raise MetricError(f"mc_js with Q given as samples draws as many P samples as Q has ({len(y)}); "
                                   f"n={n} would make the pooled sample a different mixture")
@@ -1150,12 +1177,10 @@ def estimate(metric: str, p, q, *, seed: int = 0, bootstrap: int = 200, confiden
     if metric not in METRICS:
         raise MetricError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     m = METRICS[metric]
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
-        raise MetricError(f"bootstrap must be an integer in 0..{MAX_BOOTSTRAP}, got {bootstrap!r}")
+    bootstrap = _int_option("bootstrap", bootstrap, 0, MAX_BOOTSTRAP)
     if not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
         raise MetricError(f"confidence must be in (0, 1), got {confidence!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MetricError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = _int_option("seed", seed, 0, 2**64 - 1)
     unknown = sorted(set(context) - set(m.options))
     if unknown:
         accepted = ", ".join(m.options) or "none"
