@@ -1108,7 +1108,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     _m("tv", "histogram", "fraction", "TV = sum_k |p_k - q_k| / 2, in [0, 1]; plug-in, biased upward by "
        "O(sqrt(K/n)) when P = Q", "plug-in on histograms", _histogram_metric("tv"), _HIST_OPTS),
     _m("knn_kl_pq", "samples", "nats", "Wang, Kulkarni & Verdu (2009): d/n sum_i log(nu_k(i)/rho_k(i)) + "
-       "log(m/(n-1)), k=1; consistent; biased low when Q is sparse where P has mass (N(0,1) vs N(3,1), true 4.5: 3.97 at n=1,000, 4.12 at n=10,000; larger k is worse), d is "
+       "log(m/(n-1)), k=1; consistent; biased low when Q is sparse where P has mass (N(0,1) vs N(3,1), true 4.5, mean (sd) over 10 seeds: 4.18 at n=1,000 (0.28), 4.34 at n=10,000 (0.16); larger k is worse), d is "
        "the ambient dimension so it is unreliable on data near a low-dimensional manifold",
        "k-NN (Wang, Kulkarni & Verdu 2009)", _knn_kl_metric("pq"), ("k",), QUADRATIC_MAX_N),
     _m("knn_kl_qp", "samples", "nats", "the same estimator with P and Q swapped: KL(Q||P)",
