@@ -454,3 +454,31 @@ def test_metrics_never_import_torch():
             "print('torch' in sys.modules, 'onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_concurrent_calls_share_the_prdc_cache_safely():
+    # The server estimates from several threads; the k-NN cache must not break under contention.
+    import threading
+
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal((300, 8)), rng.standard_normal((300, 8))) for _ in range(12)]
+    want = [M.precision_recall(a, b) for a, b in pairs]
+    errors, got = [], {}
+
+    def work(i):
+        try:
+            for j in range(4):
+                a, b = pairs[(i + j) % 12]
+                got[(i + j) % 12] = (estimate("precision", a, b, bootstrap=0).value,
+                                     estimate("recall", a, b, bootstrap=0).value)
+                estimate("density", a, b, bootstrap=0)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(got[i] == pytest.approx(want[i], abs=1e-12) for i in got)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -32,6 +33,7 @@ MAX_BOOTSTRAP = 10_000
 W1_MAX_POINTS = 2_000        # exact OT (POT ot.emd2) runs on a seeded subsample of at most this many points
 FRECHET_MAX_BOOTSTRAP = 25   # each resample refits two covariances (float32) and two eigendecompositions
 QUADRATIC_MAX_N = 20_000     # k-NN metrics cost O(n^2 d): refuse larger inputs rather than run for minutes
+SORT_MAX_N = 200_000         # sliced/1-D W1 hold (n, projections) sorted arrays
 DUPLICATE_LIMIT = 32         # k-NN KL: more exact copies of one point than this means atoms, not a density
 
 
@@ -755,6 +757,7 @@ def _kid(p, q, *, rng, boot_rng, bootstrap, confidence, subsets=50, subset_size=
 # --- k-NN manifolds: precision, recall, density, coverage -----------------------------------------
 
 _PRDC_CACHE: OrderedDict = OrderedDict()
+_PRDC_LOCK = threading.Lock()
 
 
 def _kth_radius_sq(x: np.ndarray, ks: list[int]) -> dict[int, np.ndarray]:
@@ -799,17 +802,23 @@ def _prdc_compute(real: np.ndarray, fake: np.ndarray, ks: list[int]) -> dict[int
 
 
 def _prdc_per_point(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """_prdc_compute with a small cache. The pass also computes the default k's (3 for precision/recall,
-    5 for density/coverage), so the four metrics on one pair of inputs cost one pass."""
+    """_prdc_compute with a small cache (thread-safe: the server calls from several threads). The pass also
+    computes the default k's (3 for precision/recall, 5 for density/coverage), so the four metrics on one pair
+    of inputs cost one pass."""
     key = (_digest(real), _digest(fake))
-    if (key, k) not in _PRDC_CACHE:
-        ks = sorted({k} | ({3, 5} & set(range(1, min(len(real), len(fake))))))
-        for kk, per_point in _prdc_compute(real, fake, ks).items():
+    with _PRDC_LOCK:
+        hit = _PRDC_CACHE.get((key, k))
+        if hit is not None:
+            _PRDC_CACHE.move_to_end((key, k))
+            return hit
+    ks = sorted({k} | ({3, 5} & set(range(1, min(len(real), len(fake))))))
+    computed = _prdc_compute(real, fake, ks)
+    with _PRDC_LOCK:
+        for kk, per_point in computed.items():
             _PRDC_CACHE[(key, kk)] = per_point
         while len(_PRDC_CACHE) > 8:
             _PRDC_CACHE.popitem(last=False)
-    _PRDC_CACHE.move_to_end((key, k))
-    return _PRDC_CACHE[(key, k)]
+    return computed[k]
 
 
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
@@ -1119,9 +1128,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
        _w1_exact, ("max_points",)),
     _m("sliced_w", "samples", "input units", "sliced W1: mean over 100 seeded random unit directions of the "
        "1-D W1 of the projections (POT ot.sliced_wasserstein_distance, p=1); <= W1; biased upward at finite n",
-       "sliced Wasserstein (POT)", _sliced_w, ("projections",)),
+       "sliced Wasserstein (POT)", _sliced_w, ("projections",), SORT_MAX_N),
     _m("w1_1d", "samples", "input units", "1-D W1 = integral |F_P - F_Q| (scipy.stats.wasserstein_distance), "
-       "exact for the samples; D = 1 only", "scipy.stats.wasserstein_distance", _w1_1d),
+       "exact for the samples; D = 1 only", "scipy.stats.wasserstein_distance", _w1_1d, (), SORT_MAX_N),
     _m("frechet", "features", "feature units^2", "Frechet distance on (evaluator) features: |mu_P - mu_Q|^2 + "
        "tr(S_P + S_Q - 2 (S_P^1/2 S_Q S_P^1/2)^1/2) = W2^2 between fitted Gaussians (FID's formula, not on "
        "Inception features); biased upward at finite n", "Frechet distance between fitted Gaussians", _frechet),
