@@ -417,6 +417,9 @@ def test_critic_bounds_are_tight_at_the_optimal_critic():
     (("kl_pq", [1, 2], [1, 2]), {"confidence": 1.0}, "confidence"),
     (("kl_pq", [1, 2], [1, 2]), {"bootstrap": -1}, "bootstrap"),
     (("js_critic", [[1, 2]], [1, 2]), {}, "one critic score per sample"),
+    (("modes_covered", ring8(), np.zeros((10, 3))), {}, "dimension 3, the mixture 2"),
+    (("modes_covered", Gaussian([0, 0], np.eye(2)), np.zeros((10, 2))), {}, "needs a Gaussian mixture"),
+    (("mc_js", ring8(), np.zeros((10, 2)) + np.arange(10)[:, None]), {"n": 50}, "pooled sample"),
 ])
 def test_bad_requests_raise_metric_error(args, kwargs, match):
     with pytest.raises(MetricError, match=match):

@@ -978,9 +978,9 @@ def _mode_stats(codes: np.ndarray, num_modes: int) -> tuple[np.ndarray, np.ndarr
     """From per-point codes (mode index for high-quality points, num_modes otherwise), rows of resamples
     (B, N): modes covered, high-quality fraction, reverse KL (B,)."""
     b, n = codes.shape
-    counts = np.zeros((b, num_modes + 1))
-    np.add.at(counts, (np.repeat(np.arange(b), n), codes.reshape(-1)), 1.0)
-    hq = counts[:, :num_modes]
+    offsets = (np.arange(b) * (num_modes + 1))[:, None]
+    counts = np.bincount((codes + offsets).reshape(-1), minlength=b * (num_modes + 1)).reshape(b, num_modes + 1)
+    hq = counts[:, :num_modes].astype(np.float64)
     total = hq.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         freq = hq / total[:, None]
@@ -995,7 +995,7 @@ def mixture_metrics(points, mixture) -> dict[str, float]:
     "reverse_kl": KL(mode histogram of the high-quality samples || uniform over modes)}."""
     x = _points(points, "Q", "mixture_metrics", min_n=1)
     if x.shape[1] != mixture.means.shape[1]:
-        raise MetricError(f"Q: points have dimension {x.shape[1]}, the mixture {x.shape[1]}")
+        raise MetricError(f"Q: points have dimension {x.shape[1]}, the mixture {mixture.means.shape[1]}")
     idx, hq = _mode_assignments(x, mixture)
     modes, quality, rkl = _mode_stats(np.where(hq, idx, mixture.num_modes)[None], mixture.num_modes)
     return {"modes": int(modes[0]), "high_quality": float(quality[0]), "reverse_kl": float(rkl[0])}
