@@ -1,18 +1,27 @@
 """Divergence and quality estimators: one implementation, used by training, the evaluator and the server.
 
-No torch here (numpy, scipy and POT only): the server imports this module.
+No torch here (numpy, scipy and POT only; POT is imported with its torch/jax/tf backends disabled): the
+server imports this module.
 
 Entry point: `estimate(metric, p, q, seed=..., bootstrap=..., confidence=...) -> Estimate`, where P is the
 reference ("real") side and Q the model ("fake") side, as in EvaluateDivergence. `METRICS` maps each name to
-a `Metric` that says what P and Q must be (`Metric.input`), the unit, and the formula with its bias. Plain
-helpers (`class_histogram`, `frechet_distance`, `kid`, `precision_recall`, `density_coverage`,
-`mixture_metrics`, ...) are for callers that want a number without an interval.
+a `Metric` that says what P and Q must be (`Metric.input`), the unit, the formula with its bias, and how the
+interval is made (`Metric.interval`); `metrics_table_markdown()` renders the table for the README. Plain
+helpers (`class_histogram`, `classes_covered`, `conditional_accuracy`, `frechet_distance`, `kid`,
+`precision_recall`, `density_coverage`, `mixture_metrics`, `default_metrics`) give numbers without intervals;
+`Gaussian`, `gaussian_kl` and `gaussian_w2_squared` are the closed forms the tests compare against.
 
-Every `Estimate` carries the sample sizes and a confidence interval. How the interval is made is in its
-`note`: a seeded percentile bootstrap (resampling points, or counts for histograms), or an analytic normal
-interval where a bootstrap would cost too much. Percentile intervals are widened to contain the point
-estimate: a biased estimator (plug-in KL, Frechet distance) otherwise gets an interval that excludes it.
-Values may be +inf (plug-in KL with an empty bin, with the bins named in `note`); they are never NaN.
+Intervals (all seeded; how each was made is in `Estimate.note`):
+- percentile bootstrap where resampling is cheap and valid (histogram counts, Monte Carlo terms, mode
+  assignments, critic scores, 1-D W1), widened to contain the point estimate: a biased estimator (plug-in KL)
+  otherwise gets an interval that excludes it;
+- Student-t from 10 disjoint random groups for k-NN estimators (resampling with replacement makes zero
+  distances, and resampling per-point terms with the neighbours fixed was measured 3x too narrow);
+- normal intervals from a delta method (exact and sliced W1), a U-statistic variance (KID) or a capped
+  bootstrap's standard error (Frechet distance), where a full bootstrap would cost too much.
+`bootstrap=0` skips the interval (ci_low = ci_high = value). Values may be +inf (plug-in KL with an empty bin,
+atoms against a density), with the reason in `note`; they are never NaN. Estimates of quantities with known
+bounds (KL >= 0, JS <= log 2) are clipped and the raw value is given in the note.
 """
 
 from __future__ import annotations
