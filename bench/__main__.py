@@ -23,6 +23,7 @@ the printed tables (also written as markdown with --markdown).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--server-args", default="", help="extra flags for both ganserve servers, e.g. "
                                                      "'--intra-op-threads 2'")
+    p.add_argument("--variant", default="", help="also measure a ganserve with proposed changes patched in "
+                                                "(bench/variants.py), e.g. 'latents-prefix,pool'")
     p.add_argument("--ts-workers", type=int, default=2, help="TorchServe workers per model")
     p.add_argument("--ts-batch", type=int, default=32, help="TorchServe batch size when its batching is on")
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max batch delay when batching is on")
@@ -244,15 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     ts_server = None
     try:
         with Ganserve(store, args=(*OFF_ARGS, *extra), log=tmp / "ganserve-off.log") as off, \
-                Ganserve(store, args=extra, log=tmp / "ganserve-on.log") as on:
+                Ganserve(store, args=extra, log=tmp / "ganserve-on.log") as on, \
+                (Ganserve(store, args=extra, log=tmp / "ganserve-variant.log", entry=("-m", "bench.variants",
+                                                                                   args.variant))
+                 if args.variant else contextlib.nullcontext()) as variant:
             if not args.no_torchserve:
                 try:
                     ts_server = start_torchserve(store, primary, tmp, args)
                 except Exception as e:  # noqa: BLE001 - reported; the ganserve sections still run
                     results["torchserve_error"] = f"{type(e).__name__}: {e}"
                     log(f"TorchServe not measured: {results['torchserve_error']}")
+            if variant is not None:
+                results["variant"] = {"patches": args.variant,
+                                      "same_samples_as_stock": same_samples(on, variant, primary, pman)}
             results["servers"] = run_server_sections(load, on, off, ts_server, models, primary, pdir, pman,
-                                                     rounds=rounds, dur=dur, stream_n=stream_n, quick=quick)
+                                                     rounds=rounds, dur=dur, stream_n=stream_n, quick=quick,
+                                                     variant=variant)
     finally:
         load.close()
         if ts_server is not None:
@@ -274,6 +284,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def same_samples(a: Ganserve, b: Ganserve, model: str, manifest: dict) -> bool:
+    """Whether two servers return bit-identical samples for the same seeds (n = 1, 37, 300)."""
+    import grpc
+
+    from protos.ganserve.v1 import generator_pb2 as pb
+    from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+    replies = []
+    for server in (a, b):
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pb_grpc.GeneratorServiceStub(ch)
+            out = []
+            for n, seed in ((1, 3), (37, 4), (300, 5)):
+                if manifest["num_classes"]:
+                    r = stub.SampleConditional(pb.SampleConditionalRequest(model=model, n=n, seed=seed, labels=[1]),
+                                               timeout=120)
+                else:
+                    r = stub.Sample(pb.SampleRequest(model=model, n=n, seed=seed), timeout=120)
+                out.append(r.samples.data)
+            replies.append(out)
+    return replies[0] == replies[1]
+
+
 def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
     from training.torchserve import export_mar
 
@@ -288,7 +321,8 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 
 
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
-                        pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool) -> dict:
+                        pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
+                        variant: Ganserve | None = None) -> dict:
     out: dict = {}
     k = pman["num_classes"]
     onnx = str(pdir / pman["graphs"]["generator"]["file"])
@@ -322,6 +356,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
                       ("ganserve", run(grpc_t(on), n=n), on)]
         if ts is not None:
             contenders.append(("torchserve", run(ts_t("ts-unbatched"), n=n), ts))
+        if variant is not None:
+            contenders.append(("ganserve-variant", run(grpc_t(variant), n=n), variant))
         out["latency"][n] = interleaved(load, contenders, rounds)
 
     # C + D: single-sample throughput vs concurrency, batching off and on, ganserve and TorchServe
@@ -332,6 +368,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
         if ts is not None:
             contenders += [("torchserve/off", run(ts_t("ts-unbatched"), c=c), ts),
                            ("torchserve/on", run(ts_t("ts-batched"), c=c), ts)]
+        if variant is not None:
+            contenders.append(("ganserve-variant/on", run(grpc_t(variant), c=c), variant))
         if c == 32:  # the in-process best, interleaved with the comparison that is judged against it
             contenders += [("inproc-b64/t1", run(inproc_t(1), n=64), None),
                            ("inproc-b64/t2", run(inproc_t(2), n=64), None)]

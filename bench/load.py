@@ -126,12 +126,9 @@ class InprocTarget:
     """ONNX Runtime in this process; inputs are made before the timed loop (the strict ceiling)."""
 
     def __init__(self, spec: dict, concurrency: int):
-        import onnxruntime as ort
+        from bench.inprocess import ort_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(spec.get("threads", 1))
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(spec["onnx"], opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(spec["onnx"], int(spec.get("threads", 1)))
         self.names = [i.name for i in self.session.get_inputs()]
         self.spec, self.feeds = spec, {}
 

@@ -164,17 +164,23 @@ def render(res: dict) -> str:
     srv = res.get("servers")
     if srv:
         prim = res["primary"]
+        variant = res.get("variant")
         rows = []
         for n, r in srv.get("latency", {}).items():
             rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "ganserve", "torchserve")),
                          _f(r.get("ganserve", {}).get("samples_per_s")),
-                         _f(r.get("torchserve", {}).get("samples_per_s"))])
+                         _f(r.get("torchserve", {}).get("samples_per_s"))]
+                        + ([_lat(r.get("ganserve-variant")), _f(r.get("ganserve-variant", {}).get("samples_per_s"))]
+                           if variant else []))
         parts.append(f"### Latency, one client ({prim}); p50 / p99 ms\n\n" + _table(
             ["n", "in-process ORT t1", "in-process ORT t2", "ganserve gRPC", "TorchServe HTTP", "ganserve samples/s",
-             "TorchServe samples/s"], rows))
+             "TorchServe samples/s"] + (["ganserve + proposed changes", "(its samples/s)"] if variant else []), rows)
+            + (f"\n\nProposed changes (bench/variants.py, not the shipped server): {variant['patches']}; same samples "
+               f"as the stock server: {variant['same_samples_as_stock']}." if variant else ""))
         rows = []
         for c, r in srv.get("throughput", {}).items():
-            for k in ("ganserve/off", "ganserve/on", "torchserve/off", "torchserve/on", "inproc-b64/t1", "inproc-b64/t2"):
+            for k in ("ganserve/off", "ganserve/on", "ganserve-variant/on", "torchserve/off", "torchserve/on",
+                      "inproc-b64/t1", "inproc-b64/t2"):
                 if k not in r:
                     continue
                 x = r[k]

@@ -21,6 +21,9 @@ from pathlib import Path
 from training.config import ConfigError, build, config_path, parse_overrides, read_toml, to_dict
 
 # family name in a config file -> module with Config, train(), export(), manifest_fields()
+# On --resume only these may differ from the saved config: run length, logging cadence, CPU threads.
+RESUME_MAY_CHANGE = {"steps", "epochs", "eval_every", "eval_samples", "threads"}
+
 FAMILIES = {"evaluator": "training.evaluator", "gan": "training.gan", "toy": "training.toy",
             "latent-constraint": "training.latent_constraints"}
 
@@ -46,8 +49,13 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
     cfg_dict = to_dict(cfg)
     log(json.dumps(cfg_dict, indent=2))
     saved = out / "config.json"
-    if resume and saved.exists() and json.loads(saved.read_text()) != cfg_dict:
-        raise ConfigError(f"--resume with a different config than {saved}; pass the same overrides")
+    if resume and saved.exists():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in set(before) | set(cfg_dict)
+                         if before.get(k) != cfg_dict.get(k) and k not in RESUME_MAY_CHANGE)
+        if changed:
+            raise ConfigError(f"--resume with a config that differs from {saved} in {', '.join(changed)}; "
+                              f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume")
     saved.write_text(json.dumps(cfg_dict, indent=2) + "\n")
 
     result = module.train(cfg, out, resume=resume, log=log)

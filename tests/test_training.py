@@ -1,0 +1,252 @@
+"""Training package: configs, network shapes, objectives against known values, one tiny step per family, resume."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import losses  # noqa: E402
+from training.config import ConfigError, build, config_path  # noqa: E402
+from training.data import Split  # noqa: E402
+from training.dcgan import Discriminator, Generator  # noqa: E402
+from training.evaluator import EvaluatorConfig, MnistClassifier, random_shift  # noqa: E402
+from training.gan import GANConfig, build_networks  # noqa: E402
+from training.run import load  # noqa: E402
+from training.toy import PointDiscriminator, PointGenerator  # noqa: E402
+
+SHIPPED = ["gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "wgan-gp-ring8", "gan-grid25", "wgan-gp-grid25",
+           "mnist-evaluator"]
+
+
+# --- configs -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name):
+    module, cfg = load(name, [])
+    assert cfg.name == name
+    assert config_path(name).exists()
+
+
+def test_override_parsed_and_typed():
+    _, cfg = load("gan-mnist", ["--loss=minimax", "--steps=7", "--lr_g=1e-3", "--conditional=true"])
+    assert (cfg.loss, cfg.steps, cfg.lr_g, cfg.conditional) == ("minimax", 7, 1e-3, True)
+
+
+@pytest.mark.parametrize("override,match", [
+    (["--stepz=3"], "unknown config key 'stepz'"),
+    (["--steps=many"], "steps must be an int"),
+    (["--conditional=maybe"], "conditional must be a bool"),
+    (["--loss=l2"], "loss must be one of"),
+    (["--batch_size=0"], "batch_size must be > 0"),
+    (["steps=3"], "must look like --key=value"),
+])
+def test_override_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load("gan-mnist", override)
+
+
+def test_toml_wrong_type_and_unknown_key():
+    with pytest.raises(ConfigError, match="steps must be an int, got str"):
+        build(GANConfig, {"steps": "10"})
+    with pytest.raises(ConfigError, match="unknown config key 'colour'"):
+        build(GANConfig, {"colour": "red"})
+    with pytest.raises(ConfigError, match="lr_g must be a float, got bool"):
+        build(GANConfig, {"lr_g": True})
+    assert build(GANConfig, {"lr_g": 1}).lr_g == 1.0  # TOML ints are fine for floats
+
+
+def test_unknown_config_name():
+    with pytest.raises(ConfigError, match="unknown config 'gan-cifar'"):
+        load("gan-cifar", [])
+
+
+def test_cli_config_error_exit_code(capsys):
+    from training.run import main
+
+    assert main(["gan-mnist", "--nope=1", "--no-publish"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+
+
+# --- shapes ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,size", [(0, 28), (10, 28), (0, 8), (10, 8)])
+def test_dcgan_shapes(k, size):
+    g, d = Generator(16, k, 8, size), Discriminator(k, 8, size)
+    z, y = torch.randn(3, 16), torch.softmax(torch.randn(3, 10), 1)
+    x = g(z, y) if k else g(z)
+    assert x.shape == (3, 1, size, size)
+    assert x.abs().max() <= 1.0
+    assert (d(x, y) if k else d(x)).shape == (3, 1)
+
+
+def test_projection_discriminator_is_linear_in_y():
+    d = Discriminator(10, 8, 28)
+    x = torch.randn(2, 1, 28, 28)
+    ya, yb = torch.eye(10)[[1, 2]], torch.eye(10)[[7, 3]]
+    mix = d(x, 0.3 * ya + 0.7 * yb)
+    assert torch.allclose(mix, 0.3 * d(x, ya) + 0.7 * d(x, yb), atol=1e-5)
+
+
+def test_point_net_shapes():
+    g, d = PointGenerator(8, 16, 2, scale=4.0), PointDiscriminator(16, 2, scale=4.0)
+    x = g(torch.randn(5, 8))
+    assert x.shape == (5, 2) and d(x).shape == (5, 1)
+
+
+def test_evaluator_shapes_and_shift():
+    m = MnistClassifier(EvaluatorConfig(width=4, feature_dim=12)).eval()
+    logits, feats = m(torch.rand(3, 1, 28, 28))
+    assert logits.shape == (3, 10) and feats.shape == (3, 12)
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10, 10] = 1
+    shifted = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape and shifted.sum() == 2  # moved, not lost (max_shift < distance to edge)
+
+
+# --- objectives against known values ---------------------------------------------------------------------
+
+def test_js_family_known_values():
+    zero = torch.zeros(4, 1)
+    # D(x) = 1/2 everywhere: V = 2 log(1/2) = -log 4, so the JS estimate is 0 and the D loss is log 4.
+    assert losses.minimax_loss_dis(zero, zero).item() == pytest.approx(math.log(4))
+    assert losses.js_estimate(zero, zero).item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.ns_loss_gen(zero).item() == pytest.approx(math.log(2))
+    assert losses.minimax_loss_gen(zero).item() == pytest.approx(-math.log(2))
+    # A perfect D (logits +-inf): V = 0, the estimate reaches its maximum log 2.
+    big = torch.full((4, 1), 60.0)
+    assert losses.js_estimate(big, -big).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_wasserstein_and_hinge_known_values():
+    real, fake = torch.tensor([[2.0], [4.0]]), torch.tensor([[-1.0], [1.0]])
+    assert losses.wasserstein_estimate(real, fake).item() == pytest.approx(3.0)
+    assert losses.wgan_loss_dis(real, fake).item() == pytest.approx(-3.0)
+    assert losses.wgan_loss_gen(fake).item() == pytest.approx(0.0)
+    assert losses.hinge_loss_dis(real, fake).item() == pytest.approx((0 + 0) / 2 + (0 + 2) / 2)
+
+
+@pytest.mark.parametrize("slope", [0.5, 1.0, 3.0])
+def test_gradient_penalty_of_linear_critic(slope):
+    # f(x) = w . x has gradient norm |w| everywhere: the penalty is lambda (|w| - 1)^2 exactly.
+    w = torch.tensor([slope * 0.6, slope * 0.8])
+    critic = lambda x: (x @ w)[:, None]  # noqa: E731
+    gp = losses.gradient_penalty(critic, torch.randn(16, 2), torch.randn(16, 2), weight=10.0)
+    assert gp.item() == pytest.approx(10.0 * (slope - 1) ** 2, rel=1e-5, abs=1e-6)
+
+
+def test_gradient_penalty_reaches_critic_weights():
+    d = PointDiscriminator(8, 1)
+    gp = losses.gradient_penalty(d, torch.randn(8, 2), torch.randn(8, 2))
+    gp.backward()
+    assert all(p.grad is not None for p in d.parameters() if p.dim() > 1)
+
+
+def test_clip_weights():
+    d = PointDiscriminator(8, 1)
+    losses.clip_weights(d, 0.01)
+    assert max(p.abs().max().item() for p in d.parameters()) <= 0.01
+
+
+# --- one tiny training step per family; resume ---------------------------------------------------------
+
+def _digits():
+    from training.data import load_digits
+
+    return load_digits("train")
+
+
+def _tiny_mnist(n=64):
+    rng = np.random.default_rng(0)
+    return Split(rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n), "random", "none")
+
+
+TINY_GAN = dict(data="digits", latent_dim=8, g_width=8, d_width=8, batch_size=16, steps=2, eval_every=2,
+                eval_samples=50, threads=1)
+
+
+@pytest.mark.parametrize("loss,conditional", [("ns", False), ("minimax", False), ("wgan-gp", False),
+                                              ("ns", True), ("wgan-clip", False)])
+def test_gan_tiny_step(tmp_path, loss, conditional):
+    from training.gan import train
+
+    cfg = GANConfig(name="t", loss=loss, conditional=conditional, n_critic=2 if "wgan" in loss else 1, **TINY_GAN)
+    res = train(cfg, tmp_path, log=lambda *a: None, data=_digits())
+    assert res["steps"] == 2
+    assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "samples.png").exists()
+    hist = res["history"]
+    assert ("wasserstein_estimate" in hist) == loss.startswith("wgan")
+    assert ("js_estimate" in hist) == (not loss.startswith("wgan"))
+
+
+def test_toy_tiny_step_with_seeds(tmp_path):
+    from training.gan import train
+
+    cfg = GANConfig(name="t", data="ring8", latent_dim=4, g_width=16, d_width=16, layers=2, batch_size=32, steps=3,
+                    eval_every=3, eval_samples=100, seeds=2, threads=1)
+    res = train(cfg, tmp_path, log=lambda *a: None)
+    m = res["metrics"]
+    assert m["seeds"] == 2 and [s["seed"] for s in m["per_seed"]] == [0, 1]
+    assert 0 <= m["modes"] <= 8 and 0 <= m["high_quality"] <= 1
+    assert m["modes_mean"] == pytest.approx(np.mean([s["modes"] for s in m["per_seed"]]))
+
+
+def test_evaluator_tiny_step(tmp_path):
+    from training.evaluator import train
+
+    cfg = EvaluatorConfig(width=4, feature_dim=8, epochs=1, batch_size=32, threads=1)
+    res = train(cfg, tmp_path, log=lambda *a: None, data=(_tiny_mnist(), _tiny_mnist(32)))
+    assert res["steps"] == 2 and 0 <= res["metrics"]["test_accuracy"] <= 1
+
+
+def _weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("loss", ["ns", "wgan-gp"])
+def test_resume_matches_uninterrupted_run(tmp_path, loss):
+    """4 steps straight == 2 steps, 'kill', resume to 4: same weights bit for bit (RNG and optimizer state)."""
+    from training.gan import train_one
+
+    cfg = GANConfig(name="t", loss=loss, n_critic=2 if loss == "wgan-gp" else 1,
+                    **dict(TINY_GAN, steps=4, eval_every=2))
+    full = train_one(cfg, tmp_path / "a", log=lambda *a: None, data=_digits())
+    train_one(replace(cfg, steps=2), tmp_path / "b", log=lambda *a: None, data=_digits())
+    resumed = train_one(cfg, tmp_path / "b", resume=True, log=lambda *a: None, data=_digits())
+    assert resumed["steps"] == 4
+    for name in ("g_ema", "d"):
+        a, b = _weights(full[name]), _weights(resumed[name])
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k} differs after resume"
+
+
+def test_run_saves_config_and_refuses_changed_resume(tmp_path):
+    from training import run
+
+    args = ["--data=digits", "--latent_dim=8", "--g_width=8", "--d_width=8", "--batch_size=8", "--steps=1",
+            "--eval_every=1", "--eval_samples=20"]
+    out = run.run("gan-mnist", args, out=tmp_path / "r", store=tmp_path / "store", log=lambda *a: None)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["steps"] == 1 and saved["data"] == "digits"
+    assert out["published"] == tmp_path / "store" / "gan-mnist" / "1"
+    # more steps may be asked for on resume; a different objective may not
+    run.run("gan-mnist", [*args[:-3], "--steps=2", "--eval_every=1", "--eval_samples=20"], out=tmp_path / "r",
+            store=None, resume=True, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="differs .* in loss"):
+        run.run("gan-mnist", [*args, "--loss=minimax"], out=tmp_path / "r", store=None, resume=True,
+                log=lambda *a: None)
+
+
+def test_ema_tracks_weights():
+    from training.common import EMA
+
+    lin = torch.nn.Linear(2, 1)
+    ema = EMA(lin, decay=0.5)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    for _ in range(50):
+        ema.update(lin)
+    assert torch.allclose(ema.module.weight, torch.ones_like(lin.weight), atol=1e-6)

@@ -1,0 +1,275 @@
+"""Quality metrics of a published model: python -m training.evaluate <model>[@version] [--n 10000] [--json out.json]
+
+Samples the model's generator.onnx with onnxruntime (latents from protos.latents, seed 0), classifies images
+with the mnist-evaluator's ONNX graph, and computes with training.metrics (torch-free):
+  images (MNIST), against the MNIST test split (10k):
+    classes_covered, kl_uniform = KL(class histogram || uniform), class_hist,
+    conditional models: conditional_accuracy (overall, per class) with labels 0..9 cycled,
+    frechet (Frechet distance on evaluator features; not "FID"), kid, precision, recall (k=3),
+    and each feature metric divided by the real-data figure (10k train images vs the test split):
+    frechet_ratio, precision_ratio, recall_ratio.
+  points (ring8, grid25): modes, high_quality, reverse_kl (VEEGAN/PacGAN protocol, 2,500 samples).
+No torch here: the same functions run during training (on torch samples) and here (on ONNX samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from training import metrics as M
+
+EVALUATOR = "mnist-evaluator"
+PR_K = 3
+
+
+# --- the evaluator classifier -------------------------------------------------------------------------
+
+class Evaluator:
+    """The mnist-evaluator ONNX graph: images (N, 1, 28, 28) in [0, 1] -> (logits (N, 10), features (N, F))."""
+
+    def __init__(self, version_dir: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        from server.manifest import read_manifest, verify_files
+
+        self.dir = Path(version_dir)
+        self.manifest = read_manifest(self.dir)
+        verify_files(self.dir, self.manifest)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        graph = self.manifest["graphs"]["classifier"]
+        self.session = ort.InferenceSession(str(self.dir / graph["file"]), so, providers=["CPUExecutionProvider"])
+        self.id = f"{self.manifest['name']}@{self.manifest['version']}"
+
+    def __call__(self, x01: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        x01 = np.asarray(x01, np.float32)
+        if x01.ndim != 4 or x01.shape[1:] != (1, 28, 28):
+            raise ValueError(f"evaluator input must be (N, 1, 28, 28), got {x01.shape}")
+        logits, feats = [], []
+        for i in range(0, len(x01), batch):
+            lo, fe = self.session.run(["logits", "features"], {"x": np.ascontiguousarray(x01[i:i + batch])})
+            logits.append(lo)
+            feats.append(fe)
+        return np.concatenate(logits), np.concatenate(feats).astype(np.float64)
+
+
+def latest_version(store: Path, name: str) -> Path | None:
+    folder = Path(store) / name
+    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
+                      reverse=True) if folder.is_dir() else []
+    return folder / str(versions[0]) if versions else None
+
+
+def resolve(store: Path, spec: str) -> Path:
+    """`name` (newest version) or `name@version` -> the version folder."""
+    name, _, version = spec.partition("@")
+    path = Path(store) / name / version if version else latest_version(store, name)
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(f"model {spec!r} not found in {store}")
+    return path
+
+
+def find_evaluator(store: str | Path = "model_store", required: bool = True) -> Evaluator | None:
+    path = latest_version(Path(store), EVALUATOR)
+    if path is None:
+        if required:
+            raise FileNotFoundError(f"no {EVALUATOR} in {store}: train it with python -m training.run {EVALUATOR}")
+        return None
+    return Evaluator(path)
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def _real_reference(evaluator_dir: str, n: int) -> dict:
+    """Evaluator features of the MNIST test split (n images) and of n training images, and the real-data
+    figures (train vs test) every generator is compared with."""
+    from training.data import reference
+
+    ev = Evaluator(Path(evaluator_dir))
+    x_test, _ = reference("mnist-test", n=n, seed=0)
+    x_train, _ = reference("mnist-train", n=n, seed=0)
+    _, f_test = ev(x_test)
+    _, f_train = ev(x_train)
+    precision, recall = M.precision_recall(f_test, f_train, k=PR_K)
+    return {"features": f_test, "n": n, "frechet": M.frechet_distance(f_test, f_train),
+            "kid": M.kid(f_test, f_train), "precision": precision, "recall": recall}
+
+
+def real_reference(evaluator: Evaluator, n: int = 10000) -> dict:
+    return _real_reference(str(evaluator.dir), min(n, 10000))
+
+
+def kl_uniform(counts: np.ndarray) -> float:
+    """KL(class histogram || uniform) in nats (plug-in)."""
+    k = len(counts)
+    return M.estimate("kl_qp", np.ones(k), np.asarray(counts), p_exact=True, bootstrap=0).value
+
+
+def image_metrics(evaluator: Evaluator, x01: np.ndarray, requested: np.ndarray | None, ref: dict) -> dict:
+    """Class-level and feature-level metrics of generated images x01 (N, 1, 28, 28) in [0, 1]."""
+    logits, feats = evaluator(x01)
+    pred = logits.argmax(1)
+    counts = M.class_histogram(pred, 10)
+    out = {"classes_covered": M.classes_covered(counts), "kl_uniform": kl_uniform(counts),
+           "class_hist": [int(c) for c in counts]}
+    if requested is not None:
+        acc, per_class = M.conditional_accuracy(np.asarray(requested), pred, 10)
+        out["conditional_accuracy"] = acc
+        out["conditional_accuracy_min_class"] = float(np.nanmin(per_class))
+        out["conditional_accuracy_per_class"] = [round(float(a), 4) for a in per_class]
+    precision, recall = M.precision_recall(ref["features"], feats, k=PR_K)
+    out.update(frechet=M.frechet_distance(ref["features"], feats), kid=M.kid(ref["features"], feats),
+               precision=precision, recall=recall)
+    out.update(frechet_ratio=out["frechet"] / ref["frechet"], precision_ratio=precision / ref["precision"],
+               recall_ratio=recall / ref["recall"], real_frechet=ref["frechet"], real_precision=ref["precision"],
+               real_recall=ref["recall"], real_kid=ref["kid"], n=len(x01))
+    return out
+
+
+def point_metrics(points: np.ndarray, mixture) -> dict:
+    return {k: float(v) for k, v in M.mixture_metrics(points, mixture).items()}
+
+
+def summarize_seeds(per_seed: list[dict], seeds: list[int]) -> dict:
+    """Mean and spread over training seeds; the first seed's own numbers come first (the shipped model)."""
+    out = {k: v for k, v in per_seed[0].items()}
+    for key in per_seed[0]:
+        vals = np.array([m[key] for m in per_seed], np.float64)
+        out[f"{key}_mean"] = float(vals.mean())
+        out[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out[f"{key}_min"] = float(vals.min())
+        out[f"{key}_max"] = float(vals.max())
+    out["seeds"] = len(seeds)
+    out["per_seed"] = [dict(seed=s, **m) for s, m in zip(seeds, per_seed)]
+    return out
+
+
+# --- sampling a published model ---------------------------------------------------------------------------
+
+def sample_onnx(path: Path, latent_dim: int, num_classes: int, n: int, seed: int = 0, batch: int = 1000,
+                threads: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples, requested labels or None) from a generator ONNX file; labels cycle 0..K-1 (one-hot y)."""
+    import onnxruntime as ort
+
+    from protos.latents import latents
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    z = latents(seed, n, latent_dim)
+    labels = np.arange(n) % num_classes if num_classes else None
+    out = []
+    for i in range(0, n, batch):
+        feeds = {"z": z[i:i + batch]}
+        if num_classes:
+            feeds["y"] = np.eye(num_classes, dtype=np.float32)[labels[i:i + batch]]
+        out.append(sess.run(["x"], feeds)[0])
+    return np.concatenate(out), labels
+
+
+def evaluate_generator_onnx(path: Path, latent_dim: int, num_classes: int, evaluator: Evaluator,
+                            n: int = 10000, seed: int = 0) -> dict:
+    x, labels = sample_onnx(path, latent_dim, num_classes, n, seed)
+    return image_metrics(evaluator, (x + 1) / 2, labels, real_reference(evaluator, n))
+
+
+def evaluate_model(version_dir: Path, store: Path, n: int | None = None, seed: int = 0,
+                   inversion: bool = True) -> dict:
+    """Metrics of one published version (verifying its files first)."""
+    from server.manifest import read_manifest, verify_files
+
+    from training.data import MIXTURES
+
+    m = read_manifest(version_dir)
+    verify_files(version_dir, m)
+    result = {"model": f"{m['name']}@{m['version']}", "kind": m["kind"], "n": n, "seed": seed}
+    if m["kind"] == "evaluator":
+        from training.data import load_mnist
+
+        ev = Evaluator(version_dir)
+        test = load_mnist("test")
+        logits, _ = ev(test.images)
+        acc, per_class = M.conditional_accuracy(test.labels, logits.argmax(1), 10)
+        ref = real_reference(ev, 10000)
+        result.update(test_accuracy=acc, test_accuracy_min_class=float(np.nanmin(per_class)),
+                      real_frechet=ref["frechet"], real_kid=ref["kid"], real_precision=ref["precision"],
+                      real_recall=ref["recall"], n=len(test.labels))
+        return result
+    gen = m["graphs"]["generator"]
+    if m["data_kind"] == "points":
+        n = n or 2500
+        x, _ = sample_onnx(version_dir / gen["file"], m["latent_dim"], 0, n, seed)
+        data = m.get("training", {}).get("config", {}).get("data")  # our manifests say; else the name must
+        mixture = MIXTURES[data]() if data in MIXTURES else next(
+            (mk() for name, mk in MIXTURES.items() if name in m["name"]), None)
+        if mixture is None:
+            raise ValueError(f"{m['name']}: cannot tell which mixture it was trained on (training.config.data)")
+        result.update(point_metrics(x, mixture), n=n)
+        return result
+    n = n or 10000
+    ev = find_evaluator(store)
+    result.update(evaluate_generator_onnx(version_dir / gen["file"], m["latent_dim"], m["num_classes"], ev, n, seed),
+                  evaluator=ev.id)
+    if inversion and "generator_grad" in m["graphs"]:  # issue 4, item 7 (training/inversion_runtime.py)
+        from training.inversion_runtime import measure
+
+        result.update(measure(version_dir, ev, log=lambda *_: None))
+    return result
+
+
+SHOWN = ["classes_covered", "kl_uniform", "conditional_accuracy", "conditional_accuracy_min_class", "frechet",
+         "frechet_ratio", "kid", "precision", "precision_ratio", "recall", "recall_ratio", "modes", "high_quality",
+         "reverse_kl", "test_accuracy", "test_accuracy_min_class", "real_frechet", "real_precision", "real_recall",
+         *[f"inversion_{m}_{k}" for m in ("encoder", "optimize", "hybrid")
+           for k in ("real_mse", "real_label_agreement", "own_mse", "own_cosine", "ms_per_image")]]
+
+
+def format_table(result: dict) -> str:
+    rows = [(k, result[k]) for k in SHOWN if k in result]
+    width = max(len(k) for k, _ in rows) if rows else 10
+    lines = [f"{result['model']} ({result['kind']}, n={result['n']}, seed={result['seed']})"]
+    for k, v in rows:
+        lines.append(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="+", help="model name, name@version, or 'all'")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--n", type=int, default=None, help="samples (default 10000 images / 2500 points)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--no-inversion", action="store_true", help="skip the inversion measurements (issue 4)")
+    args = p.parse_args(argv)
+    if args.n is not None and args.n < 10:
+        p.error(f"--n must be >= 10, got {args.n}")
+    specs = args.models
+    if specs == ["all"]:
+        specs = sorted(q.name for q in args.store.iterdir() if q.is_dir() and not q.name.startswith("."))
+    results = []
+    for spec in specs:
+        try:
+            res = evaluate_model(resolve(args.store, spec), args.store, args.n, args.seed, not args.no_inversion)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"{spec}: {e}", file=sys.stderr)
+            return 1
+        print(format_table(res))
+        results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2,
+                                        default=lambda o: None if isinstance(o, float) and math.isnan(o) else o) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

