@@ -7,7 +7,12 @@ What a side becomes, by metric input:
     features   images -> the evaluator's penultimate features; points and uploaded [N, F] tensors as they are
     samples    points as they are; images flattened, pixels in [0, 1]
     density    P: a reference mixture (ring8, grid25) with its exact log-density; Q: its points (or a mixture)
-    critic     scores of the critic/discriminator shipped with a model side, on both sides' samples
+    critic     scores of the critic/discriminator shipped with a model side, on both sides' samples; the
+               manifest's critic graph says what it estimates ("js": a GAN discriminator, for js_critic;
+               "wasserstein": a WGAN critic, for w1_critic), and a metric that does not match it is refused
+The default metric set follows the data kind (training.metrics.DATA_KINDS) plus the critic-based estimate of
+each model side that ships a critic. Histogram metrics end their note with the two histograms they were
+computed on, "histograms: P [c0, c1, ...]; Q [c0, c1, ...]" (counts; `python -m sdk evaluate --plot` draws them).
 Images travel in [0, 1] (the evaluator's input range): uploaded FLOAT32 images must be in [0, 1] (or UINT8),
 model samples are mapped from their value range.
 """
@@ -149,6 +154,24 @@ def _critic_scores(side: Side, critic_model: LoadedModel, name: str) -> np.ndarr
                            for lo in range(0, len(x), 512)])
 
 
+CRITIC_METRICS = {"js": "js_critic", "wasserstein": "w1_critic"}  # manifest critic "estimates" -> metric
+
+
+def _critic_holder(metric_name: str, p: Side, q: Side) -> LoadedModel:
+    """The model side whose critic scores both sides: Q's when it ships one (the model under test), else P's."""
+    holders = [s.model for s in (q, p) if s.model is not None and "critic" in s.model.sessions]
+    if not holders:
+        raise FailedPrecondition(f"metric {metric_name} needs a model side that ships a critic/discriminator "
+                                 "(capabilities.has_critic)", "metrics")
+    model = holders[0]
+    estimates = model.graph("critic").get("estimates")
+    if estimates in CRITIC_METRICS and CRITIC_METRICS[estimates] != metric_name:
+        what = "a GAN discriminator" if estimates == "js" else "a WGAN critic"
+        raise InvalidArgument(f"metric {metric_name} does not apply to {model.ref}: it ships {what}, which bounds "
+                              f"{estimates} (use {CRITIC_METRICS[estimates]})", "metrics")
+    return model
+
+
 def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_classes: int, name: str):
     """What `metric` takes from this side (see the module docstring)."""
     kind = metric.input
@@ -172,11 +195,8 @@ def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_cla
             raise InvalidArgument(f"metric {metric.name} needs P to be a distribution with a known density "
                                   "(reference ring8 or grid25)", "p")
     if kind == "critic":
-        holder = next((s.model for s in (side, other) if s.model is not None and "critic" in s.model.sessions), None)
-        if holder is None:
-            raise FailedPrecondition(f"metric {metric.name} needs a model side that ships a critic/discriminator "
-                                     "(capabilities.has_critic)", "metrics")
-        return _critic_scores(side, holder, name)
+        p, q = (side, other) if name == "p" else (other, side)
+        return _critic_scores(side, _critic_holder(metric.name, p, q), name)
     if side.x is None:
         raise InvalidArgument(f"metric {metric.name} needs samples; {side.description} has none", name)
     if kind == "features":
@@ -184,9 +204,14 @@ def _input(metrics, metric, side: Side, other: Side, registry: Registry, num_cla
     return side.x.reshape(len(side.x), -1)  # samples (and density on the Q side): points, or flat pixels
 
 
-def _default_kind(p: Side, q: Side) -> str:
+def _counts_text(counts) -> str:
+    c = np.asarray(counts, np.float64)
+    return "[" + ", ".join(f"{v:.0f}" if v == round(v) else f"{v:g}" for v in c) + "]"
+
+
+def _default_kind(p: Side, q: Side, registry: Registry) -> str:
     if p.is_image or q.is_image:
-        return "images"
+        return "images" if registry.evaluator() is not None else "pixels"
     if p.mixture is not None:
         return "mixture"
     if p.x is None or q.x is None:
@@ -211,7 +236,12 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
     q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
     if not names:
-        names = metrics.default_metrics(_default_kind(p, q))
+        names = metrics.default_metrics(_default_kind(p, q, registry))
+        for s in (q, p):  # plus the critic-based estimate each model side's critic supports
+            if s.model is not None and "critic" in s.model.sessions:
+                extra = CRITIC_METRICS.get(s.model.graph("critic").get("estimates"))
+                if extra and extra not in names:
+                    names.append(extra)
     evaluator = registry.evaluator()
     num_classes = (evaluator.num_classes if evaluator and (p.is_image or q.is_image) else 0) or max(
         [len(s.counts) for s in (p, q) if s.counts is not None]
@@ -227,10 +257,13 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
             est = metrics.estimate(name, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
+        note = est.note or ""
+        if metric.input == "histogram":
+            note += ("; " if note else "") + f"histograms: P {_counts_text(pa)}; Q {_counts_text(qa)}"
         results.append(pb.DivergenceResult(
             metric=name, value=est.value, ci_low=est.ci_low, ci_high=est.ci_high, confidence=est.confidence,
             n_p=est.n_p, n_q=est.n_q, estimator=est.estimator, unit=est.unit, lower_bound=est.lower_bound,
-            note=est.note or ""))
+            note=note))
     label = ",".join(s.model.ref for s in (p, q) if s.model is not None) or "-"
     reply = pb.EvaluateDivergenceResponse(results=results, p_description=p.description, q_description=q.description,
                                           seed=seed)

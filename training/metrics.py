@@ -1249,6 +1249,7 @@ DATA_KINDS = {
     "histogram": ["kl_pq", "kl_qp", "js", "tv"],
     "features": ["frechet", "kid", "precision", "recall", "density", "coverage"],
     "images": ["kl_pq", "kl_qp", "js", "tv", "frechet", "kid", "precision", "recall", "density", "coverage"],
+    "pixels": ["w1_exact", "sliced_w"],  # images when no evaluator classifier is available
     "mixture": ["modes_covered", "high_quality", "reverse_kl_modes", "mc_kl_qp", "mc_js", "w1_exact", "sliced_w"],
     "samples": ["knn_kl_pq", "knn_kl_qp", "w1_exact", "sliced_w"],
     "samples-1d": ["knn_kl_pq", "knn_kl_qp", "w1_1d"],
@@ -1259,7 +1260,8 @@ DATA_KINDS = {
 
 def default_metrics(data_kind: str) -> list[str]:
     """A sensible metric set for a kind of data: one of DATA_KINDS (images = class histograms from the
-    evaluator plus its features; mixture = a 2-D Gaussian mixture reference against samples)."""
+    evaluator plus its features; pixels = images without an evaluator; mixture = a 2-D Gaussian mixture
+    reference against samples)."""
     if data_kind not in DATA_KINDS:
         raise MetricError(f"unknown data kind {data_kind!r}; known: {', '.join(DATA_KINDS)}")
     return list(DATA_KINDS[data_kind])
