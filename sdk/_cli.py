@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -86,12 +87,80 @@ def _eval_rows(ev) -> list[list[str]]:
              ("lower bound; " if d.lower_bound else "") + d.estimator] for d in ev.results]
 
 
-def _plot(evals: list, labels: list[str], out: Path) -> None:
-    import matplotlib
+MIXTURES = ("ring8", "grid25")
+_HISTOGRAMS = re.compile(r"histograms: P \[([^\]]*)\]; Q \[([^\]]*)\]")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _histograms(ev) -> tuple[np.ndarray, np.ndarray] | None:
+    """(P counts, Q counts) from a histogram metric's note (server/divergence.py writes them there)."""
+    for d in ev.results:
+        m = _HISTOGRAMS.search(d.note)
+        if m:
+            return tuple(np.array([float(v) for v in g.split(",")]) for g in m.groups())
+    return None
+
+
+def _short(description: str) -> str:
+    """"model gan-ring8@1 (2000)" -> "gan-ring8@1"."""
+    parts = description.split(" ")
+    return parts[1] if len(parts) > 1 else description
+
+
+def _summary(ev, metrics: tuple[str, ...]) -> str:
+    shown = [f"{m} {_num(ev[m].value)} [{_num(ev[m].ci_low)}, {_num(ev[m].ci_high)}]"
+             for m in metrics if m in ev.by_metric]
+    return "\n".join(shown)
+
+
+def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> None:
+    """Each Q's evaluated samples (the same seed and n as the evaluation) over the true density's contours."""
+    from training import data  # torch-free; the mixture definitions (one implementation)
+
+    mixture = data.MIXTURES[reference]()
+    lo, hi = mixture.means.min() - 0.5, mixture.means.max() + 0.5
+    step = min(mixture.std / 3, (hi - lo) / 300)  # resolve each mode's contours
+    g = np.arange(lo, hi + step, step)
+    xx, yy = np.meshgrid(g, g)
+    logp = mixture.log_density(np.stack([xx.ravel(), yy.ravel()], 1)).reshape(xx.shape)
+    # contours at 1, 2, 3 std of a mode (log-density below the peak by k^2/2)
+    levels = logp.max() - np.array([4.5, 2.0, 0.5])
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.6), squeeze=False)
+    for ax, ev in zip(axes[0], evals):
+        n = max(d.n_q for d in ev.results)
+        x = c.sample(n, seed=(ev.seed + 1) % 2**64, model=_short(ev.q))  # the server's Q seed is seed + 1
+        ax.contour(xx, yy, logp, levels=levels, colors=["#9ecae1", "#4292c6", "#08306b"], linewidths=0.8)
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.35, color="#d62728", linewidths=0)
+        ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
+        ax.set_title(f"{_short(ev.q)}: {n} samples", fontsize=10)
+        ax.text(0.02, 0.02, _summary(ev, ("modes_covered", "high_quality", "mc_kl_qp", "mc_js", "w1_exact",
+                                          "js_critic", "w1_critic")),
+                transform=ax.transAxes, fontsize=6.5, family="monospace", va="bottom",
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+    fig.suptitle(f"samples (red) over the {reference} density (contours at 1, 2, 3 std of each mode)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+
+
+def _plot_histograms(evals: list, hists: list, out: Path, plt) -> None:
+    """P's and each Q's class histograms, side by side."""
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 3.6), squeeze=False, sharey=True)
+    for ax, ev, (hp, hq) in zip(axes[0], evals, hists):
+        k = np.arange(len(hp))
+        ax.bar(k - 0.2, hp / hp.sum(), width=0.4, color="#969696", label=f"P: {_short(ev.p)}")
+        ax.bar(k + 0.2, hq / hq.sum(), width=0.4, color="#d62728", label=f"Q: {_short(ev.q)}")
+        ax.set_xticks(k), ax.set_xlabel("class (evaluator's prediction)")
+        ax.set_title(f"{_short(ev.q)}: {int((hq > 0).sum())}/{len(hq)} classes", fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
+        ax.text(0.02, 0.02, _summary(ev, ("kl_pq", "kl_qp", "js", "tv", "frechet", "js_critic", "w1_critic")),
+                transform=ax.transAxes, fontsize=6.5, family="monospace", va="bottom",
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+    axes[0][0].set_ylabel("fraction of samples")
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+
+
+def _plot_bars(evals: list, out: Path, plt) -> None:
+    """Fallback (no classes, no known density): each metric with its interval, one bar per Q."""
     metrics = [d.metric for d in evals[0].results]
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics) + 1, 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
@@ -99,17 +168,45 @@ def _plot(evals: list, labels: list[str], out: Path) -> None:
         ys = np.array([v.value if math.isfinite(v.value) else np.nan for v in vals])
         err = np.array([[y - v.ci_low, v.ci_high - y] for y, v in zip(ys, vals)]).T
         ax.bar(range(len(vals)), ys, yerr=np.nan_to_num(err, nan=0.0, posinf=0.0), capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(vals)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(range(len(vals)), [_short(ev.q) for ev in evals], rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{m} ({vals[0].unit})", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
+
+
+def _plot(c: Client, a, evals: list, out: Path) -> str:
+    """Class histograms side by side (images, labels), samples over the true density's contours (2-D mixture
+    references), else the metrics with their intervals. Returns what was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        if a.p in MIXTURES and all(ev.q.startswith("model ") for ev in evals):
+            _plot_mixture(c, evals, a.p, out, plt)
+            return "samples over the density's contours"
+        hists = [_histograms(ev) for ev in evals]
+        if any(h is None for h in hists):  # no histogram metric requested: ask for one (same n and seed)
+            try:
+                hists = [h or _histograms(c.evaluate(a.p, q, ["tv"], n=a.n, seed=ev.seed, bootstrap=1,
+                                                     q_labels=a.labels))
+                         for h, q, ev in zip(hists, a.compare or [a.q], evals)]
+            except GanserveError:
+                hists = [None]
+        if all(h is not None for h in hists):
+            _plot_histograms(evals, hists, out, plt)
+            return "class histograms"
+        _plot_bars(evals, out, plt)
+        return "metrics with their intervals"
+    finally:
+        plt.close("all")
 
 
 def cmd_evaluate(c: Client, a) -> str:
     qs = a.compare or [a.q]
     if not qs or qs == [None]:
-        raise SystemExit("error: give --q MODEL (or --compare A B)")
+        raise SystemExit("error: give --model MODEL (or --compare A B)")
     evals = [c.evaluate(a.p, q, a.metrics or (), n=a.n, seed=a.seed, bootstrap=a.bootstrap, q_labels=a.labels)
              for q in qs]
     if len(evals) == 1:
@@ -122,9 +219,13 @@ def cmd_evaluate(c: Client, a) -> str:
         rows = [[d.metric, d.unit] + [f"{_num(ev[d.metric].value)} [{_num(ev[d.metric].ci_low)}, "
                                        f"{_num(ev[d.metric].ci_high)}]" for ev in evals] for d in evals[0].results]
         text = f"P = {evals[0].p}, seed {evals[0].seed}\n\n" + _table(rows, header)
+    notes = dict.fromkeys(f"{d.metric}: {d.note.split('; ')[0]}" for ev in evals for d in ev.results
+                          if not math.isfinite(d.value) or d.lower_bound)  # why +inf; what a bound means
+    if notes:
+        text += "\n\n" + "\n".join(notes)
     if a.plot:
-        _plot(evals, qs, a.plot)
-        text += f"\nplot: {a.plot}"
+        what = _plot(c, a, evals, a.plot)
+        text += f"\nplot: {a.plot} ({what})"
     return text
 
 
@@ -172,15 +273,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="save the reconstructions as a PNG grid")
 
     s = sub.add_parser("evaluate", help="divergences between P and Q, as a table")
-    s.add_argument("--p", default="mnist-test", help="reference (mnist-test, ring8, ...) or model")
-    s.add_argument("--q", help="model (or reference)")
+    s.add_argument("--reference", "--p", dest="p", default="mnist-test",
+                   help="P: a reference (mnist-test, mnist-train, mnist-valid, ring8, grid25) or a model")
+    s.add_argument("--model", "--q", dest="q", help="Q: the model under test (or a reference)")
     s.add_argument("--compare", nargs="+", metavar="MODEL", help="evaluate several Q against the same P")
     s.add_argument("--labels", type=int, nargs="+", help="labels for a conditional Q model")
     s.add_argument("--metrics", nargs="+")
     s.add_argument("--n", type=int, default=0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bootstrap", type=int, default=0)
-    s.add_argument("--plot", type=Path, help="bar chart with confidence intervals")
+    s.add_argument("--plot", type=Path, help="PNG: class histograms side by side (images), samples over the true "
+                   "density's contours (ring8, grid25), else the metrics with their intervals")
 
     s = sub.add_parser("models", help="list served models")
     s.add_argument("--all", action="store_true", help="every version, not only the newest")
