@@ -10,6 +10,12 @@ constant time (hmac.compare_digest) by an interceptor. The standard health servi
 work without secrets; reflection is behind the token like the service itself. TLS (server certificate,
 optionally client certificates) is on when tls_cert/tls_key are given.
 
+Admission: at most `max_concurrent_rpcs` RPCs run at once. The handler pool has that many threads plus
+SPARE_THREADS, and an interceptor (run by gRPC on its polling thread, before a call gets a thread) answers a
+GeneratorService call RESOURCE_EXHAUSTED when the pool already holds the limit. So overload is refused in
+about a millisecond instead of queueing without bound in the pool, and the spare threads keep health checks
+and refusals answered while every admitted call is busy (bench/soak.py measures both).
+
 SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get up to `drain_s` to finish,
 then the process exits 0.
 """
@@ -39,6 +45,56 @@ from server.telemetry import Telemetry, setup_logging
 log = logging.getLogger("ganserve.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+SPARE_THREADS = 8  # beyond max_concurrent_rpcs: health checks, reflection and refusals always find a thread
+
+
+class CountingPool(futures.ThreadPoolExecutor):
+    """A thread pool that knows how many tasks it holds (queued or running). gRPC submits one task per call,
+    and every task runs to its end even when the client went away, so the count never leaks."""
+
+    def __init__(self, max_workers: int):
+        super().__init__(max_workers=max_workers, thread_name_prefix="rpc")
+        self._count_lock = threading.Lock()
+        self.in_flight = 0
+
+    def _done(self) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._count_lock:
+            self.in_flight += 1
+
+        def task():
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._done()
+
+        try:
+            return super().submit(task)
+        except BaseException:
+            self._done()
+            raise
+
+
+class Admission(grpc.ServerInterceptor):
+    """Refuses GeneratorService calls with RESOURCE_EXHAUSTED while the pool holds `limit` calls."""
+
+    def __init__(self, pool: CountingPool, limit: int, on_refuse):
+        self._pool, self._limit, self._on_refuse = pool, limit, on_refuse
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server busy: {limit} calls in progress (max_concurrent_rpcs); retry with backoff")
+
+        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, details):
+        if self._pool.in_flight < self._limit or not details.method.startswith(f"/{SERVICE}/"):
+            return continuation(details)
+        self._on_refuse(details.method.rsplit("/", 1)[-1])
+        return self._refuse
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -71,12 +127,14 @@ class App:
         self.config = config
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
+        self.pool = CountingPool(config.max_concurrent_rpcs + SPARE_THREADS)
+        self.telemetry.track_in_flight(lambda: self.pool.in_flight)
         interceptors = [TokenAuth(config.token())] if config.token() else []
+        interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-                                  interceptors=interceptors, options=options)
+        self.server = grpc.server(self.pool, interceptors=interceptors, options=options)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         pb_grpc.add_GeneratorServiceServicer_to_server(GeneratorService(self.registry, config, self.telemetry),

@@ -28,7 +28,9 @@ class Config:
     # ONNX Runtime
     providers: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU) | cpu | cuda"})
     intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
-    workers: int = field(default=16, metadata={"help": "gRPC handler threads"})
+    max_concurrent_rpcs: int = field(default=64, metadata={
+        "help": "GeneratorService RPCs handled at once (one thread each); more are answered RESOURCE_EXHAUSTED "
+                "at once. Health and reflection are never refused"})
     # dynamic batcher (Triton's knobs)
     max_batch_samples: int = field(default=256, metadata={"help": "largest batch run at once, in samples"})
     max_queue_delay_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests to batch"})
@@ -64,7 +66,7 @@ class Config:
         checks = [
             (self.providers in ("auto", "cpu", "cuda"), "providers must be auto, cpu or cuda"),
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
-            (self.workers >= 1, "workers must be >= 1"),
+            (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),
             (self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0"),
             (self.max_queue_size >= 1, "max_queue_size must be >= 1"),

@@ -8,6 +8,9 @@ One CollectorRegistry per server instance, so several servers in one process (te
     ganserve_queue_depth{model}                      requests waiting in the model's batcher
     ganserve_stream_chunks_total{model}              SampleStream chunks produced
     ganserve_model_loaded{model, version, kind}      1 per served model version
+    ganserve_calls_in_progress                       RPCs holding a handler thread (queued or running)
+Calls refused by admission control (server busy) count in ganserve_requests_total with model "-" and code
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ class Telemetry:
         self.queue = Gauge("ganserve_queue_depth", "requests waiting in the batcher", ["model"], registry=r)
         self.chunks = Counter("ganserve_stream_chunks", "SampleStream chunks produced", ["model"], registry=r)
         self.loaded = Gauge("ganserve_model_loaded", "served model versions", ["model", "version", "kind"], registry=r)
+        self.in_progress = Gauge("ganserve_calls_in_progress", "RPCs holding a handler thread", registry=r)
         self.http = None
         self.port: int | None = None
 
     def observe_batch(self, model: str, rows: int, depth: int) -> None:
         self.batch.labels(model).observe(rows)
         self.queue.labels(model).set(depth)
+
+    def track_in_flight(self, count) -> None:
+        self.in_progress.set_function(count)
+
+    def refused(self, method: str) -> None:
+        self.requests.labels(method, "-", "RESOURCE_EXHAUSTED").inc()
 
     def set_models(self, models) -> None:
         self.loaded.clear()

@@ -63,7 +63,7 @@ def _corrupt_copy(store: Path, version: int, how: str) -> None:
         m["graphs"]["generator"]["outputs"][0]["dims"] = m["output"]["shape"] = [1, 9, 9]
     elif how == "missing":
         (tmp / "critic.onnx").unlink()
-    (tmp / "manifest.json").write_text(json.dumps(m))
+    (tmp / "manifest.json").write_text(json.dumps(m) if how != "manifest" else json.dumps(m)[:-20])
     os.rename(tmp, store / "tiny-gan" / str(version))
 
 
@@ -136,6 +136,70 @@ def test_hot_reload_while_serving(tmp_path):
         channel.close()
         running.app.stop(0)
     assert errors == []  # nothing failed while versions came and went
+
+
+FAULTS = {"checksum": "sha256", "truncated": "ONNX Runtime cannot load it", "missing": "missing file critic.onnx",
+          "manifest": "manifest.json: not valid JSON"}
+
+
+@pytest.mark.parametrize("how", sorted(FAULTS))
+def test_a_broken_version_published_while_serving_is_skipped(tmp_path, caplog, how):
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build")
+    running = start_server(store, reload_interval_s=0.1, metrics_port=-1)
+    channel, stub = _stub(running.target)
+    try:
+        before = stub.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1))
+        with caplog.at_level(logging.ERROR, logger="ganserve.registry"):
+            _corrupt_copy(store, 2, how)
+            _wait(lambda: "skipping tiny-gan@2" in caplog.text, what="the broken version to be skipped")
+        assert FAULTS[how] in caplog.text
+        after = stub.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1))
+        assert after.model == "tiny-gan@1" and after.samples == before.samples
+        assert list(stub.GetModel(pb.GetModelRequest(model="tiny-gan")).available_versions) == [1]
+        publish_gan(store, tmp_path / "build3", seed=1)  # reloading goes on: the next good version is served
+        _wait(lambda: stub.GetModel(pb.GetModelRequest(model="tiny-gan")).version == 3, what="version 3")
+    finally:
+        channel.close()
+        running.app.stop(0)
+
+
+def test_sigkill_of_the_server_loses_no_published_model(model_store, tmp_path):
+    import hashlib
+
+    store = tmp_path / "store"
+    shutil.copytree(model_store, store)
+    digest = lambda: {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                      for p in sorted(store.rglob("*")) if p.is_file()}
+    before = digest()
+    port = free_port()
+    cmd = [sys.executable, "-m", "server", "--address", f"127.0.0.1:{port}", "--store", str(store),
+           "--metrics-port", "-1", "--reload-interval-s", "0.1"]
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            channel, stub = _stub(f"127.0.0.1:{port}")
+            _wait(lambda: _serving(channel), 60, "SERVING")
+            served = {m.name: m.version for m in stub.ListModels(pb.ListModelsRequest()).models}
+            assert served == {"tiny-cgan": 1, "tiny-eval": 1, "tiny-gan": 1, "tiny-points": 1}
+            stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 50, seed=1, chunk_size=4096))
+            next(stream)  # killed in the middle of a call and of its store polling
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            channel.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert digest() == before  # the server never writes to the store: nothing to lose
+
+
+def _serving(channel) -> bool:
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
 
 
 def test_in_flight_request_finishes_when_its_version_is_deleted(tmp_path):
@@ -268,6 +332,43 @@ def test_overload_over_grpc_is_resource_exhausted_in_milliseconds(model_store):
             assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status == \
                 health_pb2.HealthCheckResponse.SERVING
     finally:
+        channel.close()
+        running.app.stop(0)
+
+
+def test_calls_over_max_concurrent_rpcs_are_refused_at_once_and_health_stays_open(model_store):
+    running = start_server(model_store, reload_interval_s=0, max_concurrent_rpcs=2)
+    channel, stub = _stub(running.target)
+    streams = []
+    try:
+        # Two streams whose reader does not read: each holds its handler thread (HTTP/2 flow control).
+        for seed in (1, 2):
+            streams.append(stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 200, seed=seed,
+                                                                    chunk_size=4096)))
+            next(streams[-1])
+        _wait(lambda: running.app.pool.in_flight == 2, what="two calls in progress")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=3), timeout=5)
+            assert time.perf_counter() - t0 < 0.25
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "server busy: 2 calls in progress (max_concurrent_rpcs)" in err.value.details()
+        with grpc.insecure_channel(running.target) as ch:  # probes are never refused
+            for _ in range(5):
+                assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+        refused = running.app.telemetry.registry.get_sample_value(
+            "ganserve_requests_total", {"method": "Sample", "model": "-", "code": "RESOURCE_EXHAUSTED"})
+        assert refused == 3
+        assert running.app.telemetry.registry.get_sample_value("ganserve_calls_in_progress") == 2
+        for s in streams:
+            s.cancel()
+        _wait(lambda: running.app.pool.in_flight == 0, what="the cancelled streams to let go")
+        assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=3)).model == "tiny-gan@1"
+    finally:
+        for s in streams:
+            s.cancel()
         channel.close()
         running.app.stop(0)
 
