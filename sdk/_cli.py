@@ -107,8 +107,8 @@ def _short(description: str) -> str:
 
 
 def _summary(ev, metrics: tuple[str, ...]) -> str:
-    shown = [f"{m} {_num(ev[m].value)} [{_num(ev[m].ci_low)}, {_num(ev[m].ci_high)}]"
-             for m in metrics if m in ev.by_metric]
+    shown = [f"{m:<14} {_num(ev[m].value):>8} [{_num(ev[m].ci_low)}, {_num(ev[m].ci_high)}] {ev[m].unit}"
+             + (" (lower bound)" if ev[m].lower_bound else "") for m in metrics if m in ev.by_metric]
     return "\n".join(shown)
 
 
@@ -142,26 +142,31 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
 
 
 def _plot_histograms(evals: list, hists: list, out: Path, plt) -> None:
-    """P's and each Q's class histograms, side by side."""
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 3.6), squeeze=False, sharey=True)
+    """P's and each Q's class histograms side by side, with 95% binomial error bars; the metrics below."""
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.8 * len(evals), 4.6), squeeze=False, sharey=True)
     for ax, ev, (hp, hq) in zip(axes[0], evals, hists):
         k = np.arange(len(hp))
-        ax.bar(k - 0.2, hp / hp.sum(), width=0.4, color="#969696", label=f"P: {_short(ev.p)}")
-        ax.bar(k + 0.2, hq / hq.sum(), width=0.4, color="#d62728", label=f"Q: {_short(ev.q)}")
+        for h, dx, color, label in ((hp, -0.2, "#969696", f"P: {_short(ev.p)}"), (hq, 0.2, "#d62728",
+                                                                                   f"Q: {_short(ev.q)}")):
+            f = h / h.sum()
+            ax.bar(k + dx, f, width=0.4, color=color, label=f"{label} ({int(h.sum())})",
+                   yerr=1.96 * np.sqrt(f * (1 - f) / h.sum()), error_kw=dict(lw=0.7, capsize=1.5))
+        ax.axhline(1 / len(hp), color="black", lw=0.6, ls=":")
         ax.set_xticks(k), ax.set_xlabel("class (evaluator's prediction)")
         ax.set_title(f"{_short(ev.q)}: {int((hq > 0).sum())}/{len(hq)} classes", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
-        ax.text(0.02, 0.02, _summary(ev, ("kl_pq", "kl_qp", "js", "tv", "frechet", "js_critic", "w1_critic")),
-                transform=ax.transAxes, fontsize=6.5, family="monospace", va="bottom",
-                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
-    axes[0][0].set_ylabel("fraction of samples")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
+        ax.text(0.0, -0.2, _summary(ev, ("kl_pq", "kl_qp", "js", "tv", "frechet", "js_critic", "w1_critic")),
+                transform=ax.transAxes, fontsize=7, family="monospace", va="top")
+    top = max(h.max() / h.sum() for pair in hists for h in pair)
+    axes[0][0].set_ylim(0, 1.35 * top)  # shared axis; room for the legend above the bars
+    axes[0][0].set_ylabel("fraction of samples (95% CI)")
     fig.tight_layout()
     fig.savefig(out, dpi=130)
 
 
 def _plot_bars(evals: list, out: Path, plt) -> None:
     """Fallback (no classes, no known density): each metric with its interval, one bar per Q."""
-    metrics = [d.metric for d in evals[0].results]
+    metrics = [d.metric for d in evals[0].results if all(d.metric in ev.by_metric for ev in evals)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics) + 1, 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         vals = [ev[m] for ev in evals]
@@ -215,9 +220,12 @@ def cmd_evaluate(c: Client, a) -> str:
             _eval_rows(ev), ["metric", "value", f"{int(round(100 * ev.results[0].confidence)) if ev.results else 95}% CI",
                              "unit", "n P/Q", "estimator"])
     else:
+        # the default metric set can differ per model (each model's own critic bound): rows are the union
+        metrics = {d.metric: d.unit for ev in evals for d in ev.results}
+        cell = lambda ev, m: (f"{_num(ev[m].value)} [{_num(ev[m].ci_low)}, {_num(ev[m].ci_high)}]"  # noqa: E731
+                              if m in ev.by_metric else "-")
         header = ["metric", "unit"] + [ev.q for ev in evals]
-        rows = [[d.metric, d.unit] + [f"{_num(ev[d.metric].value)} [{_num(ev[d.metric].ci_low)}, "
-                                       f"{_num(ev[d.metric].ci_high)}]" for ev in evals] for d in evals[0].results]
+        rows = [[m, unit] + [cell(ev, m) for ev in evals] for m, unit in metrics.items()]
         text = f"P = {evals[0].p}, seed {evals[0].seed}\n\n" + _table(rows, header)
     notes = dict.fromkeys(f"{d.metric}: {d.note.split('; ')[0]}" for ev in evals for d in ev.results
                           if not math.isfinite(d.value) or d.lower_bound)  # why +inf; what a bound means
