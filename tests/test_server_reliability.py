@@ -347,20 +347,23 @@ def test_calls_over_max_concurrent_rpcs_are_refused_at_once_and_health_stays_ope
                                                                     chunk_size=4096)))
             next(streams[-1])
         _wait(lambda: running.app.pool.in_flight == 2, what="two calls in progress")
-        for _ in range(3):
+        seconds = []
+        for _ in range(5):
             t0 = time.perf_counter()
             with pytest.raises(grpc.RpcError) as err:
                 stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=3), timeout=5)
-            assert time.perf_counter() - t0 < 0.25
+            seconds.append(time.perf_counter() - t0)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "server busy: 2 calls in progress (max_concurrent_rpcs)" in err.value.details()
+        # refused, not timed out (the deadline is 5 s); milliseconds typically, a shared machine aside
+        assert sorted(seconds)[2] < 0.1 and max(seconds) < 2, seconds
         with grpc.insecure_channel(running.target) as ch:  # probes are never refused
             for _ in range(5):
                 assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
                     health_pb2.HealthCheckResponse.SERVING
         refused = running.app.telemetry.registry.get_sample_value(
             "ganserve_requests_total", {"method": "Sample", "model": "-", "code": "RESOURCE_EXHAUSTED"})
-        assert refused == 3
+        assert refused == 5
         assert running.app.telemetry.registry.get_sample_value("ganserve_calls_in_progress") == 2
         for s in streams:
             s.cancel()
