@@ -6,6 +6,13 @@ wait for more), max queue size in requests (a full queue rejects at once with RE
 overload is answered in microseconds rather than by timeouts), queue timeout (a request that waited longer
 is rejected). A request whose client cancelled or whose deadline passed is dropped before it costs a run.
 
+Large batches: with `runners` > 1, a batch of at least `split_rows` rows is cut into `runners` contiguous
+parts run at the same time, each an ONNX Runtime call on its own thread (Run is thread-safe; with one
+intra-op thread a call computes on its caller's thread). So one n=256 request or a stream chunk uses both
+cores of a 2-core machine without a 2-thread intra-op pool, which collapses when another process takes a
+core (DESIGN.md section 8). Small coalesced batches stay on the worker thread: at high request rates the
+other core is busy with the per-request Python work of gRPC, and splitting would only add hand-offs.
+
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
 """
@@ -17,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -44,8 +51,15 @@ class Batcher:
     """Runs `run(feeds) -> outputs (rows, ...)` over coalesced requests on one worker thread."""
 
     def __init__(self, name: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float,
-                 queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None):
+                 queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None,
+                 runners: int = 1, split_rows: int = 64):
         self.name, self._run = name, run
+        self.runners, self.split_rows = runners, split_rows
+        # runners - 1 helper threads for the parts of a split batch (the worker thread runs the last part). Not
+        # shut down at close(): a retired batcher still runs its in-flight requests; idle helpers exit when the
+        # batcher is garbage-collected.
+        self._helpers = (ThreadPoolExecutor(runners - 1, thread_name_prefix=f"runner-{name}")
+                         if runners > 1 else None)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_delay_s, self.queue_timeout_s = max_delay_s, queue_timeout_s
         self._observe = observe or (lambda name, batch, depth: None)
@@ -127,6 +141,14 @@ class Batcher:
                 live.append(item)
         return live
 
+    def _run_sliced(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        total = len(next(iter(feeds.values())))
+        if total <= self.max_batch:
+            return self._run(feeds)
+        # more rows than a batch (one large request, or a part of one): run it in max_batch slices
+        return np.concatenate([self._run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
+                               for lo in range(0, total, self.max_batch)])
+
     def _execute(self, items: list[_Item]) -> None:
         items = self._live(items)
         if not items:
@@ -137,11 +159,14 @@ class Batcher:
                      for k in keys}
             total = len(next(iter(feeds.values())))
             self._observe(self.name, total, len(self._queue))
-            if total <= self.max_batch:
-                out = self._run(feeds)
-            else:  # one request larger than a batch: run it in max_batch slices
-                out = np.concatenate([self._run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
-                                      for lo in range(0, total, self.max_batch)])
+            if self._helpers is not None and total >= self.split_rows:
+                step = -(-total // self.runners)
+                parts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, total, step)]
+                pending = [self._helpers.submit(self._run_sliced, part) for part in parts[:-1]]
+                last = self._run_sliced(parts[-1])
+                out = np.concatenate([f.result() for f in pending] + [last])
+            else:
+                out = self._run_sliced(feeds)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request, logged by the servicer
             for item in items:
                 item.future.set_exception(e)

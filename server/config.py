@@ -28,6 +28,8 @@ class Config:
     # ONNX Runtime
     providers: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU) | cpu | cuda"})
     intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
+    model_runners: int = field(default=2, metadata={
+        "help": "ONNX Runtime calls at once for one large batch (>= 64 rows, cut into this many parts)"})
     max_concurrent_rpcs: int = field(default=64, metadata={
         "help": "GeneratorService RPCs handled at once (one thread each); more are answered RESOURCE_EXHAUSTED "
                 "at once. Health and reflection are never refused"})
@@ -66,6 +68,7 @@ class Config:
         checks = [
             (self.providers in ("auto", "cpu", "cuda"), "providers must be auto, cpu or cuda"),
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
+            (self.model_runners >= 1, "model_runners must be >= 1"),
             (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),
             (self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0"),

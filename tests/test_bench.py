@@ -181,3 +181,33 @@ def test_targets_judge_known_results():
     res["targets"] = report.targets(res)
     text = report.render(res)  # sections that did not run are left out
     assert "| n=256 request: server >= 90% of in-process ORT at batch 256 | 1,700 vs 2,000" in text
+
+
+def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():
+    # the tuning behind the n=256 and batch-job targets (server/batcher.py, runners > 1): a batch of >= split_rows
+    # rows is cut into `runners` parts that run at the same time on different threads; small batches are not cut
+    import threading
+
+    from server.batcher import Batcher
+
+    runs, lock = [], threading.Lock()
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(feeds):
+        rows = len(feeds["z"])
+        with lock:
+            runs.append((rows, threading.current_thread().name))
+        if rows == 50:  # the two halves of the 100-row request must be in flight together (else: broken barrier)
+            both_running.wait()
+        return feeds["z"] * 2 + feeds["y"]
+
+    b = Batcher("m", run, max_batch=64, max_queue=8, max_delay_s=0, queue_timeout_s=10, runners=2, split_rows=64)
+    try:
+        for n, want in ((100, [50, 50]), (130, [1, 1, 64, 64]), (63, [63])):
+            runs.clear()
+            z = np.arange(n, dtype=np.float32)[:, None]
+            np.testing.assert_array_equal(b.submit({"z": z, "y": -z}).result(10), z)  # every row in its place
+            assert sorted(r for r, _ in runs) == want   # parts of 65 run in max_batch slices; 63 < split_rows
+            assert len({name for _, name in runs}) == (1 if n < 64 else 2)
+    finally:
+        b.close()
