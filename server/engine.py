@@ -94,6 +94,8 @@ def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray
         return to_uint8(model, x), []
     if encoding == pb.ENCODING_PNG:
         return None, [png_bytes(img) for img in to_uint8(model, x)]
+    if model.value_range is not None:  # ONNX Runtime's tanh can overshoot by an ulp (-1.0000001)
+        x = np.clip(x, *model.value_range)
     return np.ascontiguousarray(x, np.float32), []
 
 

@@ -1,7 +1,10 @@
-"""End to end over the shipped model_store/: each test is skipped only when the model it needs is absent.
+"""End to end over the shipped model_store/: each test is skipped only when the model (or the graph) it needs
+is absent.
 
 The headline: `Client().sample(label=7)` against a server over model_store/ returns a digit the shipped
-evaluator calls 7.
+evaluator calls 7. Then every RPC over the real generators: SampleConditional on the latent-constraint model,
+Interpolate between images (inverted first), Invert with each method, EvaluateDivergence with model sources
+and critics, and the batch job.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from tests.conftest import start_server
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 IMAGE_MODELS = ("gan-mnist", "wgan-gp-mnist", "cgan-mnist")
+CONDITIONAL_MODELS = ("cgan-mnist", "latent-constraint-mnist")
 POINT_MODELS = {"gan-ring8": "ring8", "wgan-gp-ring8": "ring8", "gan-grid25": "grid25", "wgan-gp-grid25": "grid25"}
 
 
@@ -49,6 +53,17 @@ def _classify(x: np.ndarray) -> np.ndarray:
     graph = json.loads((folder / "manifest.json").read_text())["graphs"]["classifier"]
     session = ort.InferenceSession(str(folder / graph["file"]), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {graph["inputs"][0]["name"]: ((x + 1) / 2).astype(np.float32)})[0].argmax(1)
+
+
+def _invertible(client, names) -> list[str]:
+    """Models among `names` that are served and ship both inversion graphs (encoder and generator_grad)."""
+    out = []
+    for name in names:
+        if _present(name):
+            info = client.get_model(name)
+            if info.invertible and info.optimizable:
+                out.append(name)
+    return out
 
 
 def test_client_sample_label_7_is_a_7(shipped, monkeypatch):
@@ -99,3 +114,115 @@ def test_evaluate_mnist_reference_against_a_model(shipped):
     assert 0 <= same["js"].value < 0.01  # two halves of real MNIST: the evaluator's histograms agree
     assert 0 <= ev["js"].value <= np.log(2) and ev["frechet"].value > 0
     assert ev["js"].ci_low <= ev["js"].value <= ev["js"].ci_high
+
+
+@pytest.mark.parametrize("name", CONDITIONAL_MODELS)
+def test_sample_conditional_follows_the_labels(shipped, name):
+    _need(name, "mnist-evaluator")
+    labels = np.arange(300) % 10
+    with Client(shipped.target) as c:
+        x = c.sample(300, labels=labels.tolist(), seed=2, model=name)
+        accuracy = float((_classify(x) == labels).mean())
+        assert accuracy >= 0.8, accuracy
+        # soft labels: a 50/50 mix of 3 and 8 gives (mostly) 3s and 8s
+        soft = np.zeros(10, np.float32)
+        soft[[3, 8]] = 0.5
+        mixed = _classify(c.sample(100, soft_labels=soft, seed=3, model=name))
+        assert float(np.isin(mixed, [3, 8]).mean()) >= 0.6
+        # one label for all equals that label repeated
+        np.testing.assert_array_equal(c.sample(4, label=5, seed=4, model=name),
+                                      c.sample(4, labels=[5] * 4, seed=4, model=name))
+
+
+def test_stream_equals_sample_on_a_shipped_model(shipped):
+    _need("gan-mnist")
+    with Client(shipped.target) as c:
+        x = c.sample(300, seed=5, model="gan-mnist")
+        chunks = list(c.stream(300, seed=5, model="gan-mnist", chunk_size=128))
+    assert [ch.start for ch in chunks] == [0, 128, 256]
+    np.testing.assert_array_equal(np.concatenate([ch.images for ch in chunks]), x)
+
+
+def test_invert_with_each_method(shipped):
+    with Client(shipped.target) as c:
+        names = _invertible(c, IMAGE_MODELS)
+        if not names:
+            pytest.skip("no shipped MNIST generator has encoder.onnx and generator_grad.onnx yet")
+        for name in names:
+            info = c.get_model(name)
+            labels = [1, 4, 7, 9] if info.conditional else None
+            x = c.sample(4, labels=labels, seed=6, model=name)
+            errors = {}
+            for method in ("ENCODER", "OPTIMIZE", "HYBRID"):
+                inv = c.invert(x, labels, method=method.lower(), model=name)
+                assert inv.method == method and inv.latents.shape == (4, info.latent_dim)
+                assert inv.reconstructions.shape == x.shape and np.isfinite(inv.mse).all()
+                # the reported error is the reconstruction's mean squared error in [0, 1] pixels
+                np.testing.assert_allclose(inv.mse, (((inv.reconstructions - x) / 2) ** 2).mean(axis=(1, 2, 3)),
+                                           rtol=1e-3, atol=1e-6)
+                errors[method] = float(inv.mse.mean())
+            # images the generator made can be reached: optimisation gets close, starting from the encoder helps
+            assert errors["HYBRID"] <= errors["ENCODER"] * 1.05, (name, errors)
+            assert errors["HYBRID"] < 0.05 and errors["OPTIMIZE"] < 0.08, (name, errors)
+
+
+def test_interpolate_between_images_and_seeds(shipped):
+    _need("mnist-evaluator")
+    with Client(shipped.target) as c:
+        names = _invertible(c, IMAGE_MODELS)
+        if not names:
+            pytest.skip("no shipped MNIST generator has encoder.onnx and generator_grad.onnx yet")
+        name = "cgan-mnist" if "cgan-mnist" in names else names[0]
+        conditional = c.get_model(name).conditional
+        ends = c.sample(2, labels=[2, 6] if conditional else None, seed=7, model=name)
+        path = c.interpolate(ends[0], ends[1], labels=[2, 6] if conditional else None, steps=9, method="slerp",
+                             model=name)
+        assert path.images.shape == (9, 1, 28, 28) and path.t[0] == 0 and path.t[-1] == 1
+        # the path starts and ends at (reconstructions of) the two images
+        for end, image in ((0, ends[0]), (-1, ends[1])):
+            assert float((((path.images[end] - image) / 2) ** 2).mean()) < 0.05
+        if conditional:  # class morphing: the evaluator sees the start class, then the end class
+            classes = _classify(path.images)
+            assert classes[0] == 2 and classes[-1] == 6, classes
+    with Client(shipped.target) as c:  # seeds as endpoints, linear, through three points
+        seeds = c.interpolate(1, 2, 3, steps=5, method="linear", model="gan-mnist" if _present("gan-mnist") else name)
+        assert seeds.images.shape == (9, 1, 28, 28) and list(seeds.t) == [i / 4 for i in range(9)]
+
+
+def test_evaluate_with_critics_and_model_sources(shipped):
+    _need("gan-mnist", "wgan-gp-mnist", "mnist-evaluator")
+    with Client(shipped.target) as c:
+        try:
+            ev = c.evaluate("mnist-test", "gan-mnist", ["js_critic", "kl_pq", "tv"], n=1000, seed=0, bootstrap=20)
+            w = c.evaluate("mnist-test", "wgan-gp-mnist", ["w1_critic"], n=1000, seed=0, bootstrap=20)
+            two = c.evaluate("gan-mnist", "wgan-gp-mnist", ["js"], n=1000, seed=0, bootstrap=20)
+        except FailedPreconditionError as e:  # MNIST not installed on this machine
+            pytest.skip(str(e))
+    js = ev["js_critic"]
+    assert js.lower_bound and 0 <= js.value <= np.log(2) and js.n_p == js.n_q == 1000
+    assert ev["tv"].ci_low <= ev["tv"].value <= ev["tv"].ci_high and 0 < ev["tv"].value < 1
+    assert w["w1_critic"].lower_bound and np.isfinite(w["w1_critic"].value)
+    assert 0 <= two["js"].value <= np.log(2) and "gan-mnist@" in two.p and "wgan-gp-mnist@" in two.q
+
+
+def test_batch_job_on_a_shipped_model_equals_sample(shipped, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _need("cgan-mnist")
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "sdk.batch", "--model", "cgan-mnist", "--n", "1200", "--shard-size", "500",
+           "--labels", "0", "1", "2", "--seed", "8", "--out", str(tmp_path / "job"), "--quiet"]
+    env = dict(os.environ, GANSERVE_TARGET=shipped.target)
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 3 and manifest["model"].startswith("cgan-mnist@")
+    with np.load(tmp_path / "job" / manifest["shards"]["1"]["file"], allow_pickle=False) as f:
+        shard, labels = f["samples"], f["labels"]
+    np.testing.assert_array_equal(labels, np.arange(500, 1000) % 3)  # labels cycle over the whole job
+    with Client(shipped.target) as c:  # shard 1 = samples 500..999 of one big call with the same seed
+        whole = c.sample(1000, labels=[i % 3 for i in range(1000)], seed=8, model="cgan-mnist")
+    np.testing.assert_array_equal(shard, whole[500:])
