@@ -10,11 +10,11 @@ constant time (hmac.compare_digest) by an interceptor. The standard health servi
 work without secrets; reflection is behind the token like the service itself. TLS (server certificate,
 optionally client certificates) is on when tls_cert/tls_key are given.
 
-Admission: at most `max_concurrent_rpcs` RPCs run at once. The handler pool has that many threads plus
-SPARE_THREADS, and an interceptor (run by gRPC on its polling thread, before a call gets a thread) answers a
-GeneratorService call RESOURCE_EXHAUSTED when the pool already holds the limit. So overload is refused in
-about a millisecond instead of queueing without bound in the pool, and the spare threads keep health checks
-and refusals answered while every admitted call is busy (bench/soak.py measures both).
+Admission: GeneratorService calls run on their own pool of `max_concurrent_rpcs` threads (gRPC's per-behaviour
+`experimental_thread_pool`); an interceptor, which gRPC runs on its polling thread before a call gets a
+thread, answers RESOURCE_EXHAUSTED at once when that pool already holds the limit. So overload is refused in
+about a millisecond instead of queueing without bound, and health checks, reflection and the refusals run on
+a separate small pool that busy service calls never occupy (bench/soak.py measures both).
 
 SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get up to `drain_s` to finish,
 then the process exits 0.
@@ -45,11 +45,11 @@ from server.telemetry import Telemetry, setup_logging
 log = logging.getLogger("ganserve.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-SPARE_THREADS = 8  # beyond max_concurrent_rpcs: health checks, reflection and refusals always find a thread
+OPEN_THREADS = 8  # health checks, reflection and refusals: never held by service calls
 
 
 class CountingPool(futures.ThreadPoolExecutor):
-    """A thread pool that knows how many tasks it holds (queued or running). gRPC submits one task per call,
+    """A thread pool that knows how many calls it holds (queued or running). gRPC submits one task per call,
     and every task runs to its end even when the client went away, so the count never leaks."""
 
     def __init__(self, max_workers: int):
@@ -78,8 +78,20 @@ class CountingPool(futures.ThreadPoolExecutor):
             raise
 
 
+def _on_pool(handler: grpc.RpcMethodHandler, pool: CountingPool) -> grpc.RpcMethodHandler:
+    """The same handler, its behaviour run on `pool` (GeneratorService has unary and server-streaming calls)."""
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    inner = getattr(handler, kind)
+
+    def behaviour(request, context):
+        return inner(request, context)
+
+    behaviour.experimental_thread_pool = pool
+    return handler._replace(**{kind: behaviour})
+
+
 class Admission(grpc.ServerInterceptor):
-    """Refuses GeneratorService calls with RESOURCE_EXHAUSTED while the pool holds `limit` calls."""
+    """GeneratorService calls go to `pool`, or are refused RESOURCE_EXHAUSTED while it holds `limit` calls."""
 
     def __init__(self, pool: CountingPool, limit: int, on_refuse):
         self._pool, self._limit, self._on_refuse = pool, limit, on_refuse
@@ -91,10 +103,13 @@ class Admission(grpc.ServerInterceptor):
         self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
 
     def intercept_service(self, continuation, details):
-        if self._pool.in_flight < self._limit or not details.method.startswith(f"/{SERVICE}/"):
+        if not details.method.startswith(f"/{SERVICE}/"):
             return continuation(details)
-        self._on_refuse(details.method.rsplit("/", 1)[-1])
-        return self._refuse
+        if self._pool.in_flight >= self._limit:
+            self._on_refuse(details.method.rsplit("/", 1)[-1])
+            return self._refuse
+        handler = continuation(details)
+        return None if handler is None else _on_pool(handler, self._pool)
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -127,14 +142,15 @@ class App:
         self.config = config
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
-        self.pool = CountingPool(config.max_concurrent_rpcs + SPARE_THREADS)
+        self.pool = CountingPool(config.max_concurrent_rpcs)  # GeneratorService calls only
         self.telemetry.track_in_flight(lambda: self.pool.in_flight)
         interceptors = [TokenAuth(config.token())] if config.token() else []
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(self.pool, interceptors=interceptors, options=options)
+        self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),
+                                  interceptors=interceptors, options=options)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         pb_grpc.add_GeneratorServiceServicer_to_server(GeneratorService(self.registry, config, self.telemetry),
@@ -196,6 +212,7 @@ class App:
         self.server.stop(self.config.drain_s if grace is None else grace).wait()
         self.registry.close()
         self.telemetry.close()
+        self.pool.shutdown(wait=False)
 
 
 def create_server(config: Config | None = None, **overrides) -> tuple[grpc.Server, int, App]:
