@@ -124,19 +124,19 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
     logp = mixture.log_density(np.stack([xx.ravel(), yy.ravel()], 1)).reshape(xx.shape)
     # contours at 1, 2, 3 std of a mode (log-density below the peak by k^2/2)
     levels = logp.max() - np.array([4.5, 2.0, 0.5])
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 6.2), squeeze=False)
     for ax, ev in zip(axes[0], evals):
         n = max(d.n_q for d in ev.results)
-        x = c.sample(n, seed=(ev.seed + 1) % 2**64, model=_short(ev.q))  # the server's Q seed is seed + 1
+        # the evaluated samples: the server's Q seed is seed + 1; streamed, as n may exceed Sample's limit
+        x = np.concatenate([ch.images for ch in c.stream(n, seed=(ev.seed + 1) % 2**64, model=_short(ev.q))])
         ax.contour(xx, yy, logp, levels=levels, colors=["#9ecae1", "#4292c6", "#08306b"], linewidths=0.8)
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.35, color="#d62728", linewidths=0)
         ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
         ax.set_title(f"{_short(ev.q)}: {n} samples", fontsize=10)
-        ax.text(0.02, 0.02, _summary(ev, ("modes_covered", "high_quality", "mc_kl_qp", "mc_js", "w1_exact",
-                                          "js_critic", "w1_critic")),
-                transform=ax.transAxes, fontsize=6.5, family="monospace", va="bottom",
-                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
-    fig.suptitle(f"samples (red) over the {reference} density (contours at 1, 2, 3 std of each mode)", fontsize=10)
+        ax.text(0.0, -0.1, _summary(ev, ("modes_covered", "high_quality", "reverse_kl_modes", "mc_kl_qp", "mc_js",
+                                          "w1_exact", "js_critic", "w1_critic")),
+                transform=ax.transAxes, fontsize=7, family="monospace", va="top")
+    fig.suptitle(f"samples (red) over the {reference} density\n(contours at 1, 2, 3 std of each mode)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=130)
 
@@ -208,6 +208,12 @@ def _plot(c: Client, a, evals: list, out: Path) -> str:
         plt.close("all")
 
 
+def _why(d) -> str:
+    """The part of a result's note that explains an infinite value or a lower bound."""
+    parts = d.note.split("; ")
+    return next((x for x in parts if x.startswith(("+inf", "variational lower bound"))), parts[0])
+
+
 def cmd_evaluate(c: Client, a) -> str:
     qs = a.compare or [a.q]
     if not qs or qs == [None]:
@@ -227,8 +233,8 @@ def cmd_evaluate(c: Client, a) -> str:
         header = ["metric", "unit"] + [ev.q for ev in evals]
         rows = [[m, unit] + [cell(ev, m) for ev in evals] for m, unit in metrics.items()]
         text = f"P = {evals[0].p}, seed {evals[0].seed}\n\n" + _table(rows, header)
-    notes = dict.fromkeys(f"{d.metric}: {d.note.split('; ')[0]}" for ev in evals for d in ev.results
-                          if not math.isfinite(d.value) or d.lower_bound)  # why +inf; what a bound means
+    notes = dict.fromkeys(f"{d.metric}: {_why(d)}" for ev in evals for d in ev.results
+                          if not math.isfinite(d.value) or d.lower_bound)
     if notes:
         text += "\n\n" + "\n".join(notes)
     if a.plot:
