@@ -203,6 +203,17 @@ def _call(stub, method: str, request, timeout: float) -> tuple[str, int]:
         return e.code().name, 0
 
 
+def _run_threads(client, job: dict, channels) -> None:
+    """client(i) on job["threads"] threads until they finish (each stops by job["stop_at"]), then close."""
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(job["threads"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(job["stop_at"] - time.time() + DEADLINE_S + 5)
+    for c in channels:
+        c.close()
+
+
 def mix_worker(job: dict) -> dict:
     """One client process: `threads` clients sending the mix back to back until `stop_at` (wall clock);
     records calls that end after `record_from`."""
@@ -229,13 +240,7 @@ def mix_worker(job: dict) -> dict:
                 if code != expected and len(unexpected) < 50:
                     unexpected.append(f"{label}: {code} (expected {expected})")
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(job["threads"])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(job["stop_at"] - time.time() + DEADLINE_S + 5)
-    for c in channels:
-        c.close()
+    _run_threads(client, job, channels)
     return {"by_label": out, "unexpected": unexpected}
 
 
@@ -266,13 +271,7 @@ def sample_worker(job: dict) -> dict:
             if code == "RESOURCE_EXHAUSTED":
                 time.sleep(BACKOFF_S)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(job["threads"])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(job["stop_at"] - time.time() + DEADLINE_S + 5)
-    for c in channels:
-        c.close()
+    _run_threads(client, job, channels)
     return {"ok_ms": ok_ms, "refused_ms": refused_ms, "other": other}
 
 
