@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="", help="extra flags for both ganserve servers, e.g. "
                                                      "'--intra-op-threads 2'")
     p.add_argument("--variant", default="", help="also measure a ganserve with proposed changes patched in "
-                                                "(bench/variants.py), e.g. 'latents-prefix,pool'")
+                                                "(bench/variants.py), e.g. 'latents-prefix'; 'none' for none")
+    p.add_argument("--variant-args", default="", help="extra flags for the variant server only, e.g. "
+                                                     "'--model-runners 1' (the previous default)")
     p.add_argument("--ts-workers", type=int, default=2, help="TorchServe workers per model")
     p.add_argument("--ts-batch", type=int, default=32, help="TorchServe batch size when its batching is on")
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max batch delay when batching is on")
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if quick else 2)
     dur = args.duration or (0.8 if quick else 2.5)
     in_rounds, in_round_s = (1, 0.25) if quick else (3, 0.4)
-    stream_n = args.stream_n or (20_000 if quick else 1_000_000)
+    stream_n = args.stream_n or (None if quick else 1_000_000)  # quick: sized from section A, below
     concurrencies = (1, 8, 32, 64)
     started = time.time()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -232,33 +234,46 @@ def main(argv: list[str] | None = None) -> int:
         f"{'quick' if quick else 'full'} run; results -> {json_path}")
 
     # A + B: in-process engines, nothing else running
+    section_s = results["section_s"] = {}
     for name, (vdir, m) in models.items():
         log(f"[A/B] in-process {name}")
+        t0 = time.monotonic()
         # torch.compile takes ~45 s for the first batch size on these 2 cores: the primary model only
         compile_it = not quick and not args.no_compile and name == primary
         results["models"][name] = {"kind": m["kind"], "version": m["version"], "data_kind": m["data_kind"],
                                    "inprocess": bench_model(str(vdir / m["graphs"]["generator"]["file"]), m,
                                                             rounds=in_rounds, round_s=in_round_s,
                                                             torch_compile=compile_it, log=log)}
+        section_s[f"inprocess/{name}"] = round(time.monotonic() - t0, 1)
+    if stream_n is None:
+        # quick: about 8 s of the primary's best in-process rate at batch 256 (20,000 at most, one chunk at
+        # least), so a busy machine does not stretch the minute into a quarter of an hour
+        rate = max(s["samples_per_s"] for s in results["models"][primary]["inprocess"]["batches"][256].values())
+        stream_n = int(min(20_000, max(4096, 8 * rate)))
+    results["settings"]["stream_n"] = stream_n
 
     # C, D, E, F: servers in their own processes, the load in another
     extra = tuple(args.server_args.split())
     load = Load()
     ts_server = None
+    t_servers = time.monotonic()
     try:
         with Ganserve(store, args=(*OFF_ARGS, *extra), log=tmp / "ganserve-off.log") as off, \
                 Ganserve(store, args=extra, log=tmp / "ganserve-on.log") as on, \
-                (Ganserve(store, args=extra, log=tmp / "ganserve-variant.log", entry=("-m", "bench.variants",
-                                                                                   args.variant))
-                 if args.variant else contextlib.nullcontext()) as variant:
+                (Ganserve(store, args=(*extra, *args.variant_args.split()), log=tmp / "ganserve-variant.log",
+                          entry=("-m", "bench.variants", args.variant))
+                 if args.variant or args.variant_args else contextlib.nullcontext()) as variant:
+            section_s["start_ganserve"] = round(time.monotonic() - t_servers, 1)
             if not args.no_torchserve:
+                t0 = time.monotonic()
                 try:
                     ts_server = start_torchserve(store, primary, tmp, args)
+                    section_s["start_torchserve"] = round(time.monotonic() - t0, 1)
                 except Exception as e:  # noqa: BLE001 - reported; the ganserve sections still run
                     results["torchserve_error"] = f"{type(e).__name__}: {e}"
                     log(f"TorchServe not measured: {results['torchserve_error']}")
             if variant is not None:
-                results["variant"] = {"patches": args.variant,
+                results["variant"] = {"patches": args.variant or "none", "args": args.variant_args,
                                       "same_samples_as_stock": same_samples(on, variant, primary, pman)}
             results["servers"] = run_server_sections(load, on, off, ts_server, models, primary, pdir, pman,
                                                      rounds=rounds, dur=dur, stream_n=stream_n, quick=quick,
@@ -323,7 +338,14 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
                         pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
                         variant: Ganserve | None = None) -> dict:
-    out: dict = {}
+    out: dict = {"section_s": {}}
+    clock = [time.monotonic()]
+
+    def done(section: str) -> None:  # wall seconds per section, so a slow run shows where the time went
+        now = time.monotonic()
+        out["section_s"][section] = round(now - clock[0], 1)
+        clock[0] = now
+
     k = pman["num_classes"]
     onnx = str(pdir / pman["graphs"]["generator"]["file"])
     grpc_t = lambda server, model=primary, m=pman: {"kind": "grpc", "address": server.address,  # noqa: E731
@@ -347,6 +369,7 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             load(run(ts_t(name), n=1, c=4, d=0.3))
         out["torchserve_rss_after_warmup_mb"] = ts.usage()["rss"] / 2**20
     log(f"[F] ganserve RSS after warm-up: {out['rss_after_warmup_mb']['on']:.0f} MB")
+    done("warmup")
 
     # C: latency for n = 1, 64, 256 against in-process runs of the same batch (same loop, same process)
     out["latency"] = {}
@@ -354,11 +377,14 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
         log(f"[C] latency n={n}")
         contenders = [("inproc/t1", run(inproc_t(1), n=n), None), ("inproc/t2", run(inproc_t(2), n=n), None),
                       ("ganserve", run(grpc_t(on), n=n), on)]
+        if n > 1:
+            contenders.insert(2, ("inproc/2x1", run(inproc_t("2x1"), n=n), None))
         if ts is not None:
             contenders.append(("torchserve", run(ts_t("ts-unbatched"), n=n), ts))
         if variant is not None:
             contenders.append(("ganserve-variant", run(grpc_t(variant), n=n), variant))
         out["latency"][n] = interleaved(load, contenders, rounds)
+    done("latency")
 
     # C + D: single-sample throughput vs concurrency, batching off and on, ganserve and TorchServe
     out["throughput"] = {}
@@ -372,13 +398,16 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders.append(("ganserve-variant/on", run(grpc_t(variant), c=c), variant))
         if c == 32:  # the in-process best, interleaved with the comparison that is judged against it
             contenders += [("inproc-b64/t1", run(inproc_t(1), n=64), None),
-                           ("inproc-b64/t2", run(inproc_t(2), n=64), None)]
+                           ("inproc-b64/t2", run(inproc_t(2), n=64), None),
+                           ("inproc-b64/2x1", run(inproc_t("2x1"), n=64), None)]
         out["throughput"][c] = interleaved(load, contenders, rounds)
+    done("throughput")
 
     # C: encodings
     log("[C] encodings n=64")
     out["encoding"] = interleaved(load, [(enc, run(grpc_t(on), n=64, enc=enc), on)
                                          for enc in ("float32", "uint8", "png")], rounds)
+    done("encoding")
 
     # batching gain per shipped generator (concurrency 32), to set against its in-process batch curve
     out["batching_by_model"] = {}
@@ -387,12 +416,13 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
         out["batching_by_model"][name] = interleaved(
             load, [("off", run(grpc_t(off, name, m), c=32, d=dur / 2 if not quick else dur), off),
                    ("on", run(grpc_t(on, name, m), c=32, d=dur / 2 if not quick else dur), on)], rounds)
+    done("batching_by_model")
 
     # E: SampleStream job between two in-process ceiling measurements at the stream's chunk size
     chunk = 4096
     log(f"[E] SampleStream of {stream_n} samples (chunk {chunk})")
     # sessions are warm (latency section); one chunk-sized run takes seconds, so no warm-up call here
-    before = {t: load(run(inproc_t(t), n=chunk, d=1.0, w=0.0)) for t in (1, 2)}
+    before = {t: load(run(inproc_t(t), n=chunk, d=1.0, w=0.0)) for t in (1, 2, "2x1")}
     stream = {}
     for enc in ("uint8",):
         u0 = on.usage()
@@ -401,10 +431,11 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
         if "error" not in res:
             res["server_cpu_cores"] = (u1["cpu_s"] - u0["cpu_s"]) / res["wall_s"]
         stream[enc] = res
-    after = {t: load(run(inproc_t(t), n=chunk, d=1.0, w=0.0)) for t in (1, 2)}
+    after = {t: load(run(inproc_t(t), n=chunk, d=1.0, w=0.0)) for t in (1, 2, "2x1")}
     out["stream"] = {"n": stream_n, "chunk": chunk, "results": stream,
                      "ceiling_before": {t: r.get("samples_per_s") for t, r in before.items()},
                      "ceiling_after": {t: r.get("samples_per_s") for t, r in after.items()}}
+    done("stream")
 
     # F: memory after the load
     out["rss_after_load_mb"] = {"on": on.usage()["rss"] / 2**20, "off": off.usage()["rss"] / 2**20}

@@ -64,6 +64,29 @@ def ort_session(path: str, threads: int):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+class SplitRun:
+    """One batch cut into `parts` contiguous parts run at the same time on one 1-intra-op-thread session, each
+    part on its own thread (the caller runs the last): what the server's batcher does with a large batch
+    (server/batcher.py, model_runners), measured in-process so the ceiling includes it."""
+
+    def __init__(self, session, parts: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.session, self.parts = session, parts
+        self.pool = ThreadPoolExecutor(parts - 1)
+
+    def run(self, names, feeds: dict) -> list:
+        rows = len(next(iter(feeds.values())))
+        if rows < self.parts:
+            return self.session.run(names, feeds)
+        step = -(-rows // self.parts)
+        cuts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, rows, step)]
+        pending = [self.pool.submit(self.session.run, names, c) for c in cuts[:-1]]
+        last = self.session.run(names, cuts[-1])
+        outs = [f.result() for f in pending] + [last]
+        return [np.concatenate([o[i] for o in outs]) for i in range(len(last))]
+
+
 def feeds_for(manifest: dict, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Generator inputs for `batch` samples: latents of `seed` (+ one-hot labels cycling over the classes)."""
     from protos import latents as latent_fn
@@ -123,6 +146,7 @@ def bench_model(onnx_path: str, manifest: dict, *, batches=(1, 8, 64, 256), thre
 
     count = flops.count(onnx_path, batch=1)
     sessions = {t: ort_session(onnx_path, t) for t in threads}
+    split = SplitRun(sessions[1] if 1 in sessions else ort_session(onnx_path, 1))
     out_name = manifest["graphs"]["generator"]["outputs"][0]["name"]
     result = {"flops_per_sample": count.per_sample, "params": count.params, "flops_by_op": count.by_op,
               "uncounted_elements": count.uncounted, "batches": {}, "torch": {}}
@@ -147,6 +171,8 @@ def bench_model(onnx_path: str, manifest: dict, *, batches=(1, 8, 64, 256), thre
     for b in batches:
         feeds = feeds_for(manifest, b)
         contenders = [Contender(f"ort/t{t}", (lambda s=s, f=feeds: s.run([out_name], f))) for t, s in sessions.items()]
+        if b >= 8:  # the batch in two halves on two 1-thread runs at once (the server's model_runners = 2)
+            contenders.append(Contender("ort/2x1", lambda f=feeds: split.run([out_name], f)))
         if runner is not None:
             # torch and ONNX Runtime keep separate thread pools; set torch's before each of its rounds
             if torch_eager:

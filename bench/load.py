@@ -18,7 +18,8 @@ Targets:
     {"kind": "http", "url": "http://127.0.0.1:8080/predictions/gan-mnist", "num_classes": 0}
         TorchServe through our handler (training/torchserve.py): POST {"n", "seed"[, "labels"]}
     {"kind": "inproc", "onnx": "path", "threads": 1, "latent_dim": 100, "num_classes": 0}
-        ONNX Runtime in this process on pre-made inputs: the in-process ceiling under the same loop
+        ONNX Runtime in this process on pre-made inputs: the in-process ceiling under the same loop;
+        threads "2x1": each call's batch in two halves on two 1-thread runs at once (bench/inprocess.SplitRun)
 
 Each reply: requests, samples, errors (+ first_error), wall_s, req_per_s, samples_per_s, latency percentiles
 in ms, bytes per response, and this process's CPU seconds (user + system, getrusage) over the window.
@@ -126,9 +127,11 @@ class InprocTarget:
     """ONNX Runtime in this process; inputs are made before the timed loop (the strict ceiling)."""
 
     def __init__(self, spec: dict, concurrency: int):
-        from bench.inprocess import ort_session
+        from bench.inprocess import SplitRun, ort_session
 
-        self.session = ort_session(spec["onnx"], int(spec.get("threads", 1)))
+        threads = spec.get("threads", 1)
+        self.session = ort_session(spec["onnx"], 1 if threads == "2x1" else int(threads))
+        self.runner = SplitRun(self.session) if threads == "2x1" else self.session
         self.names = [i.name for i in self.session.get_inputs()]
         self.spec, self.feeds = spec, {}
 
@@ -143,7 +146,7 @@ class InprocTarget:
         return self.feeds[n]
 
     def call(self, worker: int, seed: int, n: int, encoding: str) -> int:
-        return self.session.run(None, self._feeds(n))[0].nbytes
+        return self.runner.run(None, self._feeds(n))[0].nbytes
 
     def close(self):
         pass

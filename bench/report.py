@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-ENGINES = ("ort/t1", "ort/t2", "torch-eager/t1", "torch-eager/t2", "torch-compile/t1", "torch-compile/t2")
+ENGINES = ("ort/t1", "ort/t2", "ort/2x1", "torch-eager/t1", "torch-eager/t2", "torch-compile/t1", "torch-compile/t2")
 
 
 def _f(x, fmt="{:,.0f}") -> str:
@@ -21,7 +21,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _lat(r: dict | None) -> str:
-    if not r or "p50_ms" not in r:
+    if r is None:
+        return "—"
+    if "p50_ms" not in r:
         return "error: " + (r or {}).get("error", "not run")[:60]
     return f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}"
 
@@ -55,13 +57,13 @@ def targets(res: dict) -> list[dict]:
     lat = srv.get("latency", {})
     r256 = lat.get("256", {})
     if "ganserve" in r256 and "samples_per_s" in r256["ganserve"]:
-        ref = max(r256.get("inproc/t1", {}).get("samples_per_s", 0), r256.get("inproc/t2", {}).get("samples_per_s", 0))
+        ref = max(v.get("samples_per_s", 0) for k, v in r256.items() if k.startswith("inproc/"))
         got = r256["ganserve"]["samples_per_s"]
         add("n=256 request: server >= 90% of in-process ORT at batch 256",
             f"{got:,.0f} vs {ref:,.0f} samples/s in-process (same rounds) = {got / ref:.0%}", got >= 0.9 * ref)
     r1 = lat.get("1", {})
     if "ganserve" in r1 and "p50_ms" in r1["ganserve"]:
-        ref = min(r1.get("inproc/t1", {}).get("p50_ms", 1e9), r1.get("inproc/t2", {}).get("p50_ms", 1e9))
+        ref = min(v.get("p50_ms", 1e9) for k, v in r1.items() if k.startswith("inproc/"))
         g = r1["ganserve"]
         add("n=1, one client: p50 within 1 ms of in-process, p99 <= 10 ms",
             f"p50 {g['p50_ms']:.2f} ms vs {ref:.2f} ms in-process (+{g['p50_ms'] - ref:.2f} ms), p99 {g['p99_ms']:.2f} ms",
@@ -69,8 +71,7 @@ def targets(res: dict) -> list[dict]:
     tp = srv.get("throughput", {})
     c32 = tp.get("32", {})
     if "ganserve/on" in c32 and "samples_per_s" in c32["ganserve/on"]:
-        ref = max(c32.get("inproc-b64/t1", {}).get("samples_per_s", 0),
-                  c32.get("inproc-b64/t2", {}).get("samples_per_s", 0))
+        ref = max(v.get("samples_per_s", 0) for k, v in c32.items() if k.startswith("inproc-b64/"))
         best_a, eng, b = inprocess_best(prim)
         ref_note = f"in-process batch 64 in the same rounds {ref:,.0f}/s (section A best: {best_a:,.0f}/s, {eng} b{b})"
         g = c32["ganserve/on"]
@@ -135,6 +136,9 @@ def render(res: dict) -> str:
              f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_start', []))}, at end "
              f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_end', []))}. "
              f"{'Quick' if res.get('quick') else 'Full'} run, {res.get('wall_s', 0):.0f} s."]
+    sections = {**res.get("section_s", {}), **res.get("servers", {}).get("section_s", {})}
+    if sections:
+        parts[0] += " Seconds per section: " + ", ".join(f"{k} {v:.0f}" for k, v in sections.items()) + "."
 
     for name, m in res["models"].items():
         ip = m["inprocess"]
@@ -167,20 +171,23 @@ def render(res: dict) -> str:
         variant = res.get("variant")
         rows = []
         for n, r in srv.get("latency", {}).items():
-            rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "ganserve", "torchserve")),
+            rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "inproc/2x1", "ganserve",
+                                                      "torchserve")),
                          _f(r.get("ganserve", {}).get("samples_per_s")),
                          _f(r.get("torchserve", {}).get("samples_per_s"))]
                         + ([_lat(r.get("ganserve-variant")), _f(r.get("ganserve-variant", {}).get("samples_per_s"))]
                            if variant else []))
         parts.append(f"### Latency, one client ({prim}); p50 / p99 ms\n\n" + _table(
-            ["n", "in-process ORT t1", "in-process ORT t2", "ganserve gRPC", "TorchServe HTTP", "ganserve samples/s",
-             "TorchServe samples/s"] + (["ganserve + proposed changes", "(its samples/s)"] if variant else []), rows)
-            + (f"\n\nProposed changes (bench/variants.py, not the shipped server): {variant['patches']}; same samples "
-               f"as the stock server: {variant['same_samples_as_stock']}." if variant else ""))
+            ["n", "in-process ORT t1", "in-process ORT t2", "in-process ORT 2x1", "ganserve gRPC", "TorchServe HTTP",
+             "ganserve samples/s", "TorchServe samples/s"]
+            + (["ganserve variant", "(its samples/s)"] if variant else []), rows)
+            + (f"\n\nganserve variant (not the shipped server): patches {variant['patches']} (bench/variants.py), "
+               f"flags `{variant.get('args') or 'the same'}`; same samples as the shipped server: "
+               f"{variant['same_samples_as_stock']}." if variant else ""))
         rows = []
         for c, r in srv.get("throughput", {}).items():
             for k in ("ganserve/off", "ganserve/on", "ganserve-variant/on", "torchserve/off", "torchserve/on",
-                      "inproc-b64/t1", "inproc-b64/t2"):
+                      "inproc-b64/t1", "inproc-b64/t2", "inproc-b64/2x1"):
                 if k not in r:
                     continue
                 x = r[k]
@@ -221,7 +228,7 @@ def render(res: dict) -> str:
             parts.append(f"### SampleStream job ({st['n']:,} samples, chunk {st['chunk']})\n\n" + _table(
                 ["encoding", "samples/s", "in-process ceiling/s", "ratio", "wall s", "client CPU cores",
                  "server CPU cores"], rows)
-                + "\n\nCeiling = in-process ORT at the chunk size, best of 1/2 threads, measured just before "
+                + "\n\nCeiling = in-process ORT at the chunk size, best of 1 thread, 2 threads and 2x1, measured just before "
                   f"({', '.join(f't{t} {_f(v)}' for t, v in cb.items())}) and after "
                   f"({', '.join(f't{t} {_f(v)}' for t, v in ca.items())}) the stream.")
         if "rss_after_load_mb" not in srv:

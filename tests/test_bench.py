@@ -211,3 +211,15 @@ def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():
             assert len({name for _, name in runs}) == (1 if n < 64 else 2)
     finally:
         b.close()
+
+
+def test_split_run_equals_one_run(model_store):
+    # the in-process "2x1" contender computes exactly what one call computes (odd batch, batch of 1)
+    from bench.inprocess import SplitRun, ort_session
+
+    session = ort_session(str(model_store / "tiny-cgan" / "1" / "generator.onnx"), 1)
+    split = SplitRun(session)
+    rng = np.random.default_rng(3)
+    for n in (7, 1):
+        feeds = {"z": rng.standard_normal((n, 8), dtype=np.float32), "y": np.eye(4, dtype=np.float32)[np.arange(n) % 4]}
+        np.testing.assert_array_equal(split.run(None, feeds)[0], session.run(None, feeds)[0])
