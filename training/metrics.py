@@ -147,7 +147,7 @@ def _clip(value: float, ci: tuple[float, float], lo: float, hi: float, notes: li
     in the note, since a value outside the range is the estimator's bias showing."""
     if lo <= value <= hi:
         return value, (max(ci[0], lo), min(ci[1], hi))
-    notes.insert(0, f"raw estimate {value:.4g} is outside [{lo:.4g}, {hi:.4g}] (estimator bias/noise); clipped")
+    notes.insert(0, f"raw estimate {value:.4g} is outside [{lo:.4g}, {hi:.4g}] (estimator bias/noise), clipped")
     clipped = min(max(value, lo), hi)
     return clipped, (min(max(ci[0], lo), hi), min(max(ci[1], lo), hi))
 
@@ -320,7 +320,7 @@ def _histogram_metric(name: str):
                 empty = np.flatnonzero((a > 0) & (b == 0))
                 notes.append(
                     f"+inf: {b_name} has zero count in bin(s) [{_bin_names(empty, labels)}] where {a_name} has mass "
-                    f"(plug-in estimate; the true value may be finite if {b_name}'s mass there is only unobserved)")
+                    f"(plug-in estimate: the true value may be finite if {b_name}'s mass there is only unobserved)")
         if bootstrap > 0 and not (p_exact and q_exact):
             bp = (_resample_counts(boot_rng, cp, bootstrap) if not p_exact else np.broadcast_to(pp, (bootstrap, len(pp))))
             bq = (_resample_counts(boot_rng, cq, bootstrap) if not q_exact else np.broadcast_to(qq, (bootstrap, len(qq))))
