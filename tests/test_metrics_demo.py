@@ -35,3 +35,11 @@ def test_demo_js_saturates_w1_grows_and_kls_disagree(tmp_path, capsys):
     assert on["mc_kl_pq"] > 10 * between["mc_kl_pq"] and between["mc_kl_qp"] > 2 * on["mc_kl_qp"]
     assert on["mc_kl_qp"] == pytest.approx(math.log(2), abs=0.02)  # Q on one mode: KL(Q||P) = log 2 - tiny
     assert on["knn_kl_pq"] > between["knn_kl_pq"] and between["knn_kl_qp"] > on["knn_kl_qp"]  # from samples too
+
+
+def test_docs_metrics_table_is_the_registry():
+    """docs/divergence_evaluation.md carries metrics_table_markdown() verbatim (regenerate it when a metric changes)."""
+    from training.metrics import metrics_table_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "divergence_evaluation.md").read_text()
+    assert metrics_table_markdown() in doc
