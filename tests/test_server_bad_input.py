@@ -1,7 +1,7 @@
 """Bad input: every mistake gets a chosen status and a message naming the field (issue 8, items 1-3).
 
-The table below is also the README's table (input -> status -> message); `python -m tests.test_server_bad_input`
-prints it as markdown from a live server. The hypothesis test throws random and malformed requests at every RPC:
+The table below is also the README's table (input -> status -> message); `python -m tests.test_server_bad_input
+> docs/bad_input.md` writes it as markdown from a live server over the tiny test models. The hypothesis test throws random and malformed requests at every RPC:
 never UNKNOWN or INTERNAL, and the server stays healthy.
 """
 
@@ -317,3 +317,34 @@ def markdown_table(target: str) -> str:
                 status, message = e.code().name, e.details()
             rows.append(f"| {what} | {method} | {status} | `{message.replace('|', '/')}` |")
     return "\n".join(rows)
+
+
+def main() -> int:
+    """Print the table from a server over a fresh tiny store (the same models the tests use)."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import publish_cgan, publish_evaluator, publish_gan, publish_points, start_server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store, build = Path(tmp) / "store", Path(tmp) / "build"
+        for publish in (publish_gan, publish_cgan, publish_points, publish_evaluator):
+            publish(store, build)
+        running = start_server(store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
+        try:
+            table = markdown_table(running.target)
+            with grpc.insecure_channel(running.target) as channel:  # the size limit (1 MiB for this table)
+                try:
+                    pb_grpc.GeneratorServiceStub(channel).Invert(INV(images=T(np.zeros((300_000,), np.float32))))
+                    status, message = "OK", ""
+                except grpc.RpcError as e:
+                    status, message = e.code().name, e.details()
+            print(f"{table}\n| message of 1.2 MB over a 1 MiB limit (`--max-message-bytes`) | Invert | {status} | "
+                  f"`{message}` |")
+        finally:
+            running.app.stop(0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
