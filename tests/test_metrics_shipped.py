@@ -14,27 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sdk import Client, FailedPreconditionError
 from tests.conftest import start_server
+from tests.test_server_shipped_models import STORE, _need, _present
 
-STORE = Path(__file__).resolve().parent.parent / "model_store"
 N, SEED = 1000, 3
-
-
-def _present(name: str) -> bool:  # as in tests/test_server_shipped_models.py
-    folder = STORE / name
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
-
-
-def _need(*names: str) -> None:
-    missing = [n for n in names if not _present(n)]
-    if missing:
-        pytest.skip(f"not in model_store/ yet: {', '.join(missing)}")
 
 
 @pytest.fixture(scope="module")
