@@ -16,13 +16,16 @@ Phases:
    an unknown model, a path in the model name) that must get their specific status. Any other status is an
    unexpected error. Server RSS is sampled every second; the RSS after the soak is compared with after
    the warm-up (a leak shows as growth; the target is within 10%).
-4. overload: first the admitted throughput with as many clients as the server admits (max_concurrent_rpcs,
-   Sample n=8), then --overload-factor times as many clients for the same time. A refused client waits
+4. overload, on a second server started with a lower admission limit (--overload-limit, so that a few
+   hundred client threads are enough to overload it on a small machine): first the admitted throughput with
+   as many clients as it admits (Sample n=8), then --overload-factor times as many for the same time. A refused client waits
    20 ms before its next call, as a client with a small backoff would (without it the refused clients
    spin and take the 2 cores from the server). Reported: how fast refusals come back (they must be
    RESOURCE_EXHAUSTED within milliseconds, not timeouts), the admitted throughput against the first
    figure, and a health probe every 100 ms from another connection (must stay SERVING).
-5. SIGTERM: the server must drain and exit 0.
+5. SIGTERM, after each phase: the server must drain and exit 0.
+
+The soak server runs with the defaults of `python -m server` (max_concurrent_rpcs 128 > 64 clients).
 
 Prints a markdown table and writes JSON (--json).
 """
@@ -69,7 +72,7 @@ def discover(target: str) -> dict:
     pick = lambda ms: ms[0].name if ms else None  # noqa: E731
     inv = [m for m in images if m.capabilities.invertible or m.capabilities.optimizable]
     return {
-        "unconditional": pick([m for m in images if not m.capabilities.conditional]),
+        "unconditional": [m.name for m in images if not m.capabilities.conditional],
         "conditional": [m.name for m in images if m.capabilities.conditional],
         "points": pick([m for m in gens if m.data_kind == pb.POINTS and not m.capabilities.conditional]),
         "invertible": [{"name": m.name, "conditional": m.capabilities.conditional,
@@ -107,7 +110,7 @@ class Mix:
         kind = kind or r.choices(self.kinds, self.weights)[0]
         roles = self.roles
         if kind == "Sample":
-            model = roles["points"] if roles["points"] and r.random() < 0.15 else roles["unconditional"]
+            model = roles["points"] if roles["points"] and r.random() < 0.15 else r.choice(roles["unconditional"])
             enc = pb.ENCODING_FLOAT32 if model == roles["points"] else r.choice(
                 [pb.ENCODING_FLOAT32, pb.ENCODING_UINT8, pb.ENCODING_PNG])
             return kind, kind, pb.SampleRequest(model=model, n=r.randint(1, 16), seed=self._seed(), encoding=enc), "OK"
@@ -123,7 +126,7 @@ class Mix:
                                                   labels=[r.randrange(k) for _ in range(r.choice([1, n]))])
             return kind, kind, req, "OK"
         if kind == "SampleStream":
-            return kind, kind, pb.SampleStreamRequest(model=roles["unconditional"], n=r.choice([256, 512, 1024]),
+            return kind, kind, pb.SampleStreamRequest(model=r.choice(roles["unconditional"]), n=r.choice([256, 512, 1024]),
                                                       seed=self._seed(), chunk_size=256,
                                                       encoding=pb.ENCODING_UINT8), "OK"
         if kind == "Interpolate":
@@ -139,7 +142,7 @@ class Mix:
                 return "Interpolate(images)", kind, pb.InterpolateRequest(model=m["name"], endpoints=ends, steps=8,
                                                                           method=method), "OK"
             ends = [pb.Endpoint(seed=self._seed()) for _ in range(r.randint(2, 4))]
-            return kind, kind, pb.InterpolateRequest(model=roles["unconditional"], endpoints=ends, steps=8,
+            return kind, kind, pb.InterpolateRequest(model=r.choice(roles["unconditional"]), endpoints=ends, steps=8,
                                                      method=method), "OK"
         if kind == "Invert":
             m = r.choice(roles["invertible"])
@@ -151,9 +154,9 @@ class Mix:
                 req.labels.extend([r.randrange(roles["num_classes"][m["name"]]) for _ in range(len(x))])
             return f"Invert({method})", kind, req, "OK"
         if kind == "EvaluateDivergence":
-            model = r.choice([roles["unconditional"], *roles["conditional"]])
+            model = r.choice([*roles["unconditional"], *roles["conditional"]])
             p = (pb.DataSource(reference=roles["evaluate_p"]) if roles["evaluate_p"]
-                 else pb.DataSource(model=pb.ModelSource(model=roles["unconditional"])))
+                 else pb.DataSource(model=pb.ModelSource(model=roles["unconditional"][0])))
             return kind, kind, pb.EvaluateDivergenceRequest(p=p, q=pb.DataSource(model=pb.ModelSource(model=model)),
                                                             metrics=["tv", "js"], n=200, seed=self._seed(),
                                                             bootstrap=10), "OK"
@@ -163,7 +166,7 @@ class Mix:
             return kind, kind, pb.GetModelRequest(model=r.choice(roles["all"])), "OK"
         what = r.choice(sorted(EXPECTED_BAD))
         if what == "n=0":
-            req, method = pb.SampleRequest(model=roles["unconditional"], n=0), "Sample"
+            req, method = pb.SampleRequest(model=roles["unconditional"][0], n=0), "Sample"
         elif what == "label out of range" and roles["conditional"]:
             req, method = pb.SampleConditionalRequest(model=roles["conditional"][0], n=2, labels=[99]), \
                 "SampleConditional"
@@ -397,20 +400,104 @@ def render(res: dict) -> str:
            f"({100 * s['rss_growth']:+.1f}%), peak {s['rss_peak_mb']:.0f} MB (target: within 10%: "
            f"{'met' if abs(s['rss_growth']) <= 0.10 else 'NOT met'})", ""]
     b, ov = o["baseline"], o["overload"]
-    out += [f"Overload: {o['limit']} admitted at once (max_concurrent_rpcs); Sample n=8", "",
+    out += [f"SIGTERM after the soak: exit status {s['sigterm_exit']} after {s['sigterm_s']:.1f} s.", "",
+            f"Overload: a server admitting {o['limit']} calls at once (--max-concurrent-rpcs {o['limit']}); "
+            f"Sample n=8; a refused client waits {1000 * o['backoff_s']:.0f} ms", "",
             _table(["phase", "clients", "admitted/s", "admitted p50 / p99 ms", "refused", "refusal p50 / p99 ms",
-                    "other statuses"],
+                    "other statuses", "health SERVING", "health p99 ms"],
                    [[name, str(ph["clients"]), f"{ph['admitted_per_s']:.0f}",
                      f"{ph['ok'].get('p50_ms', 0):.0f} / {ph['ok'].get('p99_ms', 0):.0f}",
                      f"{ph['refused'].get('count', 0):,}",
                      (f"{ph['refused']['p50_ms']:.1f} / {ph['refused']['p99_ms']:.1f}" if ph["refused"].get("count")
-                      else "-"), ", ".join(f"{k} {n}" for k, n in ph["other"].items()) or "none"]
+                      else "-"), ", ".join(f"{k} {n}" for k, n in ph["other"].items()) or "none",
+                     f"{ph['health']['serving']}/{ph['health']['probes']}", f"{ph['health'].get('p99_ms', 0):.1f}"]
                     for name, ph in (("admitted only", b), (f"{o['factor']}x overload", ov))]), "",
             f"Admitted throughput under overload: {100 * o['throughput_ratio']:.0f}% of the admitted-only figure. "
-            f"Health during overload: {o['health']['serving']}/{o['health']['probes']} SERVING, p99 "
-            f"{o['health']['p99_ms']:.1f} ms, max {o['health']['max_ms']:.1f} ms.",
-            f"SIGTERM at the end: exit status {res['sigterm_exit']} after {res['sigterm_s']:.1f} s."]
+            f"SIGTERM after the overload: exit status {o['sigterm_exit']} after {o['sigterm_s']:.1f} s."]
     return "\n".join(out)
+
+
+def sigterm(server: Ganserve) -> tuple[int, float]:
+    """SIGTERM the server: (exit status, seconds to exit)."""
+    t0 = time.perf_counter()
+    server.proc.send_signal(signal.SIGTERM)
+    return server.proc.wait(timeout=60), time.perf_counter() - t0
+
+
+def soak_phase(a, pool, server: Ganserve, t_start: float) -> tuple[dict, dict, dict]:
+    """Prime, warm up, then the mix for a.duration s: (results, roles, prime calls)."""
+    target = server.address
+    roles = discover(target)
+    if not roles["unconditional"]:
+        raise SystemExit("soak: the store has no unconditional image model to sample")
+    print(f"soak: server {target} pid {server.proc.pid}; models {', '.join(roles['all'])}", file=sys.stderr)
+    primed = prime(target, roles)
+    images = primed["images"]
+
+    print(f"soak: warm-up {a.warmup:.0f} s with {a.clients} clients", file=sys.stderr)
+    warm = run_clients(pool, mix_worker, target, a.clients, a.procs, a.warmup, a.warmup, roles=roles, images=images)
+    time.sleep(1.0)
+    rss_warm = tree_usage(server.proc.pid)["rss"]
+
+    print(f"soak: {a.duration:.0f} s with {a.clients} clients", file=sys.stderr)
+    sampler = RssSampler(server.proc.pid)
+    sampler.start()
+    cpu0 = tree_usage(server.proc.pid)["cpu_s"]
+    parts = run_clients(pool, mix_worker, target, a.clients, a.procs, a.duration, 0.0, roles=roles, images=images)
+    cpu1 = tree_usage(server.proc.pid)["cpu_s"]
+    rss_series = sampler.stop()
+    time.sleep(1.0)
+    rss_after = tree_usage(server.proc.pid)["rss"]
+    by_label: dict[str, dict] = {}
+    unexpected = [u for part in parts for u in part["unexpected"]]
+    for part in parts:
+        for label, rec in part["by_label"].items():
+            into = by_label.setdefault(label, {"ms": [], "codes": {}})
+            into["ms"] += rec["ms"]
+            for code, n in rec["codes"].items():
+                into["codes"][code] = into["codes"].get(code, 0) + n
+    all_ms = [m for rec in by_label.values() for m in rec["ms"]]
+    unexpected_count = sum(n for label, rec in by_label.items() for code, n in rec["codes"].items()
+                           if code != (EXPECTED_BAD[label[5:]] if label.startswith("bad: ") else "OK"))
+    result = {
+        "clients": a.clients, "duration_s": a.duration, "calls": len(all_ms), "calls_per_s": len(all_ms) / a.duration,
+        "by_label": {k: {**_pct(v["ms"]), "codes": v["codes"]} for k, v in by_label.items()},
+        "total": _pct(all_ms), "unexpected_count": unexpected_count, "unexpected_examples": unexpected[:20],
+        "warmup_calls": sum(len(r["ms"]) for part in warm for r in part["by_label"].values()),
+        "rss_warm_mb": rss_warm / 2**20, "rss_after_mb": rss_after / 2**20,
+        "rss_peak_mb": max([r for _, r in rss_series] + [rss_after]) / 2**20,
+        "rss_growth": (rss_after - rss_warm) / rss_warm,
+        "rss_series_mb": [[round(t - t_start, 1), round(r / 2**20, 1)] for t, r in rss_series],
+        "server_cpu_cores": (cpu1 - cpu0) / a.duration,
+    }
+    return result, {k: v for k, v in roles.items()}, primed["primed"]
+
+
+def overload_phase(a, pool, server: Ganserve, model: str) -> dict:
+    """Admitted-only throughput, then a.overload_factor x as many clients, with health probes."""
+    target = server.address
+    over = {"limit": a.overload_limit, "factor": a.overload_factor, "backoff_s": BACKOFF_S}
+    record_after = min(2.0, a.overload_seconds / 3)
+    window = a.overload_seconds - record_after
+    for name, clients in (("baseline", a.overload_limit), ("overload", a.overload_limit * a.overload_factor)):
+        print(f"soak: {name}: {clients} clients for {a.overload_seconds:.0f} s", file=sys.stderr)
+        probe = HealthProbe(target)
+        probe.start()
+        parts = run_clients(pool, sample_worker, target, clients, a.procs, a.overload_seconds, record_after,
+                            model=model)
+        health = probe.stop()
+        ok = [m for part in parts for m in part["ok_ms"]]
+        refused = [m for part in parts for m in part["refused_ms"]]
+        other: dict[str, int] = {}
+        for part in parts:
+            for code, n in part["other"].items():
+                other[code] = other.get(code, 0) + n
+        over[name] = {"clients": clients, "admitted_per_s": len(ok) / window, "ok": _pct(ok), "refused": _pct(refused),
+                      "other": other,
+                      "health": {"probes": len(health), "serving": sum(st == "SERVING" for st, _ in health),
+                                 "statuses": sorted({st for st, _ in health}), **_pct([ms for _, ms in health])}}
+    over["throughput_ratio"] = over["overload"]["admitted_per_s"] / max(over["baseline"]["admitted_per_s"], 1e-9)
+    return over
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -425,13 +512,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=15.0, help="warm-up seconds before the RSS baseline")
     p.add_argument("--overload-seconds", type=float, default=15.0, help="length of each overload phase")
     p.add_argument("--overload-factor", type=int, default=4, help="overload clients = factor x the admission limit")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=64, help="the server's admission limit")
+    p.add_argument("--overload-limit", type=int, default=32,
+                   help="max_concurrent_rpcs of the overload server (the soak server keeps the default)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="watchdog: stop everything after this")
     p.add_argument("--json", default=str(ROOT / "docs" / "soak.json"), help="'' to skip")
     p.add_argument("--quick", action="store_true", help="8 clients, 5 s phases (checks the script works)")
     a = p.parse_args(argv)
     if a.quick:
-        a.clients, a.procs, a.duration, a.warmup, a.overload_seconds, a.max_concurrent_rpcs = 8, 2, 5, 3, 4, 8
+        a.clients, a.procs, a.duration, a.warmup, a.overload_seconds, a.overload_limit = 8, 2, 5, 3, 4, 8
     if not Path(a.store).is_dir():
         p.error(f"--store {a.store} is not a folder")
 
@@ -450,97 +538,15 @@ def main(argv=None) -> int:
     log.parent.mkdir(exist_ok=True)
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "settings": {k: v for k, v in vars(a).items() if k != "json"}}
-    server = Ganserve(Path(a.store), args=("--metrics-port", "-1", "--max-concurrent-rpcs",
-                                           str(a.max_concurrent_rpcs)), log=log)
     try:
-        with server, ProcessPoolExecutor(max_workers=max(a.procs, 1),
-                                         mp_context=mp.get_context("spawn")) as pool:
-            target = server.address
-            roles = discover(target)
-            if roles["unconditional"] is None:
-                raise SystemExit("soak: the store has no unconditional image model to sample")
-            res["roles"] = {k: v for k, v in roles.items() if k != "num_classes"}
-            print(f"soak: server {target} pid {server.proc.pid}; models {', '.join(roles['all'])}", file=sys.stderr)
-            primed = prime(target, roles)
-            res["prime"] = primed["primed"]
-            images = primed["images"]
-
-            # warm-up, then the RSS baseline
-            print(f"soak: warm-up {a.warmup:.0f} s with {a.clients} clients", file=sys.stderr)
-            warm = run_clients(pool, mix_worker, target, a.clients, a.procs, a.warmup, a.warmup, roles=roles,
-                               images=images)
-            time.sleep(1.0)
-            rss_warm = tree_usage(server.proc.pid)["rss"]
-
-            # soak
-            print(f"soak: {a.duration:.0f} s with {a.clients} clients", file=sys.stderr)
-            sampler = RssSampler(server.proc.pid)
-            sampler.start()
-            cpu0 = tree_usage(server.proc.pid)["cpu_s"]
-            parts = run_clients(pool, mix_worker, target, a.clients, a.procs, a.duration, 0.0, roles=roles,
-                                images=images)
-            cpu1 = tree_usage(server.proc.pid)["cpu_s"]
-            rss_series = sampler.stop()
-            time.sleep(1.0)
-            rss_after = tree_usage(server.proc.pid)["rss"]
-            by_label: dict[str, dict] = {}
-            unexpected = [u for part in parts for u in part["unexpected"]]
-            for part in parts:
-                for label, rec in part["by_label"].items():
-                    into = by_label.setdefault(label, {"ms": [], "codes": {}})
-                    into["ms"] += rec["ms"]
-                    for code, n in rec["codes"].items():
-                        into["codes"][code] = into["codes"].get(code, 0) + n
-            all_ms = [m for rec in by_label.values() for m in rec["ms"]]
-            unexpected_count = sum(
-                n for label, rec in by_label.items() for code, n in rec["codes"].items()
-                if code != (EXPECTED_BAD[label[5:]] if label.startswith("bad: ") else "OK"))
-            res["soak"] = {
-                "clients": a.clients, "duration_s": a.duration, "calls": len(all_ms),
-                "calls_per_s": len(all_ms) / a.duration,
-                "by_label": {k: {**_pct(v["ms"]), "codes": v["codes"]} for k, v in by_label.items()},
-                "total": _pct(all_ms), "unexpected_count": unexpected_count, "unexpected_examples": unexpected[:20],
-                "warmup_calls": sum(len(r["ms"]) for part in warm for r in part["by_label"].values()),
-                "rss_warm_mb": rss_warm / 2**20, "rss_after_mb": rss_after / 2**20,
-                "rss_peak_mb": max([r for _, r in rss_series] + [rss_after]) / 2**20,
-                "rss_growth": (rss_after - rss_warm) / rss_warm,
-                "rss_series_mb": [[round(t - t_start, 1), round(r / 2**20, 1)] for t, r in rss_series],
-                "server_cpu_cores": (cpu1 - cpu0) / a.duration,
-            }
-
-            # overload: admitted-only baseline, then factor x clients
-            over = {"limit": a.max_concurrent_rpcs, "factor": a.overload_factor, "backoff_s": BACKOFF_S}
-            record_after = min(2.0, a.overload_seconds / 3)
-            for name, clients in (("baseline", a.max_concurrent_rpcs),
-                                  ("overload", a.max_concurrent_rpcs * a.overload_factor)):
-                print(f"soak: {name}: {clients} clients for {a.overload_seconds:.0f} s", file=sys.stderr)
-                probe = HealthProbe(target) if name == "overload" else None
-                if probe:
-                    probe.start()
-                parts = run_clients(pool, sample_worker, target, clients, a.procs, a.overload_seconds, record_after,
-                                    model=roles["unconditional"])
-                window = a.overload_seconds - record_after
-                ok = [m for part in parts for m in part["ok_ms"]]
-                refused = [m for part in parts for m in part["refused_ms"]]
-                other: dict[str, int] = {}
-                for part in parts:
-                    for code, n in part["other"].items():
-                        other[code] = other.get(code, 0) + n
-                over[name] = {"clients": clients, "admitted_per_s": len(ok) / window, "ok": _pct(ok),
-                              "refused": _pct(refused), "other": other}
-                if probe:
-                    health = probe.stop()
-                    lat = [ms for _, ms in health]
-                    over["health"] = {"probes": len(health), "serving": sum(s == "SERVING" for s, _ in health),
-                                      "statuses": sorted({s for s, _ in health}), **_pct(lat)}
-            over["throughput_ratio"] = over["overload"]["admitted_per_s"] / max(over["baseline"]["admitted_per_s"], 1e-9)
-            res["overload"] = over
-
-            # SIGTERM: drain and exit 0
-            t0 = time.perf_counter()
-            server.proc.send_signal(signal.SIGTERM)
-            res["sigterm_exit"] = server.proc.wait(timeout=60)
-            res["sigterm_s"] = time.perf_counter() - t0
+        with ProcessPoolExecutor(max_workers=max(a.procs, 1), mp_context=mp.get_context("spawn")) as pool:
+            with Ganserve(Path(a.store), args=("--metrics-port", "-1"), log=log) as server:
+                res["soak"], res["roles"], res["prime"] = soak_phase(a, pool, server, t_start)
+                res["soak"]["sigterm_exit"], res["soak"]["sigterm_s"] = sigterm(server)
+            with Ganserve(Path(a.store), args=("--metrics-port", "-1", "--max-concurrent-rpcs", str(a.overload_limit)),
+                          log=log) as server:
+                res["overload"] = overload_phase(a, pool, server, res["roles"]["unconditional"][0])
+                res["overload"]["sigterm_exit"], res["overload"]["sigterm_s"] = sigterm(server)
     finally:
         timer.cancel()
     res["wall_s"] = time.time() - t_start
@@ -550,8 +556,10 @@ def main(argv=None) -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
         print(f"\nwrote {a.json}", file=sys.stderr)
-    ok = (res["soak"]["unexpected_count"] == 0 and abs(res["soak"]["rss_growth"]) <= 0.10
-          and res["overload"]["health"]["serving"] == res["overload"]["health"]["probes"] and res["sigterm_exit"] == 0)
+    s, o = res["soak"], res["overload"]
+    ok = (s["unexpected_count"] == 0 and abs(s["rss_growth"]) <= 0.10 and s["sigterm_exit"] == 0
+          and o["overload"]["health"]["serving"] == o["overload"]["health"]["probes"] and o["sigterm_exit"] == 0
+          and not o["overload"]["other"])
     return 0 if ok and not watchdog_fired.is_set() else 1
 
 

@@ -30,7 +30,7 @@ class Config:
     intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
     model_runners: int = field(default=2, metadata={
         "help": "ONNX Runtime calls at once for one large batch (>= 64 rows, cut into this many parts)"})
-    max_concurrent_rpcs: int = field(default=64, metadata={
+    max_concurrent_rpcs: int = field(default=128, metadata={
         "help": "GeneratorService RPCs handled at once (one thread each); more are answered RESOURCE_EXHAUSTED "
                 "at once. Health and reflection are never refused"})
     # dynamic batcher (Triton's knobs)
