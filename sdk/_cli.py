@@ -141,7 +141,7 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
     fig.savefig(out, dpi=130)
 
 
-def _plot_histograms(evals: list, hists: list, out: Path, plt) -> None:
+def _plot_histograms(evals: list, hists: list, out: Path, plt, xlabel: str) -> None:
     """P's and each Q's class histograms side by side, with 95% binomial error bars; the metrics below."""
     fig, axes = plt.subplots(1, len(evals), figsize=(4.8 * len(evals), 4.6), squeeze=False, sharey=True)
     for ax, ev, (hp, hq) in zip(axes[0], evals, hists):
@@ -152,7 +152,7 @@ def _plot_histograms(evals: list, hists: list, out: Path, plt) -> None:
             ax.bar(k + dx, f, width=0.4, color=color, label=f"{label} ({int(h.sum())})",
                    yerr=1.96 * np.sqrt(f * (1 - f) / h.sum()), error_kw=dict(lw=0.7, capsize=1.5))
         ax.axhline(1 / len(hp), color="black", lw=0.6, ls=":")
-        ax.set_xticks(k), ax.set_xlabel("class (evaluator's prediction)")
+        ax.set_xticks(k), ax.set_xlabel(xlabel)
         ax.set_title(f"{_short(ev.q)}: {int((hq > 0).sum())}/{len(hq)} classes", fontsize=10)
         ax.legend(fontsize=7, loc="upper center", ncol=2)
         ax.text(0.0, -0.2, _summary(ev, ("kl_pq", "kl_qp", "js", "tv", "frechet", "js_critic", "w1_critic")),
@@ -200,7 +200,8 @@ def _plot(c: Client, a, evals: list, out: Path) -> str:
             except GanserveError:
                 hists = [None]
         if all(h is not None for h in hists):
-            _plot_histograms(evals, hists, out, plt)
+            xlabel = "nearest mode" if a.p in MIXTURES else "class (the evaluator's prediction for images)"
+            _plot_histograms(evals, hists, out, plt, xlabel)
             return "class histograms"
         _plot_bars(evals, out, plt)
         return "metrics with their intervals"

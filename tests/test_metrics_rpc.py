@@ -39,7 +39,8 @@ def wgan_stub(tmp_path_factory):
     """A store with a WGAN-GP-kind model whose manifest says its critic estimates the Wasserstein distance."""
     root = tmp_path_factory.mktemp("wgan")
     w = _weights(0)
-    files = {"generator.onnx": build_generator(root / "g.onnx", False, w), "critic.onnx": build_critic(root / "c.onnx", w)}
+    files = {"generator.onnx": build_generator(root / "g.onnx", False, w),
+             "critic.onnx": build_critic(root / "c.onnx", w)}
     graphs = {"generator": {"file": "generator.onnx", "inputs": [_spec("z", [LATENT])], "outputs": [_spec("x", IMG)]},
               "critic": {"file": "critic.onnx", "inputs": [_spec("x", IMG)], "outputs": [_spec("score", [1])],
                          "estimates": "wasserstein"}}
@@ -84,7 +85,8 @@ def test_point_masses_w1_is_the_gap_js_is_log2_kl_is_inf(stub, gap):
     p = DS(samples=T(np.zeros(300, np.int64)))
     q = DS(samples=T(np.ones(300, np.int64)))
     res = evaluate(stub, p, q, ["js", "js_bits", "tv", "kl_pq", "kl_qp"], seed=0, bootstrap=50)
-    assert res["js"].value == pytest.approx(math.log(2), abs=1e-12) and res["js_bits"].value == pytest.approx(1, abs=1e-12)
+    assert res["js"].value == pytest.approx(math.log(2), abs=1e-12)
+    assert res["js_bits"].value == pytest.approx(1, abs=1e-12)
     assert res["tv"].value == pytest.approx(1.0, abs=1e-12)
     for name, empty_side, where in (("kl_pq", "Q", "[0]"), ("kl_qp", "P", "[1]")):
         r = res[name]
