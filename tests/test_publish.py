@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,15 @@ def test_interrupted_publish_leaves_no_visible_version(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "start"
-    deadline = __import__("time").time() + 30
-    while __import__("time").time() < deadline:  # wait until the copy has begun
+    deadline = time.time() + 60
+    started = False
+    while not started and time.time() < deadline:  # wait until the copy has begun
         tmps = list((store / "m").glob(".tmp-*/generator.onnx")) if (store / "m").exists() else []
-        if tmps and tmps[0].stat().st_size > 0:
-            break
+        started = bool(tmps) and tmps[0].stat().st_size > 0
+        time.sleep(0.005)
     proc.kill()
     proc.wait()
+    assert started, "the publisher never began copying"
     visible = [p for p in (store / "m").iterdir() if not p.name.startswith(".")]
     assert visible == [], f"an interrupted publish left {visible}"
 

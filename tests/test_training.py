@@ -91,6 +91,35 @@ def test_projection_discriminator_is_linear_in_y():
     assert torch.allclose(mix, 0.3 * d(x, ya) + 0.7 * d(x, yb), atol=1e-5)
 
 
+def test_code_generator_reads_its_code_off_the_latent():
+    from training.dcgan import CodeGenerator, latent_code
+
+    z = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))
+    c = latent_code(z, 10)
+    assert c.shape == (4000, 10) and torch.equal(c.sum(1), torch.ones(4000))
+    assert torch.equal(c.argmax(1), z[:, :10].argmax(1))
+    freq = c.mean(0)  # uniform over the 10 values: 400 +- 3 sigma (sigma = sqrt(4000 * 0.1 * 0.9) = 19)
+    assert ((freq > 0.1 - 0.0143) & (freq < 0.1 + 0.0143)).all()
+    g = CodeGenerator(16, 10, 8, 28).eval()
+    x = g(z[:3])
+    assert x.shape == (3, 1, 28, 28)
+    assert torch.allclose(x, g.g(z[:3], c[:3]))
+    d = Discriminator(0, 8, 28, code=10)
+    score, q = d.score_and_code(x)
+    assert score.shape == (3, 1) and q.shape == (3, 10) and torch.equal(d(x), score)
+    with pytest.raises(ValueError, match="code must be in 2..latent_dim=16"):
+        CodeGenerator(16, 17)
+
+
+def test_code_config_errors():
+    with pytest.raises(ConfigError, match="code needs unconditional image data"):
+        build(GANConfig, {"code": 4, "conditional": True})
+    with pytest.raises(ConfigError, match="code needs unconditional image data"):
+        build(GANConfig, {"code": 4, "data": "ring8"})
+    with pytest.raises(ConfigError, match="code must be 0 or in 2..latent_dim=8"):
+        build(GANConfig, {"code": 9, "latent_dim": 8})
+
+
 def test_point_net_shapes():
     g, d = PointGenerator(8, 16, 2, scale=4.0), PointDiscriminator(16, 2, scale=4.0)
     x = g(torch.randn(5, 8))
@@ -168,18 +197,23 @@ TINY_GAN = dict(data="digits", latent_dim=8, g_width=8, d_width=8, batch_size=16
                 eval_samples=50, threads=1)
 
 
-@pytest.mark.parametrize("loss,conditional", [("ns", False), ("minimax", False), ("wgan-gp", False),
-                                              ("ns", True), ("wgan-clip", False)])
-def test_gan_tiny_step(tmp_path, loss, conditional):
+@pytest.mark.parametrize("loss,conditional,code", [("ns", False, 0), ("minimax", False, 0), ("wgan-gp", False, 0),
+                                                   ("ns", True, 0), ("wgan-clip", False, 0), ("ns", False, 4),
+                                                   ("wgan-gp", False, 4)])
+def test_gan_tiny_step(tmp_path, loss, conditional, code):
     from training.gan import train
 
-    cfg = GANConfig(name="t", loss=loss, conditional=conditional, n_critic=2 if "wgan" in loss else 1, **TINY_GAN)
+    cfg = GANConfig(name="t", loss=loss, conditional=conditional, code=code, n_critic=2 if "wgan" in loss else 1,
+                    **TINY_GAN)
     res = train(cfg, tmp_path, log=lambda *a: None, data=_digits())
     assert res["steps"] == 2
     assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "samples.png").exists()
     hist = res["history"]
     assert ("wasserstein_estimate" in hist) == loss.startswith("wgan")
     assert ("js_estimate" in hist) == (not loss.startswith("wgan"))
+    assert ("info_ce" in hist) == bool(code)
+    if code:  # the InfoGAN cross-entropy starts near log K (Q knows nothing yet)
+        assert 0.5 * math.log(code) <= hist["info_ce"][0][1] <= 2 * math.log(code)
 
 
 def test_toy_tiny_step_with_seeds(tmp_path):
@@ -250,3 +284,128 @@ def test_ema_tracks_weights():
     for _ in range(50):
         ema.update(lin)
     assert torch.allclose(ema.module.weight, torch.ones_like(lin.weight), atol=1e-6)
+
+
+def test_sigkill_mid_run_then_resume_publishes(tmp_path):
+    """Issue 8, item 9: SIGKILL a real `python -m training.run` after its first checkpoint, `--resume` it, publish.
+
+    Nothing is published by the killed run; the resumed run continues from the checkpoint's step (its curves
+    keep the killed run's history) and publishes version 1.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from training import run
+    from training.common import checkpoint_meta
+
+    root = Path(__file__).resolve().parent.parent
+    out, store = tmp_path / "r", tmp_path / "store"
+    args = ["--data=digits", "--latent_dim=8", "--g_width=8", "--d_width=8", "--batch_size=8", "--eval_every=20",
+            "--eval_samples=20"]
+    proc = subprocess.Popen([sys.executable, "-m", "training.run", "gan-mnist", *args, "--steps=1000000",
+                             "--out", str(out), "--store", str(store)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    ckpt = out / "checkpoint.safetensors"
+    deadline = time.time() + 600  # generous: the machine is shared; normally a few seconds
+    try:
+        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "the run wrote no checkpoint"
+        time.sleep(0.3)  # let it get past the checkpoint, mid-step
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not store.exists() or not any((store / "gan-mnist").glob("[0-9]*"))
+    killed_at = checkpoint_meta(ckpt)["step"]
+    assert killed_at >= 20 and killed_at % 20 == 0
+
+    res = run.run("gan-mnist", [*args, f"--steps={killed_at + 3}"], out=out, store=store, resume=True,
+                  log=lambda *a: None)
+    assert res["published"] == store / "gan-mnist" / "1"
+    assert res["manifest"]["training"]["steps"] == killed_at + 3
+    steps_logged = [s for s, _ in res["result"]["history"]["loss_d"]]
+    assert steps_logged[0] == 25 and steps_logged[-1] == killed_at + 3  # one history across the kill
+    assert json.loads((res["published"] / "manifest.json").read_text())["training"]["steps"] == killed_at + 3
+
+
+# --- mixture metrics through training.evaluate (known answers) ------------------------------------------
+
+def test_point_metrics_known_answers_ring8():
+    from training.data import ring8
+    from training.evaluate import point_metrics
+
+    r = ring8()
+    perfect = point_metrics(r.sample(2500, seed=0), r)
+    assert perfect["modes"] == 8
+    assert perfect["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.006)  # 98.9% within 3 std
+    assert 0 <= perfect["reverse_kl"] <= 0.01
+    collapsed = point_metrics(r.means[3] + r.std * np.random.default_rng(0).standard_normal((2500, 2)), r)
+    assert collapsed["modes"] == 1
+    assert collapsed["reverse_kl"] == pytest.approx(math.log(8), abs=1e-12)
+
+
+def test_summarize_seeds_mean_and_spread():
+    from training.evaluate import summarize_seeds
+
+    per_seed = [{"modes": 8.0, "high_quality": 0.99}, {"modes": 7.0, "high_quality": 0.97},
+                {"modes": 6.0, "high_quality": 0.95}]
+    s = summarize_seeds(per_seed, [0, 1, 2])
+    assert (s["modes"], s["modes_mean"], s["modes_std"], s["modes_min"]) == (8.0, 7.0, 1.0, 6.0)
+    assert s["high_quality_mean"] == pytest.approx(0.97, abs=1e-12)
+    assert s["high_quality_std"] == pytest.approx(0.02, abs=1e-12)
+    assert [p["seed"] for p in s["per_seed"]] == [0, 1, 2]
+
+
+def test_evaluate_cli_on_a_published_toy_writes_json_and_docs(tmp_path, capsys):
+    """train (2 seeds, a few steps) -> publish -> `python -m training.evaluate` -> JSON, table, docs/models."""
+    from training import run
+    from training.evaluate import main
+
+    store = tmp_path / "store"
+    args = ["--latent_dim=4", "--g_width=16", "--d_width=16", "--layers=2", "--batch_size=32", "--steps=3",
+            "--eval_every=3", "--seeds=2"]
+    out = run.run("wgan-gp-ring8", args, out=tmp_path / "r", store=store, log=lambda *a: None)
+    assert out["published"] == store / "wgan-gp-ring8" / "1"
+    docs = tmp_path / "docs"
+    assert main(["wgan-gp-ring8", "--store", str(store), "--json", str(tmp_path / "e.json"), "--docs", str(docs)]) == 0
+    printed = capsys.readouterr().out
+    assert "wgan-gp-ring8@1" in printed and "high_quality" in printed
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["model"] == "wgan-gp-ring8@1" and res["n"] == 2500 and 0 <= res["modes"] <= 8
+    summary = json.loads((docs / "summary.json").read_text())
+    (row,) = summary["models"]
+    assert row["seeds"] == 2 and set(row["bars"]) == {"modes_mean >= 7.95", "high_quality_mean >= 0.98",
+                                                      "reverse_kl_mean <= 0.03"}
+    assert not any(row["bars"].values())  # 3 steps of training cannot meet them
+    assert (docs / "wgan-gp-ring8" / "samples.png").is_file() and (docs / "wgan-gp-ring8" / "curves.png").is_file()
+    readme = (docs / "README.md").read_text()
+    assert readme.startswith("<!-- GENERATED by `python -m training.evaluate")
+    assert "| `wgan-gp-ring8@1` | wgan-gp |" in readme and "0/3; missed:" in readme
+
+
+def test_evaluate_cli_unknown_model(tmp_path, capsys):
+    from training.evaluate import main
+
+    assert main(["nope", "--store", str(tmp_path)]) == 1
+    assert "model 'nope' not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metrics,expected", [
+    ({"conditional_accuracy": 0.995, "conditional_accuracy_min_class": 0.98, "frechet_ratio": 9.9,
+      "precision_ratio": 0.7, "recall_ratio": 0.61}, [True] * 5),
+    ({"conditional_accuracy": 0.989, "conditional_accuracy_min_class": 0.969, "frechet_ratio": 10.1,
+      "precision_ratio": 0.59, "recall_ratio": float("nan")}, [False] * 5),
+])
+def test_cgan_quality_bars_both_sides(metrics, expected):
+    from training.evaluate import quality_bars
+
+    manifest = {"kind": "cgan", "data_kind": "image", "training": {"wall_time_s": 1000.0}}
+    bars = quality_bars(metrics, manifest)
+    assert list(bars.values()) == [*expected, True]
+    assert list(bars)[-1] == "training <= 30 min"

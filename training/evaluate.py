@@ -1,5 +1,7 @@
 """Quality metrics of a published model: python -m training.evaluate <model>[@version] [--n 10000] [--json out.json]
 
+    python -m training.evaluate all --docs docs/models   # every model: metrics, issue-3 bars, README table
+
 Samples the model's generator.onnx with onnxruntime (latents from protos.latents, seed 0), classifies images
 with the mnist-evaluator's ONNX graph, and computes with training.metrics (torch-free):
   images (MNIST), against the MNIST test split (10k):
@@ -226,6 +228,42 @@ def evaluate_model(version_dir: Path, store: Path, n: int | None = None, seed: i
     return result
 
 
+# --- the quality bars of issue 3 ------------------------------------------------------------------------
+
+# (metric, comparison, threshold); mixtures use the manifest's mean over training seeds (`<metric>_mean`).
+BARS = {
+    "evaluator": [("test_accuracy", ">=", 0.99)],
+    "cgan": [("conditional_accuracy", ">=", 0.99), ("conditional_accuracy_min_class", ">=", 0.97),
+             ("frechet_ratio", "<=", 10.0), ("precision_ratio", ">=", 0.6), ("recall_ratio", ">=", 0.6)],
+    "image": [("classes_covered", ">=", 10), ("kl_uniform", "<=", 0.02), ("frechet_ratio", "<=", 15.0),
+              ("recall_ratio", ">=", 0.6)],
+    "ring8": [("modes_mean", ">=", 7.95), ("high_quality_mean", ">=", 0.98), ("reverse_kl_mean", "<=", 0.03)],
+    "grid25": [("modes_mean", ">=", 24.9), ("high_quality_mean", ">=", 0.96), ("reverse_kl_mean", "<=", 0.03)],
+}
+MAX_TRAIN_S = 30 * 60  # each MNIST model trains in <= 30 minutes on 2 CPU cores
+
+
+def quality_bars(result: dict, manifest: dict) -> dict[str, bool]:
+    """{"<metric> <op> <threshold>": met} for the bars issue 3 sets for this kind of model ({} for other kinds)."""
+    if manifest["kind"] not in ("evaluator", "gan", "wgan-gp", "cgan"):
+        return {}
+    if manifest["kind"] == "evaluator":
+        key, values = "evaluator", result
+    elif manifest["data_kind"] == "points":
+        key, values = manifest["training"]["config"]["data"], manifest["metrics"]
+    else:
+        key, values = ("cgan" if manifest["kind"] == "cgan" else "image"), result
+    out = {}
+    for metric, op, bound in BARS[key]:
+        v = values.get(metric)
+        ok = v is not None and not (isinstance(v, float) and math.isnan(v)) and (
+            v >= bound if op == ">=" else v <= bound)
+        out[f"{metric} {op} {bound:g}"] = bool(ok)
+    if manifest["data_kind"] == "image" and manifest["kind"] != "evaluator":
+        out[f"training <= {MAX_TRAIN_S // 60} min"] = manifest["training"]["wall_time_s"] <= MAX_TRAIN_S
+    return out
+
+
 SHOWN = ["classes_covered", "kl_uniform", "conditional_accuracy", "conditional_accuracy_min_class", "frechet",
          "frechet_ratio", "kid", "precision", "precision_ratio", "recall", "recall_ratio", "modes", "high_quality",
          "reverse_kl", "test_accuracy", "test_accuracy_min_class", "real_frechet", "real_precision", "real_recall",
@@ -242,6 +280,91 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# --- docs/models: the README's table of shipped models ------------------------------------------------------
+
+def _pm(metrics: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    """'mean ± std' over training seeds (mixtures)."""
+    return f"{format(metrics[key + '_mean'] * scale, fmt)} ± {format(metrics[key + '_std'] * scale, fmt)}"
+
+
+def summary_row(result: dict, manifest: dict) -> dict:
+    """One shipped model's line of docs/models/summary.json."""
+    tr, ex, m = manifest["training"], manifest.get("export", {}), manifest["metrics"]
+    row = {"model": result["model"], "kind": manifest["kind"], "description": manifest.get("description", ""),
+           "params": ex.get("generator_params", ex.get("params")), "critic_params": ex.get("critic_params"),
+           "wall_time_s": tr.get("wall_time_s"), "steps": tr.get("steps"),
+           "samples_per_s": ex.get("inprocess_samples_per_s"), "bars": quality_bars(result, manifest)}
+    if manifest["kind"] == "evaluator":
+        row["key_metrics"] = f"test accuracy {result['test_accuracy']:.2%} (worst class " \
+                             f"{result['test_accuracy_min_class']:.2%})"
+    elif manifest["data_kind"] == "points":
+        row["wall_time_all_seeds_s"] = tr.get("wall_time_all_seeds_s")
+        row["seeds"] = m.get("seeds")
+        row["seed_metrics"] = {k: m[k] for k in m if k.endswith(("_mean", "_std", "_min", "_max"))}
+        row["key_metrics"] = (f"modes {_pm(m, 'modes', '.2f')}, high quality {_pm(m, 'high_quality', '.1f', 100)}%, "
+                              f"reverse KL {_pm(m, 'reverse_kl', '.3f')} ({m.get('seeds')} seeds)")
+    else:
+        parts = []
+        if "conditional_accuracy" in result:
+            parts.append(f"cond. accuracy {result['conditional_accuracy']:.2%} (worst class "
+                         f"{result['conditional_accuracy_min_class']:.1%})")
+        parts += [f"classes {result['classes_covered']}/10", f"KL(hist‖U) {result['kl_uniform']:.4f}",
+                  f"Fréchet {result['frechet']:.2f} = {result['frechet_ratio']:.1f}× real",
+                  f"precision {result['precision_ratio']:.2f}× / recall {result['recall_ratio']:.2f}× real"]
+        row["key_metrics"] = ", ".join(parts)
+    row["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n", "seed")}
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | kind | generator params | training wall time | key metrics | bars met |",
+             "| --- | --- | ---: | ---: | --- | --- |"]
+    for r in rows:
+        wall = r["wall_time_s"]
+        t = f"{wall / 60:.1f} min" if wall else "?"
+        if r.get("wall_time_all_seeds_s"):
+            t += f" (all {r['seeds']} seeds: {r['wall_time_all_seeds_s'] / 60:.1f} min)"
+        met = [k for k, ok in r["bars"].items() if ok]
+        missed = [k for k, ok in r["bars"].items() if not ok]
+        bars = f"{len(met)}/{len(r['bars'])}" + (f"; missed: {', '.join(f'`{k}`' for k in missed)}" if missed else "")
+        bars = bars if r["bars"] else "—"
+        params = f"{r['params']:,}" if r["params"] else "?"
+        lines.append(f"| `{r['model']}` | {r['kind']} | {params} | {t} | {r['key_metrics']} | {bars} |")
+    return "\n".join(lines)
+
+
+def write_docs(results: list[dict], store: Path, docs: Path, command: str) -> None:
+    """docs/<name>/{samples,curves}.png, summary.json and README.md (generated; never edited by hand)."""
+    import shutil
+
+    from server.manifest import read_manifest
+
+    docs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for res in results:
+        name, version = res["model"].split("@")
+        vdir = Path(store) / name / version
+        manifest = read_manifest(vdir)
+        rows.append(summary_row(res, manifest))
+        (docs / name).mkdir(exist_ok=True)
+        for f in ("samples.png", "curves.png"):
+            if (vdir / f).is_file():
+                shutil.copyfile(vdir / f, docs / name / f)
+    (docs / "summary.json").write_text(json.dumps(
+        {"generated_by": command, "models": rows}, indent=2,
+        default=lambda o: None if isinstance(o, float) and math.isnan(o) else o) + "\n")
+    pics = "\n".join(f"| `{r['model']}` | ![samples]({r['model'].split('@')[0]}/samples.png) | "
+                      f"![curves]({r['model'].split('@')[0]}/curves.png) |" for r in rows
+                      if (docs / r["model"].split("@")[0] / "samples.png").exists())
+    (docs / "README.md").write_text(
+        f"<!-- GENERATED by `{command}`: do not edit by hand; rerun the command. -->\n"
+        "# Shipped models\n\nMNIST models: 10,000 samples (latents seed 0) against the MNIST test split, "
+        "scored with the shipped `mnist-evaluator`; \"× real\" divides by the figure of 10,000 real training "
+        "images against the same test split. Mixtures: 2,500 samples per training seed (VEEGAN/PacGAN protocol), "
+        "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars are issue 3's.\n\n"
+        f"{markdown_table(rows)}\n\n| model | samples | training curves |\n| --- | --- | --- |\n{pics}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+", help="model name, name@version, or 'all'")
@@ -250,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--no-inversion", action="store_true", help="skip the inversion measurements (issue 4)")
+    p.add_argument("--docs", type=Path, default=None,
+                   help="also write <docs>/summary.json, README.md and each model's preview PNGs")
     args = p.parse_args(argv)
     if args.n is not None and args.n < 10:
         p.error(f"--n must be >= 10, got {args.n}")
@@ -265,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(format_table(res))
         results.append(res)
+    if args.docs:
+        write_docs(results, args.store, args.docs, "python -m training.evaluate " + " ".join(argv or sys.argv[1:]))
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2,
                                         default=lambda o: None if isinstance(o, float) and math.isnan(o) else o) + "\n")
