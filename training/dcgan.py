@@ -4,12 +4,6 @@ Sized for a 2-core CPU: the generator is ~1 M parameters (~13 MFLOP per 28x28 sa
 Conditioning (Mirza & Osindero 2014): G reads [z, y] where y (B, K) is a class-probability vector (one-hot for
 hard labels), so soft labels and label interpolation are meaningful at serving time. D uses the projection
 discriminator (Miyato & Koyama 2018, eq. 3): D(x, y) = psi(phi(x)) + <y E, phi(x)>, linear in y.
-
-Unconditional models may carry a categorical latent code (InfoGAN, Chen et al. 2016): `CodeGenerator` reads
-the code off the latent itself, c = onehot(argmax z[:, :K]) (uniform over K values for z ~ N(0, I)), so the
-served input stays z alone; the discriminator's `code_logits` head Q(c | x) supplies the mutual-information
-term. No labels are used: the code lets G separate the data's modes (MNIST: its digits) by a discrete jump
-instead of a continuous path through ambiguous images.
 """
 
 from __future__ import annotations
@@ -41,29 +35,6 @@ class Generator(nn.Module):
         return self.up(h)
 
 
-def latent_code(z: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) one-hot of argmax z[:, :k]: for z ~ N(0, I) each of the k values has probability 1/k.
-
-    Written as a comparison with the row maximum (ReduceMax, Equal in ONNX) rather than ArgMax + OneHot.
-    """
-    head = z[:, :k]  # (B, k)
-    return (head == head.max(1, keepdim=True).values).to(z.dtype)
-
-
-class CodeGenerator(nn.Module):
-    """z (B, latent_dim) -> x (B, 1, S, S): a Generator conditioned on the latent's own categorical code."""
-
-    def __init__(self, latent_dim: int, code: int, width: int = 64, image_size: int = 28):
-        super().__init__()
-        if not 2 <= code <= latent_dim:
-            raise ValueError(f"code must be in 2..latent_dim={latent_dim}, got {code}")
-        self.code = code
-        self.g = Generator(latent_dim, code, width, image_size)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.g(z, latent_code(z, self.code))
-
-
 class Discriminator(nn.Module):
     """x (B, 1, S, S) [, y (B, num_classes)] -> score (B, 1): a logit (GAN) or a critic value (WGAN).
 
@@ -71,7 +42,7 @@ class Discriminator(nn.Module):
     network then serves every objective.
     """
 
-    def __init__(self, num_classes: int = 0, width: int = 64, image_size: int = 28, code: int = 0):
+    def __init__(self, num_classes: int = 0, width: int = 64, image_size: int = 28):
         super().__init__()
         self.num_classes = num_classes
         feat = 2 * width * (image_size // 4) ** 2
@@ -81,15 +52,10 @@ class Discriminator(nn.Module):
             nn.Flatten())                                              # (B, feat)
         self.psi = nn.Linear(feat, 1)
         self.embed = nn.Linear(num_classes, feat, bias=False) if num_classes else None
-        self.q = nn.Linear(feat, code) if code else None  # InfoGAN's Q(c | x) head, sharing phi
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.score_and_code(x, y)[0]
-
-    def score_and_code(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        """(score (B, 1), code logits (B, K) or None) from one pass through phi."""
         h = self.phi(x)
         out = self.psi(h)  # (B, 1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1, keepdim=True)  # projection term <y E, phi(x)>
-        return out, (self.q(h) if self.q is not None else None)
+        return out

@@ -6,8 +6,6 @@ One generator step (Goodfellow et al. 2014, Alg. 1; Gulrajani et al. 2017, Alg. 
   1. n_critic times: draw a real batch (x, y) and z ~ N(0, I); update D on loss_dis(D(x), D(G(z)))
      (+ the gradient penalty for WGAN-GP; + weight clipping for WGAN).
   2. draw z (and, conditional, labels y ~ uniform); update G on loss_gen(D(G(z))); update the EMA copy of G.
-  With an InfoGAN code c = onehot(argmax z[:, :K]) (Chen et al. 2016, eq. 5): both steps also minimise
-  info_weight * CE(Q(G(z)), c), a lower bound on -I(c; G(z)) up to the constant H(c).
 Every `eval_every` generator steps: a sample grid (images) or scatter plot (points) from the EMA generator,
 quality metrics (the evaluator's for MNIST, mode metrics for mixtures), curves and a checkpoint.
 
@@ -39,8 +37,6 @@ class GANConfig:
     data: str = "mnist"              # one of DATASETS
     loss: str = "ns"                 # ns | minimax | hinge | wgan-gp | wgan-clip (training.losses.LOSSES)
     conditional: bool = False        # label into G (class-probability vector) and D (projection)
-    code: int = 0                    # unconditional images: InfoGAN categorical code of K values read off z
-    info_weight: float = 1.0         # weight of InfoGAN's mutual-information term (cross-entropy of Q(c | x))
     latent_dim: int = 64
     g_width: int = 64                # images: DCGAN channel width; points: MLP hidden units
     d_width: int = 64
@@ -75,13 +71,6 @@ class GANConfig:
                   "eval_samples", "seeds", "threads"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
-        if self.code and (self.conditional or self.points):
-            raise ValueError(f"code needs unconditional image data, got conditional={self.conditional}, "
-                             f"data={self.data!r}")
-        if self.code and not 2 <= self.code <= self.latent_dim:
-            raise ValueError(f"code must be 0 or in 2..latent_dim={self.latent_dim}, got {self.code}")
-        if self.info_weight < 0:
-            raise ValueError(f"info_weight must be >= 0, got {self.info_weight}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_decay not in ("none", "linear"):
@@ -115,11 +104,10 @@ def build_networks(cfg: GANConfig) -> tuple[nn.Module, nn.Module]:
         scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
         return (PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale),
                 PointDiscriminator(cfg.d_width, cfg.layers, scale))
-    from training.dcgan import CodeGenerator, Discriminator, Generator
+    from training.dcgan import Discriminator, Generator
 
-    g = (CodeGenerator(cfg.latent_dim, cfg.code, cfg.g_width, cfg.image_size) if cfg.code else
-         Generator(cfg.latent_dim, cfg.num_classes, cfg.g_width, cfg.image_size))
-    return g, Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size, cfg.code)
+    return (Generator(cfg.latent_dim, cfg.num_classes, cfg.g_width, cfg.image_size),
+            Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size))
 
 
 class RealData:
@@ -269,13 +257,6 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     def generate(z, y=None):
         return g(z, y) if k else g(z)
 
-    def score_fake(x_fake, z, y=None):
-        """(D's score of G(z), InfoGAN's cross-entropy of Q(c | G(z)) against z's code, 0 without a code)."""
-        if not cfg.code:
-            return critic(x_fake, y), torch.zeros(())
-        score, q = d.score_and_code(x_fake)
-        return score, F.cross_entropy(q, z[:, :cfg.code].argmax(1))
-
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, leave=False, mininterval=2.0)
     t0 = time.time()
     while step < cfg.steps:
@@ -293,7 +274,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
             y_fake = random_labels(cfg.batch_size, k, gen) if k else None
             with torch.no_grad():
                 x_fake = generate(z, y_fake)
-            s_real, (s_fake, ce_d) = critic(x_real, y_real), score_fake(x_fake, z, y_fake)
+            s_real, s_fake = critic(x_real, y_real), critic(x_fake, y_fake)
             loss_d = loss_dis(s_real, s_fake)
             gp = torch.zeros(())
             if cfg.loss == "wgan-gp":
@@ -302,17 +283,16 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                 else:
                     gp = losses.gradient_penalty(critic, x_real, x_fake, weight=cfg.gp_weight)
             opt_d.zero_grad(set_to_none=True)
-            (loss_d + gp + cfg.info_weight * ce_d).backward()
+            (loss_d + gp).backward()
             opt_d.step()
             if cfg.loss == "wgan-clip":
                 losses.clip_weights(d, cfg.clip)
         # 2. generator step
         z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
         y_fake = random_labels(cfg.batch_size, k, gen) if k else None
-        s_gen, ce_g = score_fake(generate(z, y_fake), z, y_fake)
-        loss_g = loss_gen(s_gen)
+        loss_g = loss_gen(critic(generate(z, y_fake), y_fake))
         opt_g.zero_grad(set_to_none=True)
-        (loss_g + cfg.info_weight * ce_g).backward()
+        loss_g.backward()
         opt_g.step()
         ema.update(g)
         step += 1
@@ -324,8 +304,6 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                 scalars["gradient_penalty"] = gp.item()
             else:
                 scalars["js_estimate"] = losses.js_estimate(s_real, s_fake).item()
-            if cfg.code:
-                scalars["info_ce"] = ce_g.item()  # log K when Q cannot tell the codes apart, 0 when it always can
             curves.add(step, **scalars)
             bar.set_postfix({k_: f"{v:.3f}" for k_, v in scalars.items()})
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -354,7 +332,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
 def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
     theory = (["wasserstein_estimate", "gradient_penalty"] if cfg.loss.startswith("wgan") else ["js_estimate"])
     evals = (["eval/high_quality"] if cfg.points else ["eval/frechet_ratio"])
-    groups = [("what D estimates", theory), ("losses", ["loss_d", "loss_g", "info_ce"]),
+    groups = [("what D estimates", theory), ("losses", ["loss_d", "loss_g"]),
               ("quality", evals + (["eval/modes"] if cfg.points else ["eval/recall", "eval/precision"]))]
     curves.plot(path, groups, smooth=20)
 
