@@ -68,24 +68,19 @@ def _coerce(key: str, value: Any, tp: Any, from_cli: bool) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be a bool, got {type(value).__name__} {value!r}")
         return value
-    if tp is int:
+    if tp in (int, float):
+        # TOML: an int for an int; an int or a float for a float; never a bool (a bool is an int in Python)
+        name = tp.__name__
         if from_cli:
             try:
-                return int(value)
+                return tp(value)
             except ValueError as e:
-                raise ConfigError(f"{key} must be an int, got {value!r}") from e
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be an int, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if from_cli:
-            try:
-                return float(value)
-            except ValueError as e:
-                raise ConfigError(f"{key} must be a float, got {value!r}") from e
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a float, got {type(value).__name__} {value!r}")
-        return float(value)
+                raise ConfigError(f"{key} must be {'an' if tp is int else 'a'} {name}, got {value!r}") from e
+        allowed = (int,) if tp is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ConfigError(f"{key} must be {'an' if tp is int else 'a'} {name}, "
+                              f"got {type(value).__name__} {value!r}")
+        return tp(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {type(value).__name__} {value!r}")
