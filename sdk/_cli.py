@@ -124,13 +124,13 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
     logp = mixture.log_density(np.stack([xx.ravel(), yy.ravel()], 1)).reshape(xx.shape)
     # contours at 1, 2, 3 std of a mode (log-density below the peak by k^2/2)
     levels = logp.max() - np.array([4.5, 2.0, 0.5])
-    fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 6.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 5.0), squeeze=False)
     for ax, ev in zip(axes[0], evals):
         n = max(d.n_q for d in ev.results)
         # the evaluated samples: the server's Q seed is seed + 1; streamed, as n may exceed Sample's limit
         x = np.concatenate([ch.images for ch in c.stream(n, seed=(ev.seed + 1) % 2**64, model=_short(ev.q))])
-        ax.contour(xx, yy, logp, levels=levels, colors=["#9ecae1", "#4292c6", "#08306b"], linewidths=0.8)
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.35, color="#d62728", linewidths=0)
+        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.35, color="#d62728", linewidths=0, zorder=1)
+        ax.contour(xx, yy, logp, levels=levels, colors=["#9ecae1", "#4292c6", "#08306b"], linewidths=0.8, zorder=2)
         ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
         ax.set_title(f"{_short(ev.q)}: {n} samples", fontsize=10)
         ax.text(0.0, -0.1, _summary(ev, ("modes_covered", "high_quality", "reverse_kl_modes", "mc_kl_qp", "mc_js",
@@ -138,7 +138,7 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
                 transform=ax.transAxes, fontsize=7, family="monospace", va="top")
     fig.suptitle(f"samples (red) over the {reference} density\n(contours at 1, 2, 3 std of each mode)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=130)
+    fig.savefig(out, dpi=130, bbox_inches="tight")  # keep the metrics text below the axes
 
 
 def _plot_histograms(evals: list, hists: list, out: Path, plt, xlabel: str) -> None:
@@ -161,7 +161,7 @@ def _plot_histograms(evals: list, hists: list, out: Path, plt, xlabel: str) -> N
     axes[0][0].set_ylim(0, 1.35 * top)  # shared axis; room for the legend above the bars
     axes[0][0].set_ylabel("fraction of samples (95% CI)")
     fig.tight_layout()
-    fig.savefig(out, dpi=130)
+    fig.savefig(out, dpi=130, bbox_inches="tight")  # keep the metrics text below the axes
 
 
 def _plot_bars(evals: list, out: Path, plt) -> None:
