@@ -133,3 +133,24 @@ def test_encoder_training_step(tmp_path):
     assert inv.conditional and inv.latent_dim == 8
     r = inv.invert(x.numpy(), "HYBRID", np.eye(10, dtype=np.float32)[:3], settings=rt.InversionSettings(steps=2))
     assert r.z.shape == (3, 8) and np.isfinite(r.objective).all()
+
+
+def test_label_free_encoder_on_a_conditional_model():
+    """The latent-constraint model ships its VAE encoder (image only) next to a conditional generator: each graph
+    is fed only the inputs it declares, and the model still counts as conditional."""
+    torch.manual_seed(0)
+    g, e = Tiny(nc=10).eval(), TinyEncoder().eval()
+    gm = _onnx(g, (torch.randn(2, 4), torch.eye(10)[:2]), ["z", "y"], "x")
+    inv = rt.Inverter(generator_grad=_session(build_grad_graph(gm)),
+                      encoder=_session(_onnx(e, (torch.randn(2, 1, 8, 8),), ["x"], "z")), generator=_session(gm))
+    assert inv.conditional
+    y = np.eye(10, dtype=np.float32)[np.arange(6) % 10]
+    x = inv.generate(np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32), y)
+    with torch.no_grad():
+        want = e(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(inv.encode(x, y), want, rtol=1e-5, atol=1e-6)
+    enc = inv.invert(x, "ENCODER", y, settings=rt.InversionSettings(steps=5))
+    hyb = inv.invert(x, "HYBRID", y, settings=rt.InversionSettings(steps=5))
+    assert np.all(hyb.objective <= enc.objective + 1e-5)
+    with pytest.raises(ValueError, match="required"):
+        inv.invert(x, "ENCODER")

@@ -46,11 +46,15 @@ def test_gradient_penalty_linear_critic():
     w = torch.tensor([3.0, 4.0])
     gp = gradient_penalty(lambda z: z @ w, (torch.randn(6, 2),), (torch.randn(6, 2),))
     assert float(gp) == pytest.approx(16.0, rel=1e-5)
-    # With a label input the gradient norm covers both inputs: sqrt(3^2 + 4^2 + 12^2) = 13
+    # With a label input only grad_z counts (the label is a condition): still (5 - 1)^2, whatever v is.
     v = torch.tensor([12.0])
     gp2 = gradient_penalty(lambda z, y: z @ w + y @ v, (torch.randn(6, 2), torch.rand(6, 1)),
                            (torch.randn(6, 2), torch.rand(6, 1)))
-    assert float(gp2) == pytest.approx(144.0, rel=1e-5)
+    assert float(gp2) == pytest.approx(16.0, rel=1e-5)
+    # A critic that depends on z only through y gets the (0 - 1)^2 penalty.
+    gp3 = gradient_penalty(lambda z, y: y @ v + 0 * z.sum(1), (torch.randn(6, 2), torch.rand(6, 1)),
+                           (torch.randn(6, 2), torch.rand(6, 1)))
+    assert float(gp3) == pytest.approx(1.0, rel=1e-5)
 
 
 @pytest.mark.parametrize("conditional", [True, False])

@@ -207,6 +207,54 @@ def export_encoder(enc: InversionEncoder, path: Path) -> float:
     return export_onnx(enc.eval(), probe(2, torch.Generator().manual_seed(0)), ["z"], path, probe=probe)
 
 
+# --- why a gradient graph: measurements ---------------------------------------------------------------
+
+def grad_cost(version_dir: Path, batch: int = 256, threads: int = 2, repeats: int = 5, seed: int = 0) -> dict:
+    """Cost of dloss/dz for one model version, ms per image at `batch`, in ONNX Runtime (`threads` threads):
+
+    - forward: generator.onnx alone;
+    - grad_graph: one run of generator_grad.onnx (loss and grad_z: the forward plus the VJP);
+    - finite_differences: a forward of the (latent_dim + 1) * batch perturbed latents (one-sided differences,
+      the cheapest gradient that needs only the forward graph), measured, not extrapolated;
+    and the agreement of the two gradients (cosine, mean over the batch).
+    """
+    m = read(version_dir)
+    d, k = m["latent_dim"], m["num_classes"]
+    gen = rt.make_session(version_dir / m["graphs"]["generator"]["file"], threads)
+    grad = rt.make_session(version_dir / "generator_grad.onnx", threads)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, d)).astype(np.float32)
+    yb = {"y": np.eye(k, dtype=np.float32)[rng.integers(0, k, batch)]} if k else {}
+    target = gen.run(["x"], {"z": rng.standard_normal((batch, d)).astype(np.float32), **yb})[0]
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            out = fn()
+        timed.out = out
+        return 1000 * (time.perf_counter() - t0) / repeats / batch
+
+    fwd = timed(lambda: gen.run(["x"], {"z": z, **yb})[0])
+    gg = timed(lambda: grad.run(["loss", "grad_z"], {"z": z, "target": target, **yb}))
+    g_graph = timed.out[1]
+    h = 1e-2
+    zp = np.concatenate([z[None], z[None] + h * np.eye(d, dtype=np.float32)[:, None, :]]).reshape(-1, d)  # ((d+1)B, d)
+    yp = {"y": np.tile(yb["y"], (d + 1, 1))} if k else {}
+
+    def fd():
+        x = np.concatenate([gen.run(["x"], {"z": zp[i:i + 4096], **({"y": yp["y"][i:i + 4096]} if k else {})})[0]
+                            for i in range(0, len(zp), 4096)]).reshape(d + 1, batch, -1).astype(np.float64)
+        loss = ((x - target.reshape(1, batch, -1)) ** 2).sum(2)  # (d+1, B)
+        return ((loss[1:] - loss[0]) / h).T  # (B, d)
+
+    fdt = timed(fd)
+    cos = rt.cosine(g_graph, timed.out).mean()
+    return {"batch": batch, "threads": threads, "forward_ms_per_image": fwd, "grad_graph_ms_per_image": gg,
+            "finite_differences_ms_per_image": fdt, "grad_over_forward": gg / fwd, "fd_over_grad": fdt / gg,
+            "cosine_grad_graph_vs_fd": float(cos)}
+
+
 # --- pictures ---------------------------------------------------------------------------------------------
 
 def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.InversionSettings = rt.DEFAULTS) -> None:
@@ -260,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inv-prior", type=float, default=rt.DEFAULTS.prior_weight)
     p.add_argument("--measure-only", action="store_true",
                    help="only measure the newest version as published (no training, no publishing)")
+    p.add_argument("--publish-only", action="store_true",
+                   help="publish what an earlier --no-publish run left in --work (checked against the source version)")
     args, rest = p.parse_known_args(argv)
     values = read_toml(config_path(args.config)) if args.config else {}
     values.pop("family", None)
@@ -277,6 +327,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or f"runs/{args.model}-encoder")
     work.mkdir(parents=True, exist_ok=True)
     m = read(src)
+    if args.publish_only:
+        extra = json.loads((work / "extra.json").read_text())
+        source = f"{m['name']}@{m['version']}"
+        if extra["training"]["source"] != source:
+            raise SystemExit(f"{work} was trained for {extra['training']['source']}, the newest version is {source}")
+        print(f"published {publish_with_inversion(src, work / 'encoder.onnx', work / 'generator_grad.onnx', extra, store)}")
+        return
     grad_onnx, enc_onnx = work / "generator_grad.onnx", work / "encoder.onnx"
     write_grad_graph(src / m["graphs"]["generator"]["file"], grad_onnx)
     fd = check_grad_graph(grad_onnx, src / m["graphs"]["generator"]["file"], m["latent_dim"], m["num_classes"])
@@ -300,13 +357,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.strip:
         strip_png(scratch, Path(args.strip), settings=settings)
     (work / "inversion_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.no_publish:
-        return
     extra = {"metrics": metrics,
              "export": {"parity_max_abs_diff": dict(m.get("export", {}).get("parity_max_abs_diff", {}),
                                                     encoder=parity),
                         "generator_grad_fd_max_rel_err": fd},
-             "training": {"config": dataclasses.asdict(cfg), "wall_time_s": info["wall_time_s"]}}
+             "training": {"config": dataclasses.asdict(cfg), "wall_time_s": round(info["wall_time_s"], 1),
+                          "source": f"{m['name']}@{m['version']}"}}
+    (work / "extra.json").write_text(json.dumps(extra, indent=2) + "\n")
+    if args.no_publish:
+        return
     print(f"published {publish_with_inversion(src, enc_onnx, grad_onnx, extra, store)}")
 
 

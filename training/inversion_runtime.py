@@ -87,9 +87,11 @@ class Inverter:
         if generator_grad is None and encoder is None:
             raise ValueError("need at least an encoder or a generator_grad session")
         self.grad, self.encoder, self.generator = generator_grad, encoder, generator
-        ref = generator_grad or encoder
-        names = {i.name: i for i in ref.get_inputs()}
-        self.conditional = "y" in names
+        # Conditional if any graph takes the label. An encoder may ignore it (the latent-constraint model's VAE
+        # encoder reads the image only): each graph is fed only the inputs it declares.
+        self._takes_y = {id(s): any(i.name == "y" for i in s.get_inputs())
+                         for s in (generator_grad, encoder, generator) if s is not None}
+        self.conditional = any(self._takes_y.values())
         if generator_grad is not None:
             self.latent_dim = int(generator_grad.get_inputs()[[i.name for i in generator_grad.get_inputs()].index("z")].shape[1])
         else:
@@ -116,8 +118,8 @@ class Inverter:
             raise ValueError("labels given for an unconditional model")
         return x, y
 
-    def _feed(self, feed: dict, y: np.ndarray | None, lo: int, hi: int) -> dict:
-        if y is not None:
+    def _feed(self, session, feed: dict, y: np.ndarray | None, lo: int, hi: int) -> dict:
+        if y is not None and self._takes_y[id(session)]:
             feed["y"] = y[lo:hi]
         return feed
 
@@ -125,21 +127,21 @@ class Inverter:
         if self.encoder is None:
             raise ValueError("this model has no encoder graph: use method OPTIMIZE")
         x, y = self._check(x, y)
-        out = [self.encoder.run(["z"], self._feed({"x": x[i:i + batch_size]}, y, i, i + batch_size))[0]
+        out = [self.encoder.run(["z"], self._feed(self.encoder, {"x": x[i:i + batch_size]}, y, i, i + batch_size))[0]
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.latent_dim), np.float32)
 
     def generate(self, z: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
         if self.generator is None:
             raise ValueError("no generator session given")
-        out = [self.generator.run(["x"], self._feed({"z": z[i:i + batch_size]}, y, i, i + batch_size))[0]
+        out = [self.generator.run(["x"], self._feed(self.generator, {"z": z[i:i + batch_size]}, y, i, i + batch_size))[0]
                for i in range(0, len(z), batch_size)]
         return np.concatenate(out)
 
     def objective_and_grad(self, z: np.ndarray, x: np.ndarray, y: np.ndarray | None,
                            prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
         """f(z) = ||G(z) - x||^2 + prior_weight ||z||^2 per sample, and df/dz."""
-        loss, grad = self.grad.run(["loss", "grad_z"], self._feed({"z": z, "target": x}, y, 0, len(z)))
+        loss, grad = self.grad.run(["loss", "grad_z"], self._feed(self.grad, {"z": z, "target": x}, y, 0, len(z)))
         return loss + prior_weight * (z * z).sum(1), grad + 2.0 * prior_weight * z
 
     def optimize(self, x: np.ndarray, z0: np.ndarray, y: np.ndarray | None = None,
