@@ -6,12 +6,15 @@ wait for more), max queue size in requests (a full queue rejects at once with RE
 overload is answered in microseconds rather than by timeouts), queue timeout (a request that waited longer
 is rejected). A request whose client cancelled or whose deadline passed is dropped before it costs a run.
 
-Large batches: with `runners` > 1, a batch of at least `split_rows` rows is cut into `runners` contiguous
-parts run at the same time, each an ONNX Runtime call on its own thread (Run is thread-safe; with one
-intra-op thread a call computes on its caller's thread). So one n=256 request or a stream chunk uses both
-cores of a 2-core machine without a 2-thread intra-op pool, which collapses when another process takes a
-core (DESIGN.md section 8). Small coalesced batches stay on the worker thread: at high request rates the
-other core is busy with the per-request Python work of gRPC, and splitting would only add hand-offs.
+Large batches: with `runners` > 1, a batch of at least `split_rows` rows whose run is expected to take at
+least `split_s` is cut into `runners` contiguous parts run at the same time, each an ONNX Runtime call on its
+own thread (Run is thread-safe; with one intra-op thread a call computes on its caller's thread). So one
+n=256 request or a stream chunk of an image generator uses both cores of a 2-core machine without a
+2-thread intra-op pool, which collapses when another process takes a core (DESIGN.md section 8). The
+expected time is rows x a running mean of the measured seconds per row: a cheap model (a 2-D toy generator
+runs 256 rows in ~1 ms) is not split, because the hand-off to a second thread costs about as much as it
+saves. Small coalesced batches stay on the worker thread: at high request rates the other core is busy with
+the per-request Python work of gRPC, and splitting would only add hand-offs.
 
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
@@ -52,9 +55,10 @@ class Batcher:
 
     def __init__(self, name: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float,
                  queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None,
-                 runners: int = 1, split_rows: int = 64):
+                 runners: int = 1, split_rows: int = 64, split_s: float = 0.004):
         self.name, self._run = name, run
-        self.runners, self.split_rows = runners, split_rows
+        self.runners, self.split_rows, self.split_s = runners, split_rows, split_s
+        self._row_s = 0.0  # running mean of seconds per row of runs of >= 32 rows (0 until measured: no split)
         # runners - 1 helper threads for the parts of a split batch (the worker thread runs the last part). Not
         # shut down at close(): a retired batcher still runs its in-flight requests; idle helpers exit when the
         # batcher is garbage-collected.
@@ -141,12 +145,23 @@ class Batcher:
                 live.append(item)
         return live
 
+    def _timed_run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self._run(feeds)
+        rows = len(out)
+        if rows >= 32:  # runs of a few rows are mostly per-call overhead: they would overstate the cost per row
+            row_s = (time.perf_counter() - t0) / rows
+            # racy between runner threads, harmlessly: any recent measurement will do
+            self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
+        return out
+
     def _run_sliced(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         total = len(next(iter(feeds.values())))
+        run = self._timed_run if self._helpers is not None else self._run
         if total <= self.max_batch:
-            return self._run(feeds)
+            return run(feeds)
         # more rows than a batch (one large request, or a part of one): run it in max_batch slices
-        return np.concatenate([self._run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
+        return np.concatenate([run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
                                for lo in range(0, total, self.max_batch)])
 
     def _execute(self, items: list[_Item]) -> None:
@@ -159,7 +174,7 @@ class Batcher:
                      for k in keys}
             total = len(next(iter(feeds.values())))
             self._observe(self.name, total, len(self._queue))
-            if self._helpers is not None and total >= self.split_rows:
+            if self._helpers is not None and total >= self.split_rows and total * self._row_s >= self.split_s:
                 step = -(-total // self.runners)
                 parts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, total, step)]
                 pending = [self._helpers.submit(self._run_sliced, part) for part in parts[:-1]]

@@ -201,7 +201,8 @@ def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():
             both_running.wait()
         return feeds["z"] * 2 + feeds["y"]
 
-    b = Batcher("m", run, max_batch=64, max_queue=8, max_delay_s=0, queue_timeout_s=10, runners=2, split_rows=64)
+    b = Batcher("m", run, max_batch=64, max_queue=8, max_delay_s=0, queue_timeout_s=10, runners=2, split_rows=64,
+                split_s=0.0)
     try:
         for n, want in ((100, [50, 50]), (130, [1, 1, 64, 64]), (63, [63])):
             runs.clear()
@@ -211,6 +212,16 @@ def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():
             assert len({name for _, name in runs}) == (1 if n < 64 else 2)
     finally:
         b.close()
+    # a model whose 100 rows take far less than split_s (measured on its runs of >= 32 rows) is never split
+    runs.clear()
+    cheap = Batcher("m", lambda f: runs.append(len(f["z"])) or f["z"], max_batch=64, max_queue=8, max_delay_s=0,
+                    queue_timeout_s=10, runners=2, split_rows=64, split_s=1.0)
+    try:
+        for _ in range(2):
+            cheap.submit({"z": np.zeros((100, 1), np.float32)}).result(10)
+        assert runs == [64, 36, 64, 36] and 0 < cheap._row_s < 1e-2
+    finally:
+        cheap.close()
 
 
 def test_split_run_equals_one_run(model_store):
