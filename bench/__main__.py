@@ -240,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         # torch.compile takes ~45 s for the first batch size on these 2 cores: the primary model only
         compile_it = not quick and not args.no_compile and name == primary
+        # the other models: shorter rounds (their curve and engine choice, not the ceiling of the comparisons)
+        r_n, r_s = (in_rounds, in_round_s) if name == primary or quick else (2, in_round_s * 0.6)
         results["models"][name] = {"kind": m["kind"], "version": m["version"], "data_kind": m["data_kind"],
                                    "inprocess": bench_model(str(vdir / m["graphs"]["generator"]["file"]), m,
-                                                            rounds=in_rounds, round_s=in_round_s,
+                                                            rounds=r_n, round_s=r_s,
                                                             torch_compile=compile_it, log=log)}
         section_s[f"inprocess/{name}"] = round(time.monotonic() - t0, 1)
     if stream_n is None:
