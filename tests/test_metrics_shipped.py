@@ -2,8 +2,9 @@
 
 Known answers that hold for any trained model:
 - the critic-based estimates through the RPC equal the formula on the shipped critic.onnx run here directly
-  (P = real MNIST in the model's value range with its true labels, Q = the model's samples at the server's
-  Q seed), so the plumbing (value range, labels of a conditional critic, which critic scores) is checked;
+  (P = real MNIST in the model's value range with its true labels, or ring8/grid25 points; Q = the model's
+  samples at the server's Q seed), so the plumbing (value range, labels of a conditional critic, which critic
+  scores) is checked; a WGAN-GP critic's bound stays below the exact W1 of the same samples;
 - a WGAN critic's E_P f - E_Q f is unbiased for 0 when P = Q (the interval covers 0), and real-vs-generated is
   clearly above it; a discriminator's (V + log 4)/2 bound is <= its value on real-vs-generated when P = Q;
 - a conditional model asked for one class covers 1 class: KL(P||Q) is +inf or large (Q misses real classes)
@@ -35,11 +36,11 @@ def client():
     running.app.stop(0)
 
 
-def _mnist(n: int, seed: int):
+def _reference(name: str, n: int, seed: int):
     from training import data
 
     try:
-        return data.reference("mnist-test", n, seed)
+        return data.reference(name, n, seed)
     except data.DataUnavailable as e:
         pytest.skip(str(e).splitlines()[0])
 
@@ -58,17 +59,23 @@ def _critic_scores(name: str, x: np.ndarray, labels: np.ndarray | None) -> np.nd
     return session.run(None, feeds)[0].reshape(-1).astype(np.float64)
 
 
-@pytest.mark.parametrize("name,metric", [("gan-mnist", "js_critic"), ("cgan-mnist", "js_critic"),
-                                         ("wgan-gp-mnist", "w1_critic")])
-def test_critic_estimate_equals_the_formula_on_the_shipped_critic(client, name, metric):
+@pytest.mark.parametrize("name,metric,reference", [
+    ("gan-mnist", "js_critic", "mnist-test"), ("cgan-mnist", "js_critic", "mnist-test"),
+    ("wgan-gp-mnist", "w1_critic", "mnist-test"), ("gan-ring8", "js_critic", "ring8"),
+    ("wgan-gp-ring8", "w1_critic", "ring8"), ("gan-grid25", "js_critic", "grid25"),
+    ("wgan-gp-grid25", "w1_critic", "grid25")])
+def test_critic_estimate_equals_the_formula_on_the_shipped_critic(client, name, metric, reference):
     _need(name)
     conditional = client.get_model(name).conditional
     labels = [i % 10 for i in range(N)] if conditional else None
-    ev = client.evaluate("mnist-test", {"model": name, "labels": labels or []}, [metric], n=N, seed=SEED,
+    ev = client.evaluate(reference, {"model": name, "labels": labels or []}, [metric], n=N, seed=SEED,
                          bootstrap=100)
     r = ev[metric]
-    x_real, y_real = _mnist(N, SEED)
-    real = _critic_scores(name, 2.0 * np.asarray(x_real) - 1.0, np.asarray(y_real))  # [0, 1] -> [-1, 1]
+    x_real, y_real = _reference(reference, N, SEED)
+    x_real = np.asarray(x_real, np.float64)
+    if reference.startswith("mnist"):
+        x_real = 2.0 * x_real - 1.0  # references are in [0, 1], the models' value range is [-1, 1]
+    real = _critic_scores(name, x_real, np.asarray(y_real))
     x_fake = client.sample(N, labels=labels, seed=SEED + 1, model=name)  # the server's Q seed is seed + 1
     fake = _critic_scores(name, x_fake, np.asarray(labels) if labels else None)
     if metric == "js_critic":
@@ -76,9 +83,17 @@ def test_critic_estimate_equals_the_formula_on_the_shipped_critic(client, name, 
         assert 0 < r.value <= math.log(2)
     else:
         expect = real.mean() - fake.mean()
-        assert r.ci_low > 0  # real MNIST scores higher than the generator's samples
+        assert r.ci_low > 0  # real data scores higher than the generator's samples
     assert r.value == pytest.approx(expect, rel=1e-3, abs=1e-4)
     assert r.lower_bound and r.ci_low <= r.value <= r.ci_high and (r.n_p, r.n_q) == (N, N)
+
+
+@pytest.mark.parametrize("name,reference", [("wgan-gp-ring8", "ring8"), ("wgan-gp-grid25", "grid25")])
+def test_wgan_critic_bound_is_below_the_exact_w1(client, name, reference):
+    """E_P f - E_Q f <= W1 for a 1-Lipschitz f (WGAN-GP's f is only penalised towards it, hence the interval)."""
+    _need(name)
+    ev = client.evaluate(reference, name, ["w1_critic", "w1_exact"], n=2000, seed=SEED, bootstrap=100)
+    assert 0 < ev["w1_critic"].ci_low and ev["w1_critic"].value <= ev["w1_exact"].ci_high, ev
 
 
 def test_wgan_critic_is_unbiased_for_zero_when_p_equals_q(client):
