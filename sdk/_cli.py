@@ -131,7 +131,9 @@ def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> Non
         x = np.concatenate([ch.images for ch in c.stream(n, seed=(ev.seed + 1) % 2**64, model=_short(ev.q))])
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.35, color="#d62728", linewidths=0, zorder=1)
         ax.contour(xx, yy, logp, levels=levels, colors=["#9ecae1", "#4292c6", "#08306b"], linewidths=0.8, zorder=2)
-        ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
+        # the density's extent, widened to show 99.8% of the samples (stray mass is part of the picture)
+        a, b = min(lo, float(np.quantile(x, 0.001)) - 0.1), max(hi, float(np.quantile(x, 0.999)) + 0.1)
+        ax.set_xlim(a, b), ax.set_ylim(a, b), ax.set_aspect("equal")
         ax.set_title(f"{_short(ev.q)}: {n} samples", fontsize=10)
         ax.text(0.0, -0.1, _summary(ev, ("modes_covered", "high_quality", "reverse_kl_modes", "mc_kl_qp", "mc_js",
                                           "w1_exact", "js_critic", "w1_critic")),
