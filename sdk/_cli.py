@@ -202,7 +202,8 @@ def _plot(c: Client, a, evals: list, out: Path) -> str:
             except GanserveError:
                 hists = [None]
         if all(h is not None for h in hists):
-            xlabel = "nearest mode" if a.p in MIXTURES else "class (the evaluator's prediction for images)"
+            xlabel = ("nearest mode" if a.p in MIXTURES else
+                      "class (the evaluator's prediction)" if a.p.startswith("mnist-") else "class")
             _plot_histograms(evals, hists, out, plt, xlabel)
             return "class histograms"
         _plot_bars(evals, out, plt)
