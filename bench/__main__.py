@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ts-batch", type=int, default=32, help="TorchServe batch size when its batching is on")
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max batch delay when batching is on")
     args = p.parse_args(argv)
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) unwind through the `with` blocks below, so
+    # the servers started here are stopped; the sections measured so far are already in the JSON (checkpoint)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     quick = args.quick
     rounds = args.rounds or (1 if quick else 2)
@@ -277,9 +281,15 @@ def main(argv: list[str] | None = None) -> int:
             if variant is not None:
                 results["variant"] = {"patches": args.variant or "none", "args": args.variant_args,
                                       "same_samples_as_stock": same_samples(on, variant, primary, pman)}
-            results["servers"] = run_server_sections(load, on, off, ts_server, models, primary, pdir, pman,
-                                                     rounds=rounds, dur=dur, stream_n=stream_n, quick=quick,
-                                                     variant=variant)
+            results["servers"] = {}
+
+            def checkpoint() -> None:  # after each section: an interrupted run keeps what it measured
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text(json.dumps({**results, "partial": True}, indent=1, default=str) + "\n")
+
+            run_server_sections(load, on, off, ts_server, models, primary, pdir, pman, rounds=rounds, dur=dur,
+                                stream_n=stream_n, quick=quick, variant=variant, out=results["servers"],
+                                checkpoint=checkpoint)
     finally:
         load.close()
         if ts_server is not None:
@@ -339,14 +349,16 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
                         pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
-                        variant: Ganserve | None = None) -> dict:
-    out: dict = {"section_s": {}}
+                        variant: Ganserve | None = None, out: dict | None = None, checkpoint=lambda: None) -> dict:
+    out = {} if out is None else out
+    out["section_s"] = {}
     clock = [time.monotonic()]
 
     def done(section: str) -> None:  # wall seconds per section, so a slow run shows where the time went
         now = time.monotonic()
         out["section_s"][section] = round(now - clock[0], 1)
         clock[0] = now
+        checkpoint()
 
     k = pman["num_classes"]
     onnx = str(pdir / pman["graphs"]["generator"]["file"])

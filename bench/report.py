@@ -135,7 +135,8 @@ def render(res: dict) -> str:
              f"grpcio {mach.get('grpc', '—')}, TorchServe {mach.get('ts', '—')}. Load average at start "
              f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_start', []))}, at end "
              f"{', '.join(f'{x:.1f}' for x in mach.get('load_avg_at_end', []))}. "
-             f"{'Quick' if res.get('quick') else 'Full'} run, {res.get('wall_s', 0):.0f} s."]
+             f"{'Quick' if res.get('quick') else 'Full'} run, {res.get('wall_s', 0):.0f} s"
+             f"{' (PARTIAL: interrupted, sections below are those completed)' if res.get('partial') else ''}."]
     sections = {**res.get("section_s", {}), **res.get("servers", {}).get("section_s", {})}
     if sections:
         parts[0] += " Seconds per section: " + ", ".join(f"{k} {v:.0f}" for k, v in sections.items()) + "."
