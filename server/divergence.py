@@ -13,6 +13,8 @@ What a side becomes, by metric input:
 The default metric set follows the data kind (training.metrics.DATA_KINDS) plus the critic-based estimate of
 each model side that ships a critic. Histogram metrics end their note with the two histograms they were
 computed on, "histograms: P [c0, c1, ...]; Q [c0, c1, ...]" (counts; `python -m sdk evaluate --plot` draws them).
+Model and reference sides draw with the request's seed for P and seed + 1 for Q, so a model against itself
+compares independent samples (`python -m sdk evaluate --plot` redraws Q's samples from seed + 1).
 Images travel in [0, 1] (the evaluator's input range): uploaded FLOAT32 images must be in [0, 1] (or UINT8),
 model samples are mapped from their value range.
 """
