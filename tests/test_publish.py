@@ -104,7 +104,11 @@ def test_shipped_manifest_valid_and_files_match(version_dir):
     listed = set(m["files"]) | {"manifest.json"}
     assert {p.name for p in version_dir.iterdir()} == listed, "unlisted files in a shipped version"
     for role, graph in m["graphs"].items():
-        parity = m["export"]["parity_max_abs_diff"][role]
+        parity = m["export"]["parity_max_abs_diff"].get(role)
+        if parity is None:  # a graph derived from another ONNX graph (issue 4's generator_grad): no torch module
+            fd = m["export"][f"{role}_fd_max_rel_err"]  # to compare with; checked by finite differences instead
+            assert 0 <= fd <= 0.05, f"{role} finite-difference error {fd}"
+            continue
         assert 0 <= parity <= 1e-4, f"{role} parity {parity}"
     assert m["training"]["wall_time_s"] > 0 and m["training"]["data"]["sha256"]
     assert m["export"]["inprocess_samples_per_s"] > 0
