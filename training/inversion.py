@@ -257,19 +257,22 @@ def grad_cost(version_dir: Path, batch: int = 256, threads: int = 2, repeats: in
 
 # --- pictures ---------------------------------------------------------------------------------------------
 
-def strip_png(version_dir: Path, path: Path, n: int = 10, settings: rt.InversionSettings = rt.DEFAULTS) -> None:
-    """Two rows: n real test digits (one per class), and their HYBRID inversions."""
+def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
+              settings: rt.InversionSettings = rt.DEFAULTS) -> None:
+    """Rows: n real test digits (one per class), then their HYBRID inversions by each model version given."""
     from training.common import image_grid
     from training.data import load_mnist
 
-    m = read(version_dir)
-    k = m["num_classes"]
+    dirs = version_dir if isinstance(version_dir, list) else [version_dir]
     test = load_mnist("test")
     idx = [int(np.flatnonzero(np.asarray(test.labels) == c % 10)[c // 10]) for c in range(n)]
     x = np.asarray(test.images[idx], np.float32) * 2 - 1
-    y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[idx])] if k else None
-    rec = rt.Inverter.from_version_dir(version_dir).invert(x, "HYBRID", y, settings=settings).reconstruction
-    image_grid(np.concatenate([x, rec]), n, path)
+    rows = [x]
+    for d in dirs:
+        k = read(d)["num_classes"]
+        y = np.eye(k, dtype=np.float32)[np.asarray(test.labels[idx])] if k else None
+        rows.append(rt.Inverter.from_version_dir(d).invert(x, "HYBRID", y, settings=settings).reconstruction)
+    image_grid(np.concatenate(rows), n, path)
 
 
 # --- publish -----------------------------------------------------------------------------------------------
