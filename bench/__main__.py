@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of --store")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison")
     p.add_argument("--duration", type=float, default=None, help="seconds per load round")
-    p.add_argument("--stream-n", type=int, default=None, help="SampleStream job size (default 10^6, quick 2*10^4)")
+    p.add_argument("--stream-n", type=int, default=None,
+                   help="SampleStream job size (default 10^6, quick 2*10^4; less if it would take > 5 min / 8 s)")
     p.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--server-args", default="", help="extra flags for both ganserve servers, e.g. "
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if quick else 2)
     dur = args.duration or (0.8 if quick else 2.5)
     in_rounds, in_round_s = (1, 0.25) if quick else (3, 0.4)
-    stream_n = args.stream_n or (None if quick else 1_000_000)  # quick: sized from section A, below
+    stream_n = args.stream_n  # default: sized from section A, below
     concurrencies = (1, 8, 32, 64)
     started = time.time()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -252,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                                                             torch_compile=compile_it, log=log)}
         section_s[f"inprocess/{name}"] = round(time.monotonic() - t0, 1)
     if stream_n is None:
-        # quick: about 8 s of the primary's best in-process rate at batch 256 (20,000 at most, one chunk at
-        # least), so a busy machine does not stretch the minute into a quarter of an hour
+        # 10^6 samples (quick: 20,000), or fewer when the primary's best in-process rate at batch 256 says the
+        # job would take more than 5 min (quick: 8 s), so a busy machine does not stretch the run without bound;
+        # the table reports the n that ran
         rate = max(s["samples_per_s"] for s in results["models"][primary]["inprocess"]["batches"][256].values())
-        stream_n = int(min(20_000, max(4096, 8 * rate)))
+        full = 20_000 if quick else 1_000_000
+        fits = int((8 if quick else 300) * rate)
+        stream_n = full if fits >= full else max(4096, fits // 4096 * 4096)
     results["settings"]["stream_n"] = stream_n
 
     # C, D, E, F: servers in their own processes, the load in another
