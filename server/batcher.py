@@ -16,6 +16,11 @@ runs 256 rows in ~1 ms) is not split, because the hand-off to a second thread co
 saves. Small coalesced batches stay on the worker thread: at high request rates the other core is busy with
 the per-request Python work of gRPC, and splitting would only add hand-offs.
 
+Bulk work (SampleStream chunks, `bulk=True`) waits in a queue of its own: a batch takes interactive requests
+first and fills the rows left with bulk ones, so a Sample from a notebook waits for at most the run in
+progress, not for every queued chunk of a batch job. A bulk request that has waited `bulk_max_wait_s` goes
+first, so streams never starve (nor reach the queue timeout) under a steady interactive load.
+
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
 """
@@ -55,6 +60,7 @@ class Batcher:
 
     def __init__(self, name: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float,
                  queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None,
+                 bulk_max_wait_s: float = 1.0,
                  runners: int = 1, split_rows: int = 64, split_s: float = 0.004):
         self.name, self._run = name, run
         self.runners, self.split_rows, self.split_s = runners, split_rows, split_s
@@ -67,7 +73,9 @@ class Batcher:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_delay_s, self.queue_timeout_s = max_delay_s, queue_timeout_s
         self._observe = observe or (lambda name, batch, depth: None)
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item] = deque()   # interactive requests
+        self._bulk: deque[_Item] = deque()    # stream chunks
+        self.bulk_max_wait_s = bulk_max_wait_s
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -75,8 +83,9 @@ class Batcher:
 
     # -- client side --------------------------------------------------------------------------------------
     def submit(self, feeds: dict[str, np.ndarray], *, deadline: float | None = None,
-               is_active: Callable[[], bool] | None = None) -> Future:
-        """Queue one request (all feeds have the same number of rows); the future holds its output rows."""
+               is_active: Callable[[], bool] | None = None, bulk: bool = False) -> Future:
+        """Queue one request (all feeds have the same number of rows); the future holds its output rows.
+        `bulk`: a part of a long job (a stream chunk), run after the interactive requests already waiting."""
         item = _Item(feeds, deadline, is_active)
         with self._cond:
             if self._closed:
@@ -84,15 +93,15 @@ class Batcher:
                 # requests that already hold this model still finish, on the caller's thread.
                 self._execute([item])
                 return item.future
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) + len(self._bulk) >= self.max_queue:
                 raise ResourceExhausted(f"model {self.name}: queue full ({self.max_queue} requests waiting); "
                                         "retry with backoff")
-            self._queue.append(item)
+            (self._bulk if bulk else self._queue).append(item)
             self._cond.notify()
         return item.future
 
     def depth(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._bulk)
 
     def close(self) -> None:
         """Stop accepting into the queue; the worker finishes what is queued, then exits."""
@@ -103,23 +112,26 @@ class Batcher:
     # -- worker -------------------------------------------------------------------------------------------
     def _take(self) -> list[_Item]:
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._queue and not self._bulk and not self._closed:
                 self._cond.wait()
-            if not self._queue:
+            if not self._queue and not self._bulk:
                 return []
             if self.max_delay_s > 0:
                 # Wait up to max_delay for more rows, measured from the oldest request's arrival.
-                until = self._queue[0].enqueued + self.max_delay_s
-                while sum(i.rows for i in self._queue) < self.max_batch and not self._closed:
+                until = min(q[0].enqueued for q in (self._queue, self._bulk) if q) + self.max_delay_s
+                while (sum(i.rows for q in (self._queue, self._bulk) for i in q) < self.max_batch
+                       and not self._closed):
                     left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             batch, rows = [], 0
-            while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch):
-                item = self._queue.popleft()
-                batch.append(item)
-                rows += item.rows
+            overdue = self._bulk and time.monotonic() - self._bulk[0].enqueued >= self.bulk_max_wait_s
+            for q in ((self._bulk, self._queue) if overdue else (self._queue, self._bulk)):
+                while q and (not batch or rows + q[0].rows <= self.max_batch):
+                    item = q.popleft()
+                    batch.append(item)
+                    rows += item.rows
             return batch
 
     def _loop(self) -> None:
@@ -173,7 +185,7 @@ class Batcher:
             feeds = {k: np.concatenate([i.feeds[k] for i in items]) if len(items) > 1 else items[0].feeds[k]
                      for k in keys}
             total = len(next(iter(feeds.values())))
-            self._observe(self.name, total, len(self._queue))
+            self._observe(self.name, total, self.depth())
             if self._helpers is not None and total >= self.split_rows and total * self._row_s >= self.split_s:
                 step = -(-total // self.runners)
                 parts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, total, step)]

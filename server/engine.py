@@ -48,7 +48,8 @@ def make_runner(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], np.ndar
 
 def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call, *,
              wait_for_queue: bool = False) -> np.ndarray:
-    """G(z[, y]) through the model's batcher: (n, *output_shape) float32."""
+    """G(z[, y]) through the model's batcher: (n, *output_shape) float32. `wait_for_queue`: a stream chunk,
+    queued as bulk work that waits for room instead of being refused."""
     names = [s["name"] for s in model.graph("generator")["inputs"]]
     feeds = {names[0]: np.ascontiguousarray(z, np.float32)}
     if model.conditional:
@@ -56,7 +57,8 @@ def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call
     call.check()
     while True:
         try:
-            future = model.batcher.submit(feeds, deadline=call.deadline, is_active=call.is_active)
+            future = model.batcher.submit(feeds, deadline=call.deadline, is_active=call.is_active,
+                                          bulk=wait_for_queue)
             break
         except ResourceExhausted:
             # A stream waits for room (its reader already applies backpressure); single requests do not.

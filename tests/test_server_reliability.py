@@ -301,6 +301,33 @@ def test_batcher_drops_expired_and_cancelled_requests():
         b.close()
 
 
+def test_batcher_runs_interactive_requests_before_queued_bulk_work():
+    gate = _Gate()
+    b = Batcher("m", gate, max_batch=4, max_queue=8, max_delay_s=0, queue_timeout_s=10, bulk_max_wait_s=0.3)
+    try:
+        b.submit(_feeds(1))
+        _wait(lambda: b.depth() == 0, what="the worker to take the first request")
+        chunks = [b.submit(_feeds(4, v), bulk=True) for v in (1.0, 2.0)]  # a stream's chunks, queued first
+        small = b.submit(_feeds(2, 3.0))
+        gate.release.set()
+        assert small.result(5)[0, 0] == 6.0 and [c.result(5)[0, 0] for c in chunks] == [2.0, 4.0]
+        assert gate.calls == [1, 2, 4, 4]  # the interactive request ran right after the run in progress
+        # bulk work that waited bulk_max_wait_s goes first: streams never starve
+        gate.release.clear()
+        gate.calls.clear()
+        b.submit(_feeds(1))
+        _wait(lambda: b.depth() == 0, what="the worker to take the request")
+        old = b.submit(_feeds(4, 5.0), bulk=True)
+        time.sleep(0.4)
+        new = b.submit(_feeds(2, 6.0))
+        gate.release.set()
+        assert old.result(5)[0, 0] == 10.0 and new.result(5)[0, 0] == 12.0
+        assert gate.calls == [1, 4, 2]
+    finally:
+        gate.release.set()
+        b.close()
+
+
 def test_batcher_splits_a_request_larger_than_a_batch():
     runs = []
     b = Batcher("m", lambda f: runs.append(len(f["z"])) or f["z"] + 1, max_batch=4, max_queue=4, max_delay_s=0,
