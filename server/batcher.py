@@ -18,8 +18,9 @@ the per-request Python work of gRPC, and splitting would only add hand-offs.
 
 Bulk work (SampleStream chunks, `bulk=True`) waits in a queue of its own: a batch takes interactive requests
 first and fills the rows left with bulk ones, so a Sample from a notebook waits for at most the run in
-progress, not for every queued chunk of a batch job. A bulk request that has waited `bulk_max_wait_s` goes
-first, so streams never starve (nor reach the queue timeout) under a steady interactive load.
+progress, not for every queued chunk of a batch job. One bulk request that has waited `bulk_max_wait_s` goes
+first in a batch, so streams keep moving under a steady interactive load, and interactive requests wait at
+most one chunk behind them when the streams alone saturate the model.
 
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
@@ -76,6 +77,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()   # interactive requests
         self._bulk: deque[_Item] = deque()    # stream chunks
         self.bulk_max_wait_s = bulk_max_wait_s
+        self._bulk_went_first = False
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
@@ -126,8 +128,13 @@ class Batcher:
                         break
                     self._cond.wait(left)
             batch, rows = [], 0
+            # one overdue chunk first, then interactive requests first again (alternating under saturation)
             overdue = self._bulk and time.monotonic() - self._bulk[0].enqueued >= self.bulk_max_wait_s
-            for q in ((self._bulk, self._queue) if overdue else (self._queue, self._bulk)):
+            if overdue and not (self._bulk_went_first and self._queue):
+                batch.append(self._bulk.popleft())
+                rows = batch[0].rows
+            self._bulk_went_first = bool(batch)
+            for q in (self._queue, self._bulk):
                 while q and (not batch or rows + q[0].rows <= self.max_batch):
                     item = q.popleft()
                     batch.append(item)
