@@ -154,3 +154,46 @@ def test_label_free_encoder_on_a_conditional_model():
     assert np.all(hyb.objective <= enc.objective + 1e-5)
     with pytest.raises(ValueError, match="required"):
         inv.invert(x, "ENCODER")
+
+
+def _linear_version(tmp_path, scales):
+    """A version folder whose generator is x = W z with orthogonal columns of norms `scales` (no bias)."""
+    d = len(scales)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((784, d)))
+    lin = nn.Linear(d, 784, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy((q * np.asarray(scales)).astype(np.float32)))
+
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, z):
+            return self.lin(z).view(-1, 1, 28, 28)
+
+    gm = _onnx(G().eval(), (torch.randn(2, d),), ["z"], "x")
+    onnx.save(gm, tmp_path / "generator.onnx")
+    onnx.save(build_grad_graph(gm), tmp_path / "generator_grad.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "name": "lin", "version": 1, "latent_dim": d, "num_classes": 0,
+        "graphs": {"generator": {"file": "generator.onnx"}}, "files": {"generator.onnx": "0" * 64}}))
+    return tmp_path
+
+
+def test_jacobian_spectrum_known_linear_map(tmp_path):
+    from training.inversion import jacobian_spectrum
+
+    # Singular values of W are the column norms; in [0, 1] pixel units they halve.
+    s = jacobian_spectrum(_linear_version(tmp_path, [4.0, 2.0, 1.0, 0.3]), n=2)
+    assert s["sv_max"] == pytest.approx(2.0, rel=1e-3)
+    assert s["sv_min"] == pytest.approx(0.15, rel=1e-3)
+    assert s["dims_below_10pct_of_max"] == 1.0  # 0.15 < 0.2
+
+
+def test_grad_cost_agrees_with_finite_differences(tmp_path):
+    from training.inversion import grad_cost
+
+    r = grad_cost(_linear_version(tmp_path, [4.0, 2.0, 1.0, 0.3]), batch=8, threads=1, repeats=1)
+    assert 0.999 <= r["cosine_grad_graph_vs_fd"] <= 1.0 + 1e-9
+    assert r["forward_ms_per_image"] > 0 and r["grad_graph_ms_per_image"] > 0 and r["finite_differences_ms_per_image"] > 0

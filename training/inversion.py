@@ -255,6 +255,31 @@ def grad_cost(version_dir: Path, batch: int = 256, threads: int = 2, repeats: in
             "cosine_grad_graph_vs_fd": float(cos)}
 
 
+def jacobian_spectrum(version_dir: Path, n: int = 8, h: float = 1e-2, seed: int = 0) -> dict:
+    """Singular values of dG/dz (pixels in [0, 1]) at n prior latents, by central differences of generator.onnx.
+
+    Why own-sample cosine is hard: latent directions with tiny singular values barely change the image, so no
+    pixel objective can pin them down (an error of 1 along a direction with singular value s moves the image by
+    s in L2, i.e. s^2 / 784 in per-pixel MSE).
+    """
+    m = read(version_dir)
+    d, k = m["latent_dim"], m["num_classes"]
+    g = rt.make_session(version_dir / m["graphs"]["generator"]["file"], 1)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d)).astype(np.float32)
+    eye = h * np.eye(d, dtype=np.float32)
+    svs = []
+    for i in range(n):
+        feed = {"z": np.concatenate([z[i] - eye, z[i] + eye])}
+        if k:
+            feed["y"] = np.tile(np.eye(k, dtype=np.float32)[i % k], (2 * d, 1))
+        x = g.run(["x"], feed)[0].reshape(2 * d, -1).astype(np.float64) / 2  # [0, 1] units
+        svs.append(np.linalg.svd((x[d:] - x[:d]) / (2 * h), compute_uv=False))
+    s = np.array(svs)  # (n, d), descending per row
+    return {"n": n, "sv_max": float(s[:, 0].mean()), "sv_median": float(np.median(s, 1).mean()),
+            "sv_min": float(s[:, -1].mean()), "dims_below_10pct_of_max": float((s < 0.1 * s[:, :1]).sum(1).mean())}
+
+
 # --- pictures ---------------------------------------------------------------------------------------------
 
 def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
