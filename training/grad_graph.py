@@ -108,6 +108,15 @@ def _same_shape(b: _Builder, a: str, ref: str) -> bool:
     return len(sa) == len(sr) and all(x == y or (i == 0) for i, (x, y) in enumerate(zip(sa, sr)))
 
 
+def _active_operands(b: _Builder, node: onnx.NodeProto, active: set[str]):
+    """(index, name) of the active operands of a binary elementwise op; broadcasting them is not supported."""
+    for i, inp in enumerate(node.input[:2]):
+        if inp in active:
+            if not _same_shape(b, inp, node.output[0]):
+                raise GradGraphError(f"{node.op_type} {node.name}: broadcasting an active input {inp!r} is not supported")
+            yield i, inp
+
+
 def _vjp(b: _Builder, node: onnx.NodeProto, dy: str, active: set[str]) -> dict[str, str]:
     """Gradients with respect to the node's active inputs, given dY for its (single) output."""
     t, a, x = node.op_type, _attrs(node), node.input
@@ -210,23 +219,15 @@ def _vjp(b: _Builder, node: onnx.NodeProto, dy: str, active: set[str]) -> dict[s
         return out
     if t in ("Add", "Sub"):
         out = {}
-        for i, inp in enumerate(x[:2]):
-            if inp not in active:
-                continue
-            if not _same_shape(b, inp, y):
-                raise GradGraphError(f"{t} {node.name}: broadcasting an active input {inp!r} is not supported")
+        for i, inp in _active_operands(b, node, active):
             out[inp] = dy if (t == "Add" or i == 0) else b.op("Neg", [dy])
         if len(out) == 2 and x[0] == x[1]:
             out = {x[0]: b.op("Mul", [dy, b.const(np.float32(2 if t == "Add" else 0))])}
         return out
     if t in ("Mul", "Div"):
         out = {}
-        for i, inp in enumerate(x[:2]):
-            if inp not in active:
-                continue
+        for i, inp in _active_operands(b, node, active):
             other = x[1 - i]
-            if not _same_shape(b, inp, y):
-                raise GradGraphError(f"{t} {node.name}: broadcasting an active input {inp!r} is not supported")
             if t == "Mul":
                 out[inp] = b.op("Mul", [dy, other])
             elif i == 0:  # d(a/b)/da = 1/b
