@@ -20,8 +20,8 @@ problems); the returned z is the best evaluated iterate per sample, so HYBRID is
 on the objective.
 
 Defaults (DEFAULTS below) were measured on this machine on 1,000 real MNIST test digits and 1,000 model samples
-for the shipped generators (numbers in the model manifests' `metrics.inversion_*` and in the README); see
-training/inversion.py for the measurement.
+for the shipped generators: docs/inversion/results.json (15 steps, the default) and the manifests'
+`metrics.inversion_*` (measured at 30 steps when those versions were built); see training/inversion.py.
 """
 
 from __future__ import annotations
