@@ -20,9 +20,13 @@ BLOCK = 1024
 MAX_SEED = 2**64 - 1
 
 
-def _block(seed: int, block: int, dim: int, truncation: float) -> np.ndarray:
+def _block(seed: int, block: int, dim: int, truncation: float, rows: int = BLOCK) -> np.ndarray:
+    """The block's first `rows` rows. numpy's Generator fills an array element by element, so without
+    truncation a (rows, dim) draw is exactly the first rows of a (BLOCK, dim) draw: a one-sample request
+    draws 1 row, not 1024 (tests/test_latents.py checks the equality). Truncation redraws from the same
+    generator after the whole block, so it always draws the whole block."""
     rng = np.random.default_rng([int(seed), int(block)])
-    z = rng.standard_normal((BLOCK, dim), dtype=np.float32)
+    z = rng.standard_normal((BLOCK if truncation > 0 else rows, dim), dtype=np.float32)
     if truncation > 0:
         # Redraw out-of-range entries until none remain; each round is drawn from the same generator.
         bad = np.abs(z) > truncation
@@ -45,7 +49,7 @@ def latents(seed: int, n: int, dim: int, *, offset: int = 0, truncation: float =
     for block in range(first, last + 1 if n else first):
         lo = max(offset, block * BLOCK)
         hi = min(offset + n, (block + 1) * BLOCK)
-        z = _block(seed, block, dim, truncation)
+        z = _block(seed, block, dim, truncation, rows=hi - block * BLOCK)
         out[lo - offset:hi - offset] = z[lo - block * BLOCK:hi - block * BLOCK]
     return out
 

@@ -80,3 +80,12 @@ def test_path_through_three_points():
         L.path(pts[:1], 5)
     with pytest.raises(ValueError):
         L.path(pts, 1)
+
+
+@pytest.mark.parametrize("offset,n", [(0, 1), (5, 3), (1020, 10), (2047, 2)])
+def test_prefix_draw_equals_the_full_block(offset, n):
+    # latents() draws only the rows it needs from a block; they must equal the same rows of the full block.
+    dim = 7
+    full = np.concatenate([np.random.default_rng([3, b]).standard_normal((L.BLOCK, dim), dtype=np.float32)
+                           for b in range(3)])
+    np.testing.assert_array_equal(L.latents(3, n, dim, offset=offset), full[offset:offset + n])
