@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="", help="extra flags for both ganserve servers, e.g. "
                                                      "'--intra-op-threads 2'")
     p.add_argument("--variant", default="", help="also measure a ganserve with proposed changes patched in "
-                                                "(bench/variants.py), e.g. 'latents-prefix'; 'none' for none")
+                                                "(bench/variants.py PATCHES); 'none' for none")
     p.add_argument("--variant-args", default="", help="extra flags for the variant server only, e.g. "
                                                      "'--model-runners 1' (the previous default)")
     p.add_argument("--ts-workers", type=int, default=2, help="TorchServe workers per model")
