@@ -125,3 +125,12 @@ def test_grad_graph_shipped_dcgan_generator(nc):
     g = _randomize_bn(Generator(12, nc, width=8))
     z = torch.randn(4, 12)
     _check(g, z, torch.eye(10)[:4] if nc else None, torch.rand(4, 1, 28, 28) * 2 - 1)
+
+
+def test_grad_graph_self_conditioned_generator():
+    """training.dcgan.CodedGenerator: Slice of z, comparisons on z_0 (zero gradient), the rest through the net."""
+    from training.dcgan import CodedGenerator
+
+    torch.manual_seed(0)
+    g = _randomize_bn(CodedGenerator(12, [0.3, 0.3, 0.4], width=8))
+    _check(g, torch.randn(5, 12), None, torch.rand(5, 1, 28, 28) * 2 - 1)

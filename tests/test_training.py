@@ -32,7 +32,7 @@ def test_shipped_configs_load(name):
 
 
 def test_override_parsed_and_typed():
-    _, cfg = load("gan-mnist", ["--loss=minimax", "--steps=7", "--lr_g=1e-3", "--conditional=true"])
+    _, cfg = load("gan-mnist", ["--loss=minimax", "--steps=7", "--lr_g=1e-3", "--clusters=0", "--conditional=true"])
     assert (cfg.loss, cfg.steps, cfg.lr_g, cfg.conditional) == ("minimax", 7, 1e-3, True)
 
 
@@ -81,6 +81,47 @@ def test_dcgan_shapes(k, size):
     assert x.shape == (3, 1, size, size)
     assert x.abs().max() <= 1.0
     assert (d(x, y) if k else d(x)).shape == (3, 1)
+
+
+def test_coded_generator_draws_clusters_at_their_prior():
+    """The cluster code read off z_0 is one-hot and has the prior's frequencies; z_1.. carries the rest."""
+    from training.dcgan import CodedGenerator
+
+    probs = np.array([0.5, 0.2, 0.2, 0.1])
+    g = CodedGenerator(9, probs, width=8).eval()
+    z = torch.randn(40000, 9, generator=torch.Generator().manual_seed(0))
+    c = g.code(z)
+    assert torch.equal(c.sum(1), torch.ones(len(z))) and set(c.unique().tolist()) == {0.0, 1.0}
+    freq = c.mean(0).numpy()
+    np.testing.assert_allclose(freq, probs, atol=0.01)  # binomial sd <= 0.0025
+    assert g(z[:3]).shape == (3, 1, 28, 28)
+    with torch.no_grad():  # same z_0 cluster, other z_1..: the code alone does not decide the image
+        a, b = z[:2].clone(), z[:2].clone()
+        b[:, 1:] = torch.randn(2, 8)
+        assert torch.equal(g.code(a), g.code(b)) and not torch.allclose(g(a), g(b))
+    with pytest.raises(ValueError, match="probs"):
+        CodedGenerator(9, [1.0])
+
+
+def test_cluster_images_is_unsupervised_and_deterministic():
+    from training.data import load_digits
+    from training.gan import cluster_images
+
+    d = load_digits("train")
+    a1, p1, info = cluster_images(d.images, 10, seed=0, labels=d.labels)
+    a2, p2, _ = cluster_images(d.images, 10, seed=0)  # no labels: same clusters, no purity
+    assert np.array_equal(a1, a2) and np.allclose(p1, p2) and p1.sum() == pytest.approx(1.0)
+    assert a1.shape == d.labels.shape and set(np.unique(a1)) == set(range(10))
+    assert 0.5 < info["purity"] <= 1.0  # digits separate well in pixel PCA; chance is ~0.1
+
+
+def test_clusters_config_errors():
+    with pytest.raises(ValueError, match="clusters"):
+        GANConfig(clusters=10, conditional=True)
+    with pytest.raises(ValueError, match="clusters"):
+        GANConfig(clusters=10, data="ring8")
+    with pytest.raises(ValueError, match="clusters"):
+        GANConfig(clusters=1)
 
 
 def test_projection_discriminator_is_linear_in_y():
@@ -138,6 +179,27 @@ def test_gradient_penalty_of_linear_critic(slope):
     assert gp.item() == pytest.approx(10.0 * (slope - 1) ** 2, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("slope", [0.5, 2.0])
+def test_r1_penalty_of_known_critics(slope):
+    # linear f(x) = w . x: gamma/2 |w|^2 anywhere; quadratic f(x) = |x|^2/2: gamma/2 E|x|^2 at the real points
+    w = torch.tensor([slope * 0.6, slope * 0.8])
+    x = torch.randn(32, 2)
+    assert losses.r1_penalty(lambda v: (v @ w)[:, None], x, gamma=4.0).item() == pytest.approx(2.0 * slope**2, rel=1e-5)
+    want = 2.0 * x.pow(2).sum(1).mean().item()
+    assert losses.r1_penalty(lambda v: 0.5 * v.pow(2).sum(1, keepdim=True), x, gamma=4.0).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_r1_config_and_tiny_step(tmp_path):
+    from training.gan import train
+
+    with pytest.raises(ValueError, match="r1"):
+        GANConfig(loss="wgan-gp", r1=1.0)
+    cfg = GANConfig(name="t", data="ring8", latent_dim=4, g_width=16, d_width=16, layers=2, batch_size=32, steps=2,
+                    eval_every=2, eval_samples=100, r1=1.0, threads=1)
+    res = train(cfg, tmp_path, log=lambda *a: None)
+    assert "r1_penalty" in res["history"] and res["history"]["r1_penalty"]
+
+
 def test_gradient_penalty_reaches_critic_weights():
     d = PointDiscriminator(8, 1)
     gp = losses.gradient_penalty(d, torch.randn(8, 2), torch.randn(8, 2))
@@ -180,6 +242,39 @@ def test_gan_tiny_step(tmp_path, loss, conditional):
     hist = res["history"]
     assert ("wasserstein_estimate" in hist) == loss.startswith("wgan")
     assert ("js_estimate" in hist) == (not loss.startswith("wgan"))
+
+
+@pytest.mark.parametrize("loss", ["ns", "wgan-gp"])
+def test_self_conditioned_tiny_step_exports_unconditional_graphs(tmp_path, loss):
+    """clusters=K: trains, keeps the prior in G, and exports z -> x and x -> score graphs (no code input)."""
+    import onnxruntime as ort
+
+    from training.gan import export, train
+    from training.grad_graph import build_grad_graph
+
+    cfg = GANConfig(name="t", loss=loss, clusters=6, n_critic=2 if "wgan" in loss else 1, **TINY_GAN)
+    res = train(cfg, tmp_path, log=lambda *a: None, data=_digits())
+    g = res["g_ema"]
+    assert g.probs.shape == (6,) and float(g.probs.sum()) == pytest.approx(1.0)
+    assert res["training_extra"]["self_conditioning"]["clusters"] == 6
+    out = export(res, tmp_path)
+    assert max(out["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["z"] and sess.get_inputs()[0].shape[1] == 8
+    critic = ort.InferenceSession(str(tmp_path / "critic.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in critic.get_inputs()] == ["x"]
+    # the served critic is the prior-weighted mixture of the per-cluster critics
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    mix = sum(float(g.probs[j]) * res["d"](x, torch.eye(6)[[j] * 4]) for j in range(6))
+    np.testing.assert_allclose(critic.run(None, {"x": x.numpy()})[0], mix.detach().numpy(), atol=1e-5)
+    # the inversion gradient graph builds: z_0 (the code) gets zero gradient, z_1.. the real one
+    import onnx
+
+    grad = ort.InferenceSession(build_grad_graph(onnx.load(tmp_path / "generator.onnx")).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    _, gz = grad.run(["loss", "grad_z"], {"z": z, "target": np.zeros((3, 1, 8, 8), np.float32)})
+    assert np.all(gz[:, 0] == 0) and np.abs(gz[:, 1:]).max() > 1e-4
 
 
 def test_toy_tiny_step_with_seeds(tmp_path):
@@ -238,6 +333,14 @@ def test_run_saves_config_and_refuses_changed_resume(tmp_path):
     with pytest.raises(ConfigError, match="differs .* in loss"):
         run.run("gan-mnist", [*args, "--loss=minimax"], out=tmp_path / "r", store=None, resume=True,
                 log=lambda *a: None)
+    # a run saved before an option existed resumes when the option is at its default, not otherwise
+    cfg_file = tmp_path / "r" / "config.json"
+    cfg_file.write_text(json.dumps({k: v for k, v in json.loads(cfg_file.read_text()).items() if k != "r1"}))
+    with pytest.raises(ConfigError, match="differs .* in r1"):
+        run.run("gan-mnist", [*args, "--steps=2", "--r1=1.0"], out=tmp_path / "r", store=None, resume=True,
+                log=lambda *a: None)
+    run.run("gan-mnist", [*args[:-3], "--steps=3", "--eval_every=1", "--eval_samples=20"], out=tmp_path / "r",
+            store=None, resume=True, log=lambda *a: None)
 
 
 def test_ema_tracks_weights():

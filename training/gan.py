@@ -37,6 +37,7 @@ class GANConfig:
     data: str = "mnist"              # one of DATASETS
     loss: str = "ns"                 # ns | minimax | hinge | wgan-gp | wgan-clip (training.losses.LOSSES)
     conditional: bool = False        # label into G (class-probability vector) and D (projection)
+    clusters: int = 0                # unconditional images: self-condition G and D on k-means clusters (0: off)
     latent_dim: int = 64
     g_width: int = 64                # images: DCGAN channel width; points: MLP hidden units
     d_width: int = 64
@@ -46,6 +47,7 @@ class GANConfig:
     steps: int = 5000                # generator steps
     n_critic: int = 1                # D steps per G step (WGAN-GP: 5)
     gp_weight: float = 10.0          # WGAN-GP lambda (Gulrajani et al. 2017)
+    r1: float = 0.0                  # R1 gamma on real data (Mescheder et al. 2018); JS/hinge losses; 0: off
     clip: float = 0.01               # WGAN weight clipping c
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -67,6 +69,12 @@ class GANConfig:
             raise ValueError(f"loss must be one of {sorted(losses.LOSSES)}, got {self.loss!r}")
         if self.conditional and self.data not in ("mnist", "digits"):
             raise ValueError(f"conditional needs labelled data (mnist, digits), got data={self.data!r}")
+        if self.clusters:
+            if self.clusters < 2 or self.conditional or self.points:
+                raise ValueError(f"clusters must be 0 or >= 2, for unconditional image models; got "
+                                 f"clusters={self.clusters}, conditional={self.conditional}, data={self.data!r}")
+            if self.latent_dim < 2:
+                raise ValueError("clusters needs latent_dim >= 2 (z_0 carries the cluster code)")
         for k in ("latent_dim", "g_width", "d_width", "layers", "batch_size", "steps", "n_critic", "eval_every",
                   "eval_samples", "seeds", "threads"):
             if getattr(self, k) <= 0:
@@ -75,6 +83,9 @@ class GANConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_decay not in ("none", "linear"):
             raise ValueError(f"lr_decay must be 'none' or 'linear', got {self.lr_decay!r}")
+        if self.r1 < 0 or (self.r1 and self.loss.startswith("wgan")):
+            raise ValueError(f"r1 must be >= 0 and is for the JS/hinge losses (WGAN-GP has its own penalty), "
+                             f"got r1={self.r1} with loss={self.loss!r}")
         if self.lr_g <= 0 or self.lr_d <= 0:
             raise ValueError("lr_g and lr_d must be > 0")
 
@@ -87,6 +98,11 @@ class GANConfig:
         return 10 if self.conditional else 0
 
     @property
+    def d_classes(self) -> int:
+        """Width of the condition vector D reads: classes (conditional), clusters (self-conditioned), or 0."""
+        return self.num_classes or self.clusters
+
+    @property
     def image_size(self) -> int:
         return 8 if self.data == "digits" else 28
 
@@ -96,7 +112,9 @@ Config = GANConfig  # what training.run builds from a config file
 
 # --- networks and data -------------------------------------------------------------------------------
 
-def build_networks(cfg: GANConfig) -> tuple[nn.Module, nn.Module]:
+def build_networks(cfg: GANConfig, cluster_probs=None) -> tuple[nn.Module, nn.Module]:
+    """G and D for `cfg`; self-conditioned models need the clusters' prior (uniform when not given: a
+    checkpoint load then restores the real one, which lives in G's buffers)."""
     if cfg.points:
         from training.data import MIXTURES
         from training.toy import PointDiscriminator, PointGenerator
@@ -104,8 +122,12 @@ def build_networks(cfg: GANConfig) -> tuple[nn.Module, nn.Module]:
         scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
         return (PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale),
                 PointDiscriminator(cfg.d_width, cfg.layers, scale))
-    from training.dcgan import Discriminator, Generator
+    from training.dcgan import CodedGenerator, Discriminator, Generator
 
+    if cfg.clusters:
+        probs = np.full(cfg.clusters, 1 / cfg.clusters) if cluster_probs is None else cluster_probs
+        return (CodedGenerator(cfg.latent_dim, probs, cfg.g_width, cfg.image_size),
+                Discriminator(cfg.clusters, cfg.d_width, cfg.image_size))
     return (Generator(cfg.latent_dim, cfg.num_classes, cfg.g_width, cfg.image_size),
             Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size))
 
@@ -115,6 +137,7 @@ class RealData:
 
     def __init__(self, cfg: GANConfig, gen: torch.Generator, data=None):
         self.cfg, self.gen = cfg, gen
+        self.cluster_probs, self.cluster_info = None, {}
         if cfg.points:
             from training.data import MIXTURES
 
@@ -128,6 +151,10 @@ class RealData:
         self.x = torch.from_numpy(np.array(data.images)) * 2 - 1  # (N, 1, S, S) in [-1, 1)
         self.y = torch.from_numpy(np.array(data.labels))
         self.source, self.sha256 = data.source, data.sha256
+        if cfg.clusters:  # self-conditioning: D and G see the cluster, never the label
+            assign, self.cluster_probs, self.cluster_info = cluster_images(np.array(data.images), cfg.clusters,
+                                                                           cfg.seed, labels=np.array(data.labels))
+            self.y = torch.from_numpy(assign)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cfg.points:
@@ -135,8 +162,32 @@ class RealData:
             modes = torch.randint(0, len(means), (n,), generator=self.gen)
             return means[modes] + self.mixture.std * torch.randn(n, 2, generator=self.gen), None
         idx = torch.randint(0, len(self.y), (n,), generator=self.gen)
-        y = F.one_hot(self.y[idx], 10).float() if self.cfg.conditional else None
+        k = self.cfg.d_classes
+        y = F.one_hot(self.y[idx], k).float() if k else None  # (n, K): the class, or the cluster
         return self.x[idx], y
+
+
+def cluster_images(images: np.ndarray, k: int, seed: int, labels: np.ndarray | None = None,
+                   dims: int = 50) -> tuple[np.ndarray, np.ndarray, dict]:
+    """k-means (k-means++ start) on the top `dims` principal components of the pixels: (assign (N,), probs (k,), info).
+
+    Unsupervised: `labels` are only used to report the clusters' purity (the fraction of images whose label is
+    their cluster's majority label), never to form them. Deterministic for a given seed.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    x = images.reshape(len(images), -1).astype(np.float64)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x[:: max(1, len(x) // 10000)], full_matrices=False)  # PCA on <= ~10k rows
+    p = x @ vt[: min(dims, vt.shape[0])].T
+    _, assign = kmeans2(p, k, iter=30, minit="++", seed=np.random.default_rng(seed))
+    counts = np.bincount(assign, minlength=k)
+    if (counts == 0).any():
+        raise ValueError(f"k-means left {int((counts == 0).sum())} of {k} clusters empty; use fewer clusters")
+    info = {"clusters": k, "pca_dims": int(p.shape[1]), "min_size": int(counts.min()), "max_size": int(counts.max())}
+    if labels is not None:
+        info["purity"] = round(float(sum(np.bincount(labels[assign == j]).max() for j in range(k)) / len(labels)), 4)
+    return assign.astype(np.int64), counts / counts.sum(), info
 
 
 def random_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -225,7 +276,9 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     torch.set_num_threads(cfg.threads)
     gen = seed_all(cfg.seed)
     real = RealData(cfg, gen, data)
-    g, d = build_networks(cfg)
+    g, d = build_networks(cfg, real.cluster_probs)
+    if cfg.clusters:
+        log(f"{cfg.name}: {cfg.clusters} k-means clusters of the training images {real.cluster_info}")
     ema = EMA(g, cfg.ema_decay)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
@@ -249,13 +302,18 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     elif resume:
         log(f"--resume: no checkpoint in {out}, starting fresh")
     curves = Curves(out, history)
-    k = cfg.num_classes
+    k = cfg.d_classes
 
     def critic(x, y=None):
         return d(x, y) if k else d(x)
 
     def generate(z, y=None):
-        return g(z, y) if k else g(z)
+        return g(z, y) if cfg.num_classes else g(z)
+
+    def fake_condition(z):  # what D is told about a fake: its drawn class, its cluster code, or nothing
+        if cfg.clusters:
+            return g.code(z)
+        return random_labels(len(z), k, gen) if k else None
 
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, leave=False, mininterval=2.0)
     t0 = time.time()
@@ -271,7 +329,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
         for _ in range(cfg.n_critic):
             x_real, y_real = real.batch(cfg.batch_size)
             z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
-            y_fake = random_labels(cfg.batch_size, k, gen) if k else None
+            y_fake = fake_condition(z)
             with torch.no_grad():
                 x_fake = generate(z, y_fake)
             s_real, s_fake = critic(x_real, y_real), critic(x_fake, y_fake)
@@ -282,6 +340,8 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                     gp = losses.gradient_penalty(critic, x_real, x_fake, y_real, weight=cfg.gp_weight)
                 else:
                     gp = losses.gradient_penalty(critic, x_real, x_fake, weight=cfg.gp_weight)
+            elif cfg.r1:
+                gp = losses.r1_penalty(critic, x_real, *([y_real] if k else []), gamma=cfg.r1)
             opt_d.zero_grad(set_to_none=True)
             (loss_d + gp).backward()
             opt_d.step()
@@ -289,7 +349,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                 losses.clip_weights(d, cfg.clip)
         # 2. generator step
         z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
-        y_fake = random_labels(cfg.batch_size, k, gen) if k else None
+        y_fake = fake_condition(z)
         loss_g = loss_gen(critic(generate(z, y_fake), y_fake))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -304,6 +364,8 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                 scalars["gradient_penalty"] = gp.item()
             else:
                 scalars["js_estimate"] = losses.js_estimate(s_real, s_fake).item()
+                if cfg.r1:
+                    scalars["r1_penalty"] = gp.item()
             curves.add(step, **scalars)
             bar.set_postfix({k_: f"{v:.3f}" for k_, v in scalars.items()})
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -326,7 +388,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     curves.close()
     recalibrate_batchnorm(ema.module, cfg)
     return {"g_ema": ema.module, "d": d, "steps": step, "wall_time_s": wall, "history": curves.history,
-            "data": {"source": real.source, "sha256": real.sha256}}
+            "data": {"source": real.source, "sha256": real.sha256}, "clusters": real.cluster_info}
 
 
 def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
@@ -359,6 +421,9 @@ def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None)
         res["training_extra"] = {"seeds_trained": cfg.seeds, "wall_time_all_seeds_s": round(wall_all, 1)}
     else:
         res["metrics"] = {}
+        if cfg.clusters:
+            res["training_extra"] = {"self_conditioning": dict(res["clusters"], method="k-means on PCA of pixels, "
+                                     "labels unused (purity reported only)")}
     res["config"] = cfg
     return res
 
@@ -366,13 +431,22 @@ def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None)
 # --- export and manifest --------------------------------------------------------------------------------
 
 class _Critic(nn.Module):
-    """D with ONNX-friendly names: x (B, ...) [, y (B, K)] -> score (B, 1)."""
+    """D with ONNX-friendly names: x (B, ...) [, y (B, K)] -> score (B, 1).
 
-    def __init__(self, d: nn.Module, conditional: bool):
+    A self-conditioned D (cluster-projection) is exported unconditional, at the clusters' prior vector pi:
+    D(x, pi) = sum_k pi_k D(x, e_k) since D is linear in y. A convex combination of the per-cluster critics is
+    as Lipschitz as the worst of them, so critic-based Wasserstein bounds stay valid (and a discriminator's JS
+    estimate stays a lower bound).
+    """
+
+    def __init__(self, d: nn.Module, conditional: bool, prior: torch.Tensor | None = None):
         super().__init__()
         self.d, self.conditional = d, conditional
+        self.register_buffer("prior", prior.reshape(1, -1).clone() if prior is not None else None)
 
     def forward(self, x, y=None):
+        if self.prior is not None:
+            return self.d(x, self.prior.expand(x.shape[0], -1))
         return self.d(x, y) if self.conditional else self.d(x)
 
 
@@ -403,7 +477,7 @@ def export(result: dict, out: Path) -> dict:
 
     parity = {"generator": export_onnx(g, probe_g(2, torch.Generator().manual_seed(0)), ["x"],
                                        out / "generator.onnx", probe=probe_g),
-              "critic": export_onnx(_Critic(d, bool(k)), probe_d(2, torch.Generator().manual_seed(0)), ["score"],
+              "critic": export_onnx(_Critic(d, bool(k), g.probs if cfg.clusters else None), probe_d(2, torch.Generator().manual_seed(0)), ["score"],
                                     out / "critic.onnx", probe=probe_d)}
 
     def feeds(n):
@@ -437,6 +511,9 @@ def manifest_fields(cfg: GANConfig) -> dict:
         return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
                 "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
                 "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
+    if cfg.clusters:
+        what += (f", self-conditioned on {cfg.clusters} k-means clusters (unsupervised; the cluster is drawn from "
+                 f"z_0)")
     return {"kind": kind, "data_kind": "image", "latent_dim": cfg.latent_dim, "num_classes": cfg.num_classes,
             "class_names": [str(i) for i in range(cfg.num_classes)],
             "output": {"shape": [1, cfg.image_size, cfg.image_size], "value_range": [-1.0, 1.0]},

@@ -12,7 +12,8 @@ backward pass with ordinary ONNX ops - a vector-Jacobian product (VJP) with resp
     Gemm / MatMul  dA = dY @ B^T
     BatchNormalization (inference)  an affine map per channel: dX = dY * scale / sqrt(var + eps)
     Relu, LeakyRelu, Tanh, Sigmoid, Clip   elementwise masks/derivatives from the forward values
-    Reshape / Flatten / (Un)squeeze  reshape back to Shape(X); Concat  Slice; Transpose  inverse permutation
+    Reshape / Flatten / (Un)squeeze  reshape back to Shape(X); Concat  Slice; Slice  Pad with zeros;
+    Transpose  inverse permutation; comparisons (Greater, ...)  zero almost everywhere (piecewise constant)
     Resize (nearest, integer scale)  sum-pool via Reshape + ReduceSum
     Add / Sub / Mul / Div with a constant or same-shaped operand
 
@@ -46,6 +47,10 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 # Shape-only ops: their outputs never carry a gradient, whatever their inputs are.
 _STOP = {"Shape", "Size", "ConstantOfShape", "Constant", "Range", "NonZero", "Equal", "Greater", "Less",
          "Cast", "Gather", "ArgMax", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
+# Piecewise-constant ops: their derivative is zero almost everywhere, so an active input may reach them and their
+# outputs carry no gradient (e.g. a self-conditioned generator reading its cluster code off z_0 by comparisons).
+_PIECEWISE_CONSTANT = {"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "ArgMax", "ArgMin", "Floor",
+                       "Ceil", "Round", "Sign"}
 # Note: Gather/Cast are listed because in exported generators they appear only on shape paths; a Gather on an
 # activation would be rejected below (an active input reaching an op we do not differentiate).
 
@@ -217,6 +222,24 @@ def _vjp(b: _Builder, node: onnx.NodeProto, dy: str, active: set[str]) -> dict[s
                                           b.const(np.array([axis], np.int64))])
             start += size
         return out
+    if t == "Slice":  # dX = dY zero-padded back to X's shape (constant starts/ends/axes, unit steps, no batch axis)
+        if any(i in active for i in x[1:]) or not all(i in b.consts for i in x[1:] if i):
+            raise GradGraphError(f"Slice {node.name}: starts/ends/axes/steps must be constants")
+        starts, ends = (b.consts[i].astype(np.int64) for i in x[1:3])
+        rank = len(b.shape(x[0]))
+        axes = b.consts[x[3]].astype(np.int64) % rank if len(x) > 3 and x[3] else np.arange(len(starts))
+        if len(x) > 4 and x[4] and np.any(b.consts[x[4]] != 1):
+            raise GradGraphError(f"Slice {node.name}: only unit steps are supported")
+        pads = np.zeros(2 * rank, np.int64)
+        for ax, st, en in zip(axes, starts, ends):
+            if ax == 0:
+                raise GradGraphError(f"Slice {node.name}: slicing along the batch axis")
+            dim = b.shape(x[0])[ax]
+            if not isinstance(dim, int):
+                raise GradGraphError(f"Slice {node.name}: input has a dynamic size on axis {ax}")
+            st, en = (int(np.clip(v + dim if v < 0 else v, 0, dim)) for v in (st, en))
+            pads[ax], pads[rank + ax] = st, dim - en
+        return {x[0]: b.op("Pad", [dy, b.const(pads, "pads")], mode="constant")}
     if t in ("Add", "Sub"):
         out = {}
         for i, inp in _active_operands(b, node, active):
@@ -274,7 +297,8 @@ def build_grad_graph(model: onnx.ModelProto, *, z_name: str = "z", x_name: str =
     active_nodes = []
     for node in g.node:
         if node.op_type in _STOP:
-            if any(i in active for i in node.input) and node.op_type not in ("Shape", "Size"):
+            if (any(i in active for i in node.input) and node.op_type not in ("Shape", "Size")
+                    and node.op_type not in _PIECEWISE_CONSTANT):
                 raise GradGraphError(f"op {node.op_type} (node {node.name!r}) on the path from z to x "
                                      "has no gradient rule here")
             continue

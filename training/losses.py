@@ -101,6 +101,20 @@ def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fa
     return weight * ((norm - 1) ** 2).mean()
 
 
+def r1_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, *cond: torch.Tensor,
+               gamma: float = 10.0) -> torch.Tensor:
+    """R1 regulariser (Mescheder, Geiger & Nowozin 2018, "Which Training Methods for GANs do actually
+    Converge?", eq. 9): gamma / 2 * E_{x ~ P_r}[||grad_x D(x)||^2], on real data only.
+
+    It penalises the discriminator's gradient where the data is, so at the equilibrium (P_G = P_r, D constant
+    on the data) the dynamics converge locally instead of oscillating; for the JS family it is the
+    counterpart of WGAN-GP's penalty (which acts between the distributions and keeps the norm near 1).
+    """
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x, *cond).sum(), x, create_graph=True)
+    return 0.5 * gamma * grad.flatten(1).pow(2).sum(1).mean()
+
+
 @torch.no_grad()
 def clip_weights(module: torch.nn.Module, c: float) -> None:
     """WGAN's weight clipping to [-c, c] (Arjovsky et al. 2017, Alg. 1, c = 0.01)."""

@@ -13,6 +13,7 @@ wrong types are errors), print it and save it as <out>/config.json; 2. train (ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -50,7 +51,9 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
     log(json.dumps(cfg_dict, indent=2))
     saved = out / "config.json"
     if resume and saved.exists():
-        before = json.loads(saved.read_text())
+        # a key the saved run predates counts as its default (an option added since changes nothing)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else {}
+        before = {**{k: v for k, v in defaults.items() if k in cfg_dict}, **json.loads(saved.read_text())}
         changed = sorted(k for k in set(before) | set(cfg_dict)
                          if before.get(k) != cfg_dict.get(k) and k not in RESUME_MAY_CHANGE)
         if changed:
