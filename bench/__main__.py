@@ -11,7 +11,9 @@ One run measures, on the shipped generators (every non-evaluator model in the st
      on, under the same loads (interleaved with C);
   E  SampleStream of a large job (10^6 samples; --quick: 2*10^4) against the in-process ceiling measured
      right before and after it;
-  F  the ganserve process's RSS after warm-up and after the load.
+  F  the ganserve process's RSS after warm-up and after the load;
+  G  the bare Python gRPC ceiling (bench/echo.py: same messages, prebuilt replies, no model) at n = 1 and
+     every concurrency, so the gap to in-process splits into what gRPC-in-Python costs and what ganserve adds.
 The load comes from a separate process (bench/load.py) whose own CPU use is reported, as is each server's.
 Every comparison is a ratio of contenders measured in the same run, in interleaved rounds (A B A B ...), so
 noise from other processes on the machine hits all of them.
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Ganserve(store, args=(*OFF_ARGS, *extra), log=tmp / "ganserve-off.log") as off, \
                 Ganserve(store, args=extra, log=tmp / "ganserve-on.log") as on, \
+                Ganserve(store, log=tmp / "grpc-echo.log", entry=("-m", "bench.echo")) as echo, \
                 (Ganserve(store, args=(*extra, *args.variant_args.split()), log=tmp / "ganserve-variant.log",
                           entry=("-m", "bench.variants", args.variant))
                  if args.variant or args.variant_args else contextlib.nullcontext()) as variant:
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_server_sections(load, on, off, ts_server, models, primary, pdir, pman, rounds=rounds, dur=dur,
                                 stream_n=stream_n, quick=quick, variant=variant, out=results["servers"],
-                                checkpoint=checkpoint)
+                                checkpoint=checkpoint, echo=echo)
     finally:
         load.close()
         if ts_server is not None:
@@ -353,7 +356,9 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
                         pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
-                        variant: Ganserve | None = None, out: dict | None = None, checkpoint=lambda: None) -> dict:
+                        variant: Ganserve | None = None, out: dict | None = None, checkpoint=lambda: None,
+                        echo: Ganserve | None = None) -> dict:
+    """`echo`: bench/echo.py, the bare Python gRPC ceiling (prebuilt replies), measured next to ganserve."""
     out = {} if out is None else out
     out["section_s"] = {}
     clock = [time.monotonic()]
@@ -401,6 +406,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders.append(("torchserve", run(ts_t("ts-unbatched"), n=n), ts))
         if variant is not None:
             contenders.append(("ganserve-variant", run(grpc_t(variant), n=n), variant))
+        if echo is not None and n == 1:
+            contenders.append(("grpc-echo", run(grpc_t(echo), n=n), echo))
         out["latency"][n] = interleaved(load, contenders, rounds)
     done("latency")
 
@@ -414,6 +421,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
                            ("torchserve/on", run(ts_t("ts-batched"), c=c), ts)]
         if variant is not None:
             contenders.append(("ganserve-variant/on", run(grpc_t(variant), c=c), variant))
+        if echo is not None:
+            contenders.append(("grpc-echo", run(grpc_t(echo), c=c), echo))
         if c == 32:  # the in-process best, interleaved with the comparison that is judged against it
             contenders += [("inproc-b64/t1", run(inproc_t(1), n=64), None),
                            ("inproc-b64/t2", run(inproc_t(2), n=64), None),

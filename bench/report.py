@@ -79,6 +79,11 @@ def targets(res: dict) -> list[dict]:
             f"{g['samples_per_s']:,.0f}/s = {g['samples_per_s'] / ref:.0%} of {ref_note}; p99 {g['p99_ms']:.1f} ms; "
             f"load generator used {g['load_cpu_cores']:.2f} cores",
             g["samples_per_s"] >= 0.6 * ref and g["p99_ms"] <= 50)
+    echo = [(c, r["ganserve/on"]["samples_per_s"], r["grpc-echo"]["samples_per_s"]) for c, r in tp.items()
+            if "samples_per_s" in r.get("ganserve/on", {}) and "samples_per_s" in r.get("grpc-echo", {})]
+    if echo:
+        add("context: ganserve (batching on) as a share of the bare Python gRPC ceiling (bench/echo.py)",
+            "; ".join(f"c={c}: {a:,.0f} vs {b:,.0f}/s = {a / b:.0%}" for c, a, b in echo), None)
     worse = [(c, r["ganserve/on"]["samples_per_s"], r["ganserve/off"]["samples_per_s"]) for c, r in tp.items()
              if "samples_per_s" in r.get("ganserve/on", {}) and "samples_per_s" in r.get("ganserve/off", {})]
     if worse:
@@ -173,13 +178,14 @@ def render(res: dict) -> str:
         rows = []
         for n, r in srv.get("latency", {}).items():
             rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "inproc/2x1", "ganserve",
-                                                      "torchserve")),
+                                                      "grpc-echo", "torchserve")),
                          _f(r.get("ganserve", {}).get("samples_per_s")),
                          _f(r.get("torchserve", {}).get("samples_per_s"))]
                         + ([_lat(r.get("ganserve-variant")), _f(r.get("ganserve-variant", {}).get("samples_per_s"))]
                            if variant else []))
         parts.append(f"### Latency, one client ({prim}); p50 / p99 ms\n\n" + _table(
-            ["n", "in-process ORT t1", "in-process ORT t2", "in-process ORT 2x1", "ganserve gRPC", "TorchServe HTTP",
+            ["n", "in-process ORT t1", "in-process ORT t2", "in-process ORT 2x1", "ganserve gRPC",
+             "bare gRPC echo (no model)", "TorchServe HTTP",
              "ganserve samples/s", "TorchServe samples/s"]
             + (["ganserve variant", "(its samples/s)"] if variant else []), rows)
             + (f"\n\nganserve variant (not the shipped server): patches {variant['patches']} (bench/variants.py), "
@@ -187,8 +193,8 @@ def render(res: dict) -> str:
                f"{variant['same_samples_as_stock']}." if variant else ""))
         rows = []
         for c, r in srv.get("throughput", {}).items():
-            for k in ("ganserve/off", "ganserve/on", "ganserve-variant/on", "torchserve/off", "torchserve/on",
-                      "inproc-b64/t1", "inproc-b64/t2", "inproc-b64/2x1"):
+            for k in ("ganserve/off", "ganserve/on", "ganserve-variant/on", "grpc-echo", "torchserve/off",
+                      "torchserve/on", "inproc-b64/t1", "inproc-b64/t2", "inproc-b64/2x1"):
                 if k not in r:
                     continue
                 x = r[k]
@@ -202,7 +208,9 @@ def render(res: dict) -> str:
             ["clients", "server", "samples/s", "p50 / p99 ms", "load-gen CPU cores", "server CPU cores",
              "server CPU ms/request", "errors"],
             rows) + "\n\ninproc-b64 rows: in-process ONNX Runtime at batch 64, interleaved with the c=32 rounds "
-                    "(the reference of the 60% target).")
+                    "(the reference of the 60% target). grpc-echo: bench/echo.py, a Python gRPC server answering "
+                    "with prebuilt replies of the same size (no model): the most any Python gRPC server reaches "
+                    "under this load generator.")
         rows = [[enc, _lat(r), _f(r.get("samples_per_s")), _f(r.get("bytes_per_response"))]
                 for enc, r in srv.get("encoding", {}).items()]
         parts.append("### Encodings (ganserve, n=64, one client)\n\n" + _table(

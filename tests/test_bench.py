@@ -163,7 +163,7 @@ def test_targets_judge_known_results():
                          "ganserve": _lat(100, 100, 1700.0)}},
         throughput={"32": {"ganserve/on": _lat(10, 40, 1300.0), "ganserve/off": _lat(10, 40, 700.0),
                            "torchserve/off": _lat(10, 40, 400.0), "torchserve/on": _lat(10, 40, 900.0),
-                           "inproc-b64/t1": _lat(1, 1, 2000.0)}},
+                           "inproc-b64/t1": _lat(1, 1, 2000.0), "grpc-echo": _lat(5, 20, 2600.0)}},
         batching_by_model={"g": {"on": _lat(1, 1, 1300.0), "off": _lat(1, 1, 700.0)}},
         stream={"n": 10, "chunk": 4, "results": {"uint8": {"samples_per_s": 1850.0}},
                 "ceiling_before": {"1": 2000.0}, "ceiling_after": {"1": 1900.0}})
@@ -176,11 +176,33 @@ def test_targets_judge_known_results():
     assert got["vs TorchServe"]["met"] is True                       # p50 1.4 / 5.0 = 0.28 <= 1/3
     assert "batch job (SampleStream 10 samples, uint8) >= 90% of the in-process ceiling" in {
         t["target"] for t in report.targets(res) if t["met"] is True}
+    assert got["context"]["measured"] == "c=32: 1,300 vs 2,600/s = 50%" and got["context"]["met"] is None
     picks = got["engine choice for g"]["measured"]
     assert "b1: ORT 1,000 vs torch 400/s -> ORT" in picks and "b256: ORT 2,100 vs torch 900/s -> ORT" in picks
     res["targets"] = report.targets(res)
     text = report.render(res)  # sections that did not run are left out
     assert "| n=256 request: server >= 90% of in-process ORT at batch 256 | 1,700 vs 2,000" in text
+
+
+def test_echo_server_answers_with_the_model_output_shape(model_store):
+    """bench/echo.py: the bare-gRPC ceiling server speaks the real contract with real reply sizes."""
+    import grpc
+
+    from bench.servers import Ganserve
+    from protos import tensors
+    from protos.ganserve.v1 import generator_pb2 as pb
+    from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+    with Ganserve(model_store, entry=("-m", "bench.echo"), ready_timeout=60) as echo, \
+            grpc.insecure_channel(echo.address) as channel:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        reply = stub.Sample(pb.SampleRequest(model="tiny-gan", n=3), timeout=10)
+        assert tensors.to_array(reply.samples).shape == (3, 1, 8, 8)
+        reply = stub.SampleConditional(pb.SampleConditionalRequest(model="tiny-gan@1", n=1), timeout=10)
+        assert tensors.to_array(reply.samples).shape == (1, 1, 8, 8)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Sample(pb.SampleRequest(model="nope", n=1), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():
