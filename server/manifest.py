@@ -23,6 +23,10 @@ manifest.json (format 1):
     num_classes   int (0 for unconditional generators), class_names [str]
     output        {"shape": [C, H, W] or [D], "value_range": [lo, hi] or null}
     max_batch_size  int
+    latent_code   optional {"dim": i, "edges": [K-1 increasing floats], "values": [K floats]}: coordinate i of z
+                  is read as a discrete code (cell k <=> edges[k-1] < z_i <= edges[k]; a self-conditioned
+                  generator's cluster); values[k] lies in cell k. Inversion chooses the cell by search and keeps
+                  it fixed (the generator has no gradient along z_i).
     graphs        {role: {"file": "generator.onnx",
                           "inputs":  [{"name", "dtype", "dims"}],   dims without the batch axis
                           "outputs": [{"name", "dtype", "dims"}]}}
@@ -78,6 +82,19 @@ def _check_spec(spec: Any, where: str) -> None:
              f"{where}: dims must be a list of positive ints")
 
 
+def _check_latent_code(code: Any, latent_dim: int) -> None:
+    _require(isinstance(code, dict), "latent_code must be an object")
+    dim, edges, values = code.get("dim"), code.get("edges"), code.get("values")
+    _require(isinstance(dim, int) and 0 <= dim < latent_dim, f"latent_code.dim must be in 0..{latent_dim - 1}")
+    _require(isinstance(edges, list) and isinstance(values, list) and len(values) == len(edges) + 1 >= 2
+             and all(isinstance(v, (int, float)) for v in [*edges, *values]),
+             "latent_code needs edges (K-1 numbers) and values (K numbers), K >= 2")
+    _require(all(a < b for a, b in zip(edges, edges[1:])), "latent_code.edges must be strictly increasing")
+    bounds = [float("-inf"), *edges, float("inf")]
+    _require(all(bounds[k] < v <= bounds[k + 1] for k, v in enumerate(values)),
+             "latent_code.values[k] must lie in cell k (edges[k-1] < value <= edges[k])")
+
+
 def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     """Check a manifest's structure (not the files); return it. Raises ManifestError with the reason."""
     m = manifest
@@ -100,6 +117,8 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     _require(vr is None or (isinstance(vr, list) and len(vr) == 2 and vr[0] < vr[1]),
              "output.value_range must be null or [lo, hi] with lo < hi")
     _require(isinstance(m.get("max_batch_size"), int) and m["max_batch_size"] > 0, "max_batch_size must be > 0")
+    if "latent_code" in m:
+        _check_latent_code(m["latent_code"], m["latent_dim"])
     graphs, files = m.get("graphs"), m.get("files")
     _require(isinstance(graphs, dict) and graphs, "graphs must name at least one graph")
     _require(isinstance(files, dict), "files must map file names to sha256")

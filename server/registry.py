@@ -146,7 +146,8 @@ class LoadedModel:
             from training.inversion_runtime import Inverter
 
             self._inverter = Inverter(generator_grad=self.sessions.get("generator_grad"),
-                                      encoder=self.sessions.get("encoder"), generator=self.sessions.get("generator"))
+                                      encoder=self.sessions.get("encoder"), generator=self.sessions.get("generator"),
+                                      latent_code=self.manifest.get("latent_code"))
         return self._inverter
 
 

@@ -197,3 +197,46 @@ def test_grad_cost_agrees_with_finite_differences(tmp_path):
     r = grad_cost(_linear_version(tmp_path, [4.0, 2.0, 1.0, 0.3]), batch=8, threads=1, repeats=1)
     assert 0.999 <= r["cosine_grad_graph_vs_fd"] <= 1.0 + 1e-9
     assert r["forward_ms_per_image"] > 0 and r["grad_graph_ms_per_image"] > 0 and r["finite_differences_ms_per_image"] > 0
+
+
+def test_discrete_code_is_found_by_search_and_kept_fixed():
+    """A self-conditioned generator (training.dcgan.CodedGenerator): z_0's cell is chosen by search, optimisation
+    never moves it (the prior alone would drag it to 0 under Adam), and the true cell is recovered."""
+    from training.dcgan import CodedGenerator
+
+    torch.manual_seed(0)
+    g = CodedGenerator(6, [0.25, 0.25, 0.25, 0.25], width=8, image_size=8)
+    for m in g.modules():  # distinct, well-conditioned eval-mode statistics
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_var.fill_(0.5)
+    g.eval()
+    gm = _onnx(g, (torch.randn(2, 6),), ["z"], "x")
+    code = g.latent_code()
+    inv = rt.Inverter(generator_grad=_session(build_grad_graph(gm)), generator=_session(gm), latent_code=code)
+    rng = np.random.default_rng(1)
+    z_true = rng.standard_normal((12, 6)).astype(np.float32)
+    z_true[:, 0] = np.asarray(code["values"], np.float32)[np.arange(12) % 4]  # every cell, at its value
+    x = inv.generate(z_true)
+    start = z_true.copy()
+    start[:, 0] = 0.3  # a wrong cell for most
+    found, f = inv.search_code(x, start)
+    assert np.array_equal(found[:, 0], z_true[:, 0]) and np.allclose(f, 0, atol=1e-8)
+    settings = rt.InversionSettings(steps=5, prior_weight=0.1)
+    r = inv.invert(x, "OPTIMIZE", z0=start, settings=settings)  # right continuous part, wrong cells
+    assert np.array_equal(r.z[:, 0], z_true[:, 0])  # found by search, not moved by the prior's gradient
+    r = inv.invert(x, "OPTIMIZE", settings=settings)  # from zeros: some cell, held at its value throughout
+    assert np.isin(r.z[:, 0], np.asarray(code["values"], np.float32)).all()
+    with pytest.raises(ValueError, match="discrete"):
+        rt.Inverter(generator_grad=inv.grad, generator=inv.generator).search_code(x, start)
+
+
+def test_manifest_latent_code_is_validated():
+    from server.manifest import ManifestError, _check_latent_code
+
+    _check_latent_code({"dim": 0, "edges": [-0.5, 0.5], "values": [-1.0, 0.0, 1.0]}, 4)
+    for bad, why in [({"dim": 4, "edges": [0.0], "values": [-1.0, 1.0]}, "dim"),
+                     ({"dim": 0, "edges": [0.5, -0.5], "values": [-1.0, 0.0, 1.0]}, "increasing"),
+                     ({"dim": 0, "edges": [0.0], "values": [-1.0]}, "K >= 2"),
+                     ({"dim": 0, "edges": [0.0], "values": [1.0, 2.0]}, "cell")]:
+        with pytest.raises(ManifestError, match=why):
+            _check_latent_code(bad, 4)

@@ -90,6 +90,15 @@ class CodedGenerator(nn.Module):
         self.num_codes = len(probs)
         self.inner = Generator(latent_dim - 1, self.num_codes, width, image_size)
 
+    def latent_code(self) -> dict:
+        """The manifest's `latent_code` (server/manifest.py): z_0's cells and a representative value of each
+        (its median under N(0, 1)), so inversion can choose the cell by search and keep it fixed."""
+        cum = torch.cumsum(self.probs.double(), 0)
+        mid = torch.cat([cum.new_zeros(1), cum[:-1]]) + self.probs.double() / 2
+        values = torch.distributions.Normal(0.0, 1.0).icdf(mid.clamp(1e-12, 1 - 1e-12))
+        return {"dim": 0, "edges": [round(float(e), 7) for e in self.hi[:-1]],
+                "values": [round(float(v), 7) for v in values]}
+
     def code(self, z: torch.Tensor) -> torch.Tensor:
         """(B, K) one-hot cluster code of each latent."""
         z0 = z[:, :1]  # (B, 1)

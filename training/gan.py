@@ -497,7 +497,8 @@ def export(result: dict, out: Path) -> dict:
     graphs["critic"]["estimates"] = "wasserstein" if cfg.loss.startswith("wgan") else "js"
     files = {"generator.onnx": out / "generator.onnx", "critic.onnx": out / "critic.onnx",
              "samples.png": out / "samples.png", "curves.png": out / "curves.png"}
-    return {"graphs": graphs, "files": files, "metrics": metrics,
+    fields = {"latent_code": g.latent_code()} if cfg.clusters else {}
+    return {"graphs": graphs, "files": files, "metrics": metrics, "fields": fields,
             "export": {"parity_max_abs_diff": parity, "inprocess_samples_per_s": speed["batch_256"],
                        "samples_per_s": speed, "samples_per_s_1_thread": speed_1t, "ort_threads": 2,
                        "generator_params": param_count(g), "critic_params": param_count(d), "opset": 17}}

@@ -15,6 +15,11 @@ Methods:
               constant: -log N(z; 0, I/(2 prior_weight))). The gradient of the first term comes from
               generator_grad (training/grad_graph.py); the prior's is added here.
     HYBRID    OPTIMIZE started from the encoder's z.
+Discrete latent codes (manifest `latent_code`, a self-conditioned generator's cluster read off z_i): the
+generator is piecewise constant along z_i, so no gradient can move it between cells, and Adam would drift it
+on the prior's gradient alone. OPTIMIZE and HYBRID therefore first choose the cell by search (every cell's
+representative value, keeping the start point's other coordinates; the objective below decides), then
+optimise the other coordinates with z_i held fixed. ENCODER stays one pass (the encoder's own z_i).
 Each sample is optimised independently (Adam's moments are per coordinate, so a batch is N independent
 problems); the returned z is the best evaluated iterate per sample, so HYBRID is never worse than ENCODER
 on the objective.
@@ -62,7 +67,7 @@ DEFAULTS = InversionSettings()
 @dataclass
 class InversionResult:
     z: np.ndarray               # (N, d) float32
-    objective: np.ndarray       # (N,) ||G(z) - x||^2 + prior_weight ||z||^2 at z (NaN for ENCODER without a grad graph)
+    objective: np.ndarray       # (N,) ||G(z) - x||^2 + prior_weight ||z||^2 at z (a discrete code's coordinate excluded) (NaN for ENCODER without a grad graph)
     reconstruction: np.ndarray | None  # (N, *image) in the generator's value range, when a generator is given
     method: str
     steps: int
@@ -83,10 +88,12 @@ def make_session(path: str | Path, threads: int = 1):
 class Inverter:
     """Inversion for one model version. Sessions are onnxruntime.InferenceSession (thread-safe Run)."""
 
-    def __init__(self, *, generator_grad=None, encoder=None, generator=None):
+    def __init__(self, *, generator_grad=None, encoder=None, generator=None, latent_code: dict | None = None):
         if generator_grad is None and encoder is None:
             raise ValueError("need at least an encoder or a generator_grad session")
         self.grad, self.encoder, self.generator = generator_grad, encoder, generator
+        self.code_dim = None if latent_code is None else int(latent_code["dim"])
+        self.code_values = None if latent_code is None else np.asarray(latent_code["values"], np.float32)
         # Conditional if any graph takes the label. An encoder may ignore it (the latent-constraint model's VAE
         # encoder reads the image only): each graph is fed only the inputs it declares.
         self._takes_y = {id(s): any(i.name == "y" for i in s.get_inputs())
@@ -99,9 +106,13 @@ class Inverter:
 
     @classmethod
     def from_version_dir(cls, version_dir: str | Path, threads: int = 1) -> "Inverter":
+        import json
+
         d = Path(version_dir)
         get = lambda f: make_session(d / f, threads) if (d / f).exists() else None  # noqa: E731
-        return cls(generator_grad=get("generator_grad.onnx"), encoder=get("encoder.onnx"), generator=get("generator.onnx"))
+        code = json.loads((d / "manifest.json").read_text()).get("latent_code") if (d / "manifest.json").exists() else None
+        return cls(generator_grad=get("generator_grad.onnx"), encoder=get("encoder.onnx"),
+                   generator=get("generator.onnx"), latent_code=code)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -142,7 +153,42 @@ class Inverter:
                            prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
         """f(z) = ||G(z) - x||^2 + prior_weight ||z||^2 per sample, and df/dz."""
         loss, grad = self.grad.run(["loss", "grad_z"], self._feed(self.grad, {"z": z, "target": x}, y, 0, len(z)))
-        return loss + prior_weight * (z * z).sum(1), grad + 2.0 * prior_weight * z
+        grad = grad + 2.0 * prior_weight * z
+        if self.code_dim is not None:
+            grad[:, self.code_dim] = 0.0  # the code's cell is chosen by search_code, never by a gradient
+        return loss + prior_weight * self._sq_norm(z), grad
+
+    def _sq_norm(self, z: np.ndarray) -> np.ndarray:
+        """||z||^2 over the continuous coordinates (a discrete code's value is a cell label, not a Gaussian draw)."""
+        sq = (z * z).sum(1)
+        return sq if self.code_dim is None else sq - z[:, self.code_dim] ** 2
+
+    def search_code(self, x: np.ndarray, z: np.ndarray, y: np.ndarray | None = None, prior_weight: float = 0.0,
+                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """For a discrete latent code: each sample's best cell (its representative value at code_dim, the other
+        coordinates from z) under ||G(z) - x||^2 + prior_weight ||z_continuous||^2; returns (z with the cells
+        set, objective). Costs one generator pass per cell and image."""
+        z = np.array(z, dtype=np.float32)
+        if self.code_dim is None:
+            raise ValueError("this model has no discrete latent code")
+        best_f = np.full(len(z), np.inf, np.float32)
+        best_v = np.zeros(len(z), np.float32)
+        for v in self.code_values:
+            trial = z.copy()
+            trial[:, self.code_dim] = v
+            if self.generator is not None:
+                err = self.generate(trial, y, batch_size) - x
+                f = (err * err).reshape(len(z), -1).sum(1)
+            else:
+                f = np.concatenate([self.grad.run(["loss"], self._feed(self.grad, {"z": trial[i:i + batch_size],
+                                                                                   "target": x[i:i + batch_size]},
+                                                                      y, i, i + batch_size))[0]
+                                    for i in range(0, len(z), batch_size)])
+            f = f + prior_weight * self._sq_norm(trial)
+            better = f < best_f
+            best_f[better], best_v[better] = f[better], v
+        z[:, self.code_dim] = best_v
+        return z, best_f
 
     def optimize(self, x: np.ndarray, z0: np.ndarray, y: np.ndarray | None = None,
                  settings: InversionSettings = DEFAULTS) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -198,6 +244,8 @@ class Inverter:
                     raise ValueError(f"z0 must be ({len(x)}, {self.latent_dim}), got {start.shape}")
             else:
                 start = np.zeros((len(x), self.latent_dim), np.float32)
+            if self.code_dim is not None:
+                start, _ = self.search_code(x, start, y, settings.prior_weight, settings.batch_size)
             z, objective, hist = self.optimize(x, start, y, settings)
             steps = settings.steps
         seconds = time.perf_counter() - t0

@@ -67,8 +67,8 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
                 "wall_time_s": round(result["wall_time_s"], 1), "data": result["data"],
                 **result.get("training_extra", {})}
     metrics = {**result["metrics"], **art.get("metrics", {})}
-    manifest = build_manifest(cfg.name, module.manifest_fields(cfg), art["graphs"], training, metrics,
-                              art["export"])
+    manifest = build_manifest(cfg.name, {**module.manifest_fields(cfg), **art.get("fields", {})}, art["graphs"],
+                              training, metrics, art["export"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     published = None
     if store is not None:
