@@ -112,6 +112,21 @@ def _arith(op):
     return f
 
 
+def _slice(i):
+    """ONNX Slice with constant starts/ends[/axes/steps] (Python ints after constant folding)."""
+    x, starts, ends = i[0], _ints(i[1]), _ints(i[2])
+    starts, ends = (v if isinstance(v, list) else [v] for v in (starts, ends))
+    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+    steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    axes, steps = (v if isinstance(v, list) else [v] for v in (axes, steps))
+    if not isinstance(x, torch.Tensor):  # a shape list
+        return x[slice(starts[0], ends[0], steps[0])]
+    idx = [slice(None)] * x.dim()
+    for ax, st, en, sp in zip(axes, starts, ends, steps):
+        idx[ax % x.dim()] = slice(st, en, sp)
+    return x[tuple(idx)]
+
+
 # op -> f(inputs, attrs); inputs are tensors, Python ints/lists for int64 values, or None for empty names
 OPS = {
     "Identity": lambda i, a: i[0],
@@ -145,6 +160,10 @@ OPS = {
     "Unsqueeze": lambda i, a: _unsqueeze(i[0], i[1] if len(i) > 1 else a["axes"]),
     "Squeeze": lambda i, a: i[0].squeeze() if len(i) < 2 else i[0].squeeze(tuple(_ints(i[1]))),
     "Concat": lambda i, a: _concat(i, a),
+    "Slice": lambda i, a: _slice(i),
+    "Greater": lambda i, a: i[0] > i[1],
+    "Less": lambda i, a: i[0] < i[1],
+    "Equal": lambda i, a: i[0] == i[1],
     "Cast": lambda i, a: i[0] if not isinstance(i[0], torch.Tensor) else i[0].to(
         {1: torch.float32, 7: torch.int64, 9: torch.bool, 11: torch.float64}[a["to"]]),
 }

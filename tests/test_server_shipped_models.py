@@ -20,7 +20,8 @@ from tests.conftest import start_server
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 IMAGE_MODELS = ("gan-mnist", "wgan-gp-mnist", "cgan-mnist")
 CONDITIONAL_MODELS = ("cgan-mnist", "latent-constraint-mnist")
-POINT_MODELS = {"gan-ring8": "ring8", "wgan-gp-ring8": "ring8", "gan-grid25": "grid25", "wgan-gp-grid25": "grid25"}
+POINT_MODELS = {"gan-ring8": "ring8", "gan-r1-ring8": "ring8", "wgan-gp-ring8": "ring8", "gan-grid25": "grid25",
+                "wgan-gp-grid25": "grid25"}
 
 
 def _present(name: str) -> bool:

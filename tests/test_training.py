@@ -18,7 +18,7 @@ from training.gan import GANConfig, build_networks  # noqa: E402
 from training.run import load  # noqa: E402
 from training.toy import PointDiscriminator, PointGenerator  # noqa: E402
 
-SHIPPED = ["gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "wgan-gp-ring8", "gan-grid25", "wgan-gp-grid25",
+SHIPPED = ["gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "wgan-gp-ring8", "gan-grid25", "wgan-gp-grid25",
            "mnist-evaluator"]
 
 

@@ -512,6 +512,8 @@ def manifest_fields(cfg: GANConfig) -> dict:
         return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
                 "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
                 "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
+    if cfg.r1:
+        what += f" + R1 penalty (gamma {cfg.r1:g})"
     if cfg.clusters:
         what += (f", self-conditioned on {cfg.clusters} k-means clusters (unsupervised; the cluster is drawn from "
                  f"z_0)")

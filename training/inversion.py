@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inv-steps", type=int, default=rt.DEFAULTS.steps, help="OPTIMIZE/HYBRID steps to measure with")
     p.add_argument("--inv-lr", type=float, default=rt.DEFAULTS.lr)
     p.add_argument("--inv-prior", type=float, default=rt.DEFAULTS.prior_weight)
+    p.add_argument("--methods", default=",".join(rt.METHODS), help="methods to measure, comma-separated")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads while measuring")
     p.add_argument("--measure-only", action="store_true",
                    help="only measure the newest version as published (no training, no publishing)")
     p.add_argument("--publish-only", action="store_true",
@@ -348,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     src = resolve(store, args.model)
     settings = rt.InversionSettings(steps=args.inv_steps, lr=args.inv_lr, prior_weight=args.inv_prior)
     if args.measure_only:
-        print(json.dumps(rt.measure(src, find_evaluator(store), settings=settings), indent=2))
+        methods = tuple(m.strip().upper() for m in args.methods.split(",") if m.strip())
+        print(json.dumps(rt.measure(src, find_evaluator(store), settings=settings, methods=methods,
+                                    threads=args.threads), indent=2))
         if args.strip:
             strip_png(src, Path(args.strip), settings=settings)
         return
