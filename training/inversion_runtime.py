@@ -19,7 +19,8 @@ Discrete latent codes (manifest `latent_code`, a self-conditioned generator's cl
 generator is piecewise constant along z_i, so no gradient can move it between cells, and Adam would drift it
 on the prior's gradient alone. OPTIMIZE and HYBRID therefore first choose the cell by search (every cell's
 representative value, keeping the start point's other coordinates; the objective below decides), then
-optimise the other coordinates with z_i held fixed. ENCODER stays one pass (the encoder's own z_i).
+optimise the other coordinates with z_i held fixed. ENCODER is one encoder pass plus that search (no
+optimisation): the encoder's own z_i, a regression, mostly lands in a wrong cell.
 Each sample is optimised independently (Adam's moments are per coordinate, so a batch is N independent
 problems); the returned z is the best evaluated iterate per sample, so HYBRID is never worse than ENCODER
 on the objective.
@@ -238,6 +239,8 @@ class Inverter:
         hist: list[float] = []
         if method == "ENCODER":
             z = self.encode(x, y, settings.batch_size)
+            if self.code_dim is not None and self.generator is not None:  # the cell by search, no optimisation
+                z, _ = self.search_code(x, z, y, settings.prior_weight, settings.batch_size)
             objective = (self.optimize(x, z, y, replace(settings, steps=0))[1] if self.grad is not None
                          else np.full(len(z), np.nan, np.float32))
             steps = 0
