@@ -14,8 +14,8 @@ import pytest
 from server.manifest import ManifestError, read_manifest, sha256_file, validate, verify_files
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
-SHIPPED = ["mnist-evaluator", "gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "wgan-gp-ring8", "gan-grid25",
-           "wgan-gp-grid25"]
+SHIPPED = ["mnist-evaluator", "gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "wgan-gp-ring8",
+           "gan-grid25", "wgan-gp-grid25"]
 
 
 def _versions():

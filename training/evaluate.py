@@ -363,7 +363,7 @@ def write_docs(results: list[dict], store: Path, docs: Path, command: str) -> No
         "images against the same test split. Mixtures: 2,500 samples per training seed (VEEGAN/PacGAN protocol), "
         "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars are issue 3's. "
         "Training wall time is the wall clock each manifest records, on the 2-core development machine while "
-        "other jobs shared it (the MNIST runs trained three at a time), so it overstates a dedicated run.\n\n"
+        "other jobs often shared it (one to ten at a time; see the README), so it can overstate a dedicated run.\n\n"
         f"{markdown_table(rows)}\n\n| model | samples | training curves |\n| --- | --- | --- |\n{pics}\n")
 
 
