@@ -64,6 +64,11 @@ class Discriminator(nn.Module):
         return out
 
 
+def _normal_quantile(p: torch.Tensor) -> torch.Tensor:
+    """Standard-normal quantiles of probabilities p (clamped away from 0 and 1)."""
+    return torch.distributions.Normal(0.0, 1.0).icdf(p.double().clamp(1e-12, 1 - 1e-12))
+
+
 class CodedGenerator(nn.Module):
     """Unconditional generator with a discrete code read off the latent: z (B, latent_dim) -> x (B, 1, S, S).
 
@@ -82,7 +87,7 @@ class CodedGenerator(nn.Module):
         if latent_dim < 2:
             raise ValueError(f"latent_dim must be >= 2 (z_0 is the code), got {latent_dim}")
         probs = probs / probs.sum()
-        inner = torch.distributions.Normal(0.0, 1.0).icdf(torch.cumsum(probs, 0)[:-1].clamp(1e-12, 1 - 1e-12))
+        inner = _normal_quantile(torch.cumsum(probs, 0)[:-1])
         big = torch.tensor([1e30], dtype=torch.float64)  # stands for infinity, finite in ONNX initialisers
         self.register_buffer("probs", probs.float())
         self.register_buffer("lo", torch.cat([-big, inner]).float())  # (K,)
@@ -93,9 +98,8 @@ class CodedGenerator(nn.Module):
     def latent_code(self) -> dict:
         """The manifest's `latent_code` (server/manifest.py): z_0's cells and a representative value of each
         (its median under N(0, 1)), so inversion can choose the cell by search and keep it fixed."""
-        cum = torch.cumsum(self.probs.double(), 0)
-        mid = torch.cat([cum.new_zeros(1), cum[:-1]]) + self.probs.double() / 2
-        values = torch.distributions.Normal(0.0, 1.0).icdf(mid.clamp(1e-12, 1 - 1e-12))
+        probs = self.probs.double()
+        values = _normal_quantile(torch.cumsum(probs, 0) - probs / 2)  # each cell's median
         return {"dim": 0, "edges": [round(float(e), 7) for e in self.hi[:-1]],
                 "values": [round(float(v), 7) for v in values]}
 

@@ -148,12 +148,13 @@ class RealData:
             from training.data import load_digits, load_mnist
 
             data = load_mnist("train", cfg.data_path or None) if cfg.data == "mnist" else load_digits("train")
-        self.x = torch.from_numpy(np.array(data.images)) * 2 - 1  # (N, 1, S, S) in [-1, 1)
-        self.y = torch.from_numpy(np.array(data.labels))
+        images, labels = np.array(data.images), np.array(data.labels)
+        self.x = torch.from_numpy(images) * 2 - 1  # (N, 1, S, S) in [-1, 1)
+        self.y = torch.from_numpy(labels)
         self.source, self.sha256 = data.source, data.sha256
         if cfg.clusters:  # self-conditioning: D and G see the cluster, never the label
-            assign, self.cluster_probs, self.cluster_info = cluster_images(np.array(data.images), cfg.clusters,
-                                                                           cfg.seed, labels=np.array(data.labels))
+            assign, self.cluster_probs, self.cluster_info = cluster_images(images, cfg.clusters, cfg.seed,
+                                                                           labels=labels)
             self.y = torch.from_numpy(assign)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -392,7 +393,8 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
 
 
 def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
-    theory = (["wasserstein_estimate", "gradient_penalty"] if cfg.loss.startswith("wgan") else ["js_estimate"])
+    theory = (["wasserstein_estimate", "gradient_penalty"] if cfg.loss.startswith("wgan") else
+              ["js_estimate", "r1_penalty"] if cfg.r1 else ["js_estimate"])
     evals = (["eval/high_quality"] if cfg.points else ["eval/frechet_ratio"])
     groups = [("what D estimates", theory), ("losses", ["loss_d", "loss_g"]),
               ("quality", evals + (["eval/modes"] if cfg.points else ["eval/recall", "eval/precision"]))]

@@ -172,11 +172,16 @@ class Inverter:
         return sq if self.code_dim is None else sq - z[:, self.code_dim] ** 2
 
     def search_code(self, x: np.ndarray, z: np.ndarray, y: np.ndarray | None = None, prior_weight: float = 0.0,
-                    batch_size: int = 256, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """For a discrete latent code: each sample's best cell (its representative value at code_dim, the other
         coordinates from z) under ||G(z) - x||^2 + prior_weight ||z_continuous||^2; returns (z with the cells
-        set, objective). Costs one generator pass per cell and image. With top > 1: the `top` best cells,
-        as (top, N, d) and (top, N), best first."""
+        set, objective). Costs one generator pass per cell and image."""
+        zs, fs = self._best_cells(x, z, y, prior_weight, batch_size, top=1)
+        return zs[0], fs[0]
+
+    def _best_cells(self, x: np.ndarray, z: np.ndarray, y: np.ndarray | None, prior_weight: float,
+                    batch_size: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `top` best cells of each sample (see search_code): (top, N, d) latents and (top, N) objectives."""
         z = np.array(z, dtype=np.float32)
         if self.code_dim is None:
             raise ValueError("this model has no discrete latent code")
@@ -196,8 +201,7 @@ class Inverter:
         order = np.argsort(scores, axis=0, kind="stable")[:max(1, min(top, len(scores)))]  # (top, N)
         zs = np.repeat(z[None], len(order), 0)
         zs[:, :, self.code_dim] = self.code_values[order]
-        fs = np.take_along_axis(scores, order, 0)
-        return (zs[0], fs[0]) if top == 1 else (zs, fs)
+        return zs, np.take_along_axis(scores, order, 0)
 
     def optimize(self, x: np.ndarray, z0: np.ndarray, y: np.ndarray | None = None,
                  settings: InversionSettings = DEFAULTS) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -255,21 +259,15 @@ class Inverter:
                     raise ValueError(f"z0 must be ({len(x)}, {self.latent_dim}), got {start.shape}")
             else:
                 start = np.zeros((len(x), self.latent_dim), np.float32)
-            if self.code_dim is not None and settings.code_starts > 1:
-                # optimise from each of the best few cells (one batch of N * starts problems), keep the best
-                starts, _ = self.search_code(x, start, y, settings.prior_weight, settings.batch_size,
-                                             top=settings.code_starts)
-                m = len(starts)
-                zz, ff, hist = self.optimize(np.tile(x, (m, 1, 1, 1)), starts.reshape(-1, self.latent_dim),
-                                             None if y is None else np.tile(y, (m, 1)), settings)
-                ff = ff.reshape(m, len(x))
-                pick = ff.argmin(0)
-                z = zz.reshape(m, len(x), -1)[pick, np.arange(len(x))]
-                objective = ff[pick, np.arange(len(x))]
-            else:
-                if self.code_dim is not None:
-                    start, _ = self.search_code(x, start, y, settings.prior_weight, settings.batch_size)
-                z, objective, hist = self.optimize(x, start, y, settings)
+            # m start points per sample: the start itself, or a discrete code's best m cells; all m * N problems
+            # are optimised as one batch and each sample keeps its best
+            starts = (start[None] if self.code_dim is None else
+                      self._best_cells(x, start, y, settings.prior_weight, settings.batch_size, settings.code_starts)[0])
+            m, n = len(starts), len(x)
+            zz, ff, hist = self.optimize(x if m == 1 else np.tile(x, (m, 1, 1, 1)), starts.reshape(m * n, -1),
+                                         y if y is None or m == 1 else np.tile(y, (m, 1)), settings)
+            pick = ff.reshape(m, n).argmin(0)
+            z, objective = zz.reshape(m, n, -1)[pick, np.arange(n)], ff.reshape(m, n)[pick, np.arange(n)]
             steps = settings.steps
         seconds = time.perf_counter() - t0
         rec = self.generate(z, y, settings.batch_size) if (reconstruct and self.generator is not None) else None
