@@ -22,6 +22,12 @@ progress, not for every queued chunk of a batch job. One bulk request that has w
 first in a batch, so streams keep moving under a steady interactive load, and interactive requests wait at
 most one chunk behind them when the streams alone saturate the model.
 
+Idle fast path (`inline_when_idle`, on in the server): a request that finds the model idle - nothing running,
+nothing queued - and no queue delay configured runs at once on its caller's thread instead of being handed to
+the worker thread and back, which saves two thread wake-ups (~0.1-0.3 ms of a single-sample request under the
+GIL). While it runs the model counts as busy, so requests arriving meanwhile queue and the worker takes them as
+one batch when it ends: batching under load is unchanged. Bulk work always goes through the queue.
+
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
 """
@@ -62,8 +68,10 @@ class Batcher:
     def __init__(self, name: str, run: RunFn, *, max_batch: int, max_queue: int, max_delay_s: float,
                  queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None,
                  bulk_max_wait_s: float = 1.0,
-                 runners: int = 1, split_rows: int = 64, split_s: float = 0.004):
+                 runners: int = 1, split_rows: int = 64, split_s: float = 0.004, inline_when_idle: bool = False):
         self.name, self._run = name, run
+        self.inline_when_idle = inline_when_idle and max_delay_s == 0
+        self._busy = False  # a batch is running (on the worker, or inline on a caller's thread)
         self.runners, self.split_rows, self.split_s = runners, split_rows, split_s
         self._row_s = 0.0  # running mean of seconds per row of runs of >= 32 rows (0 until measured: no split)
         # runners - 1 helper threads for the parts of a split batch (the worker thread runs the last part). Not
@@ -98,8 +106,19 @@ class Batcher:
             if len(self._queue) + len(self._bulk) >= self.max_queue:
                 raise ResourceExhausted(f"model {self.name}: queue full ({self.max_queue} requests waiting); "
                                         "retry with backoff")
-            (self._bulk if bulk else self._queue).append(item)
-            self._cond.notify()
+            inline = self.inline_when_idle and not bulk and not self._busy and not self._queue and not self._bulk
+            if not inline:
+                (self._bulk if bulk else self._queue).append(item)
+                self._cond.notify()
+                return item.future
+            self._busy = True
+        try:
+            self._execute([item])
+        finally:
+            with self._cond:
+                self._busy = False
+                if self._queue or self._bulk:
+                    self._cond.notify()  # requests that arrived meanwhile: the worker runs them as one batch
         return item.future
 
     def depth(self) -> int:
@@ -114,7 +133,7 @@ class Batcher:
     # -- worker -------------------------------------------------------------------------------------------
     def _take(self) -> list[_Item]:
         with self._cond:
-            while not self._queue and not self._bulk and not self._closed:
+            while (self._busy or (not self._queue and not self._bulk)) and not self._closed:
                 self._cond.wait()
             if not self._queue and not self._bulk:
                 return []
@@ -139,6 +158,7 @@ class Batcher:
                     item = q.popleft()
                     batch.append(item)
                     rows += item.rows
+            self._busy = True
             return batch
 
     def _loop(self) -> None:
@@ -146,7 +166,11 @@ class Batcher:
             batch = self._take()
             if not batch:
                 return
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _live(self, items: list[_Item]) -> list[_Item]:
         now = time.monotonic()

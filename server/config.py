@@ -36,6 +36,9 @@ class Config:
     # dynamic batcher (Triton's knobs)
     max_batch_samples: int = field(default=256, metadata={"help": "largest batch run at once, in samples"})
     max_queue_delay_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests to batch"})
+    inline_when_idle: bool = field(default=True, metadata={
+        "help": "a request that finds its model idle runs on its own thread (no hand-off to the batcher's); "
+                "requests arriving meanwhile are batched as usual. Off with a queue delay"})
     max_queue_size: int = field(default=64, metadata={"help": "requests waiting per model; more = RESOURCE_EXHAUSTED"})
     queue_timeout_ms: float = field(default=10000.0, metadata={"help": "a request waiting longer is rejected"})
     # limits
@@ -99,8 +102,26 @@ class Config:
         return ""
 
 
+def boolean(raw: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (flags and GANSERVE_* variables)."""
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+_KINDS = {"int": int, "float": float, "str": str, "bool": boolean}
+
+
+def _kind(f):
+    kind = _KINDS[f.type] if isinstance(f.type, str) else f.type
+    return boolean if kind is bool else kind
+
+
 def _parse_env(f, raw: str):
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    kind = _kind(f)
     try:
         return kind(raw)
     except ValueError as e:
@@ -114,7 +135,7 @@ def from_args(argv: list[str] | None = None, env: dict[str, str] | None = None) 
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = Config()
     for f in fields(Config):
-        kind = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
+        kind = _kind(f)
         var = ENV_PREFIX + f.name.upper()
         try:
             default = _parse_env(f, env[var]) if var in env else getattr(defaults, f.name)

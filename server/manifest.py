@@ -5,7 +5,8 @@ Layout (after Triton's model repository):
     model_store/<name>/<version>/manifest.json
                                  generator.onnx        the sampler (kind classifier: classifier.onnx)
                                  encoder.onnx          optional, image -> latent (Invert)
-                                 generator_grad.onnx   optional, (z, x[, y]) -> (loss, dloss/dz) (Invert OPTIMIZE)
+                                 generator_grad.onnx   optional, (z, x[, y]) -> (loss, dloss/dz) (Invert OPTIMIZE);
+                                                       usually not stored but derived from generator.onnx at load
                                  critic.onnx           optional, discriminator/critic (critic-based divergences)
                                  samples.png curves.png  previews for people
 
@@ -33,6 +34,9 @@ manifest.json (format 1):
                   roles: generator (inputs z [latent_dim] then, if conditional, y [num_classes] class
                   probabilities; output x), encoder (x[, y] -> z), generator_grad, critic (x[, y] -> score),
                   classifier (evaluator: x in [0, 1] -> logits [num_classes], features [F])
+                  generator_grad may say {"derive": "vjp", "inputs", "outputs"} instead of a file: the loader
+                  builds it from the generator graph (training/grad_graph.py, an ONNX-level vector-Jacobian
+                  product; deterministic, ~0.1 s), so the store does not hold the generator's weights twice.
     files         {file name: sha256 hex}
     training      {config, seed, steps, wall_time_s, data {source, sha256}, ...}   free-form
     metrics       {name: number}                                                  free-form scalars
@@ -53,6 +57,7 @@ from typing import Any
 FORMAT = 1
 KINDS = ("gan", "wgan-gp", "cgan", "latent-constraint", "evaluator")
 ROLES = ("generator", "encoder", "generator_grad", "critic", "classifier")
+DERIVE_VJP = "vjp"  # graphs.generator_grad.derive: built from the generator at load (training/grad_graph.py)
 DTYPES = ("float32", "uint8", "int64")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -126,8 +131,14 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     _require(main_role in graphs, f"kind {m['kind']} needs a {main_role} graph")
     for role, g in graphs.items():
         _require(role in ROLES, f"unknown graph role {role!r}; known: {ROLES}")
-        _require(isinstance(g, dict) and isinstance(g.get("file"), str), f"graphs.{role}.file missing")
-        _require(g["file"] in files, f"graphs.{role}.file {g['file']} is not listed in files")
+        _require(isinstance(g, dict), f"graphs.{role} must be an object")
+        if "derive" in g:
+            _require(role == "generator_grad" and g["derive"] == DERIVE_VJP and "file" not in g,
+                     f"graphs.{role}.derive: only generator_grad may be derived, as {DERIVE_VJP!r}, without a file")
+            _require("generator" in graphs, f"graphs.{role} is derived from the generator graph, which is missing")
+        else:
+            _require(isinstance(g.get("file"), str), f"graphs.{role}.file missing")
+            _require(g["file"] in files, f"graphs.{role}.file {g['file']} is not listed in files")
         for i, spec in enumerate(g.get("inputs", [])):
             _check_spec(spec, f"graphs.{role}.inputs[{i}]")
         for i, spec in enumerate(g.get("outputs", [])):
@@ -162,6 +173,27 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
         _require(path.is_file() and not path.is_symlink(), f"{version_dir}: missing file {name}")
         actual = sha256_file(path)
         _require(actual == digest, f"{version_dir}/{name}: sha256 {actual[:12]}... != manifest {digest[:12]}...")
+
+
+def graph_model(version_dir: Path, manifest: dict[str, Any], role: str) -> str | bytes:
+    """What ONNX Runtime should load for `role`: the file's path, or the bytes of a derived graph.
+
+    A derived generator_grad is rebuilt from the (sha256-checked) generator file by training.grad_graph, the
+    same code that built and finite-difference-checked it at publish time (onnx and numpy only, no torch).
+    Raises ManifestError if the generator cannot be differentiated.
+    """
+    graph = manifest["graphs"][role]
+    if "derive" not in graph:
+        return str(Path(version_dir) / graph["file"])
+    import onnx
+
+    from training.grad_graph import GradGraphError, build_grad_graph
+
+    source = Path(version_dir) / manifest["graphs"]["generator"]["file"]
+    try:
+        return build_grad_graph(onnx.load(str(source))).SerializeToString()
+    except (GradGraphError, onnx.checker.ValidationError, ValueError) as e:
+        raise ManifestError(f"{version_dir}: cannot derive generator_grad from {source.name} ({e})") from e
 
 
 def next_version(store: Path, name: str) -> int:

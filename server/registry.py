@@ -216,24 +216,27 @@ class Registry:
         log.info("ONNX Runtime providers: %s (available: %s)", self.providers, _available())
 
     # -- loading ------------------------------------------------------------------------------------------
-    def _session(self, path: Path):
+    def _session(self, model: str | bytes):
+        """A session on an ONNX file path or serialized model bytes (a derived graph)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.config.intra_op_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+        return ort.InferenceSession(model, sess_options=opts, providers=self.providers)
 
     def _load(self, folder: Path, signature: tuple) -> LoadedModel:
         manifest = mf.read_manifest(folder)
         mf.verify_files(folder, manifest)
         sessions = {}
         for role, graph in manifest["graphs"].items():
+            model = mf.graph_model(folder, manifest, role)
+            where = f"{folder}/{graph['file']}" if "file" in graph else f"{folder}: {role} (derived)"
             try:
-                sessions[role] = self._session(folder / graph["file"])
+                sessions[role] = self._session(model)
             except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
-                raise mf.ManifestError(f"{folder}/{graph['file']}: ONNX Runtime cannot load it ({e})") from e
+                raise mf.ManifestError(f"{where}: ONNX Runtime cannot load it ({e})") from e
             _check_session(role, graph, sessions[role])
         _probe(manifest, sessions)
         model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)

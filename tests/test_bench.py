@@ -90,10 +90,10 @@ def test_torch_runner_matches_onnxruntime_on_exported_and_handwritten_graphs(tmp
     cases = [(export_onnx(tmp_path / "g.onnx"), {"z": rng.standard_normal((3, 100), dtype=np.float32)}),
              (model_store / "tiny-cgan" / "1" / "generator.onnx",
               {"z": rng.standard_normal((5, 8), dtype=np.float32), "y": np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]})]
-    from training.dcgan import CodedGenerator  # Slice + Greater/Cast/Sub: a self-conditioned generator's code
+    from training.dcgan import coded_generator  # Slice + Greater/Cast/Sub: a self-conditioned generator's code
 
     torch.manual_seed(0)
-    coded = CodedGenerator(9, [0.3, 0.3, 0.4], width=8).eval()
+    coded = coded_generator(9, [0.3, 0.3, 0.4], width=8).eval()
     torch.onnx.export(coded, (torch.randn(2, 9),), str(tmp_path / "coded.onnx"), input_names=["z"], output_names=["x"],
                       dynamic_axes={"z": {0: "N"}, "x": {0: "N"}}, opset_version=17, dynamo=False)
     cases.append((tmp_path / "coded.onnx", {"z": rng.standard_normal((6, 9), dtype=np.float32)}))

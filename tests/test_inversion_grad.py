@@ -128,9 +128,9 @@ def test_grad_graph_shipped_dcgan_generator(nc):
 
 
 def test_grad_graph_self_conditioned_generator():
-    """training.dcgan.CodedGenerator: Slice of z, comparisons on z_0 (zero gradient), the rest through the net."""
-    from training.dcgan import CodedGenerator
+    """training.coded.CodedGenerator: Slice of z, comparisons on z_0 (zero gradient), the rest through the net."""
+    from training.dcgan import coded_generator
 
     torch.manual_seed(0)
-    g = _randomize_bn(CodedGenerator(12, [0.3, 0.3, 0.4], width=8))
+    g = _randomize_bn(coded_generator(12, [0.3, 0.3, 0.4], width=8))
     _check(g, torch.randn(5, 12), None, torch.rand(5, 1, 28, 28) * 2 - 1)

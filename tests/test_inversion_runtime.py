@@ -129,6 +129,10 @@ def test_encoder_training_step(tmp_path):
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     assert enc(x, torch.eye(10)[:3]).shape == (3, 8)
     assert export_encoder(enc, tmp_path / "encoder.onnx") <= 1e-4
+    (tmp_path / "manifest.json").write_text(json.dumps({  # the graphs as published: generator_grad derived at load
+        "name": "tiny", "version": 1, "latent_dim": 8, "num_classes": 10,
+        "graphs": {"generator": {"file": "generator.onnx"}, "encoder": {"file": "encoder.onnx"},
+                   "generator_grad": {"derive": "vjp"}}}))
     inv = rt.Inverter.from_version_dir(tmp_path)
     assert inv.conditional and inv.latent_dim == 8
     r = inv.invert(x.numpy(), "HYBRID", np.eye(10, dtype=np.float32)[:3], settings=rt.InversionSettings(steps=2))
@@ -174,10 +178,10 @@ def _linear_version(tmp_path, scales):
 
     gm = _onnx(G().eval(), (torch.randn(2, d),), ["z"], "x")
     onnx.save(gm, tmp_path / "generator.onnx")
-    onnx.save(build_grad_graph(gm), tmp_path / "generator_grad.onnx")
     (tmp_path / "manifest.json").write_text(json.dumps({
         "name": "lin", "version": 1, "latent_dim": d, "num_classes": 0,
-        "graphs": {"generator": {"file": "generator.onnx"}}, "files": {"generator.onnx": "0" * 64}}))
+        "graphs": {"generator": {"file": "generator.onnx"}, "generator_grad": {"derive": "vjp"}},
+        "files": {"generator.onnx": "0" * 64}}))
     return tmp_path
 
 
@@ -200,12 +204,12 @@ def test_grad_cost_agrees_with_finite_differences(tmp_path):
 
 
 def test_discrete_code_is_found_by_search_and_kept_fixed():
-    """A self-conditioned generator (training.dcgan.CodedGenerator): z_0's cell is chosen by search, optimisation
+    """A self-conditioned generator (training.coded.CodedGenerator): z_0's cell is chosen by search, optimisation
     never moves it (the prior alone would drag it to 0 under Adam), and the true cell is recovered."""
-    from training.dcgan import CodedGenerator
+    from training.dcgan import coded_generator
 
     torch.manual_seed(0)
-    g = CodedGenerator(6, [0.25, 0.25, 0.25, 0.25], width=8, image_size=8)
+    g = coded_generator(6, [0.25, 0.25, 0.25, 0.25], width=8, image_size=8)
     for m in g.modules():  # distinct, well-conditioned eval-mode statistics
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.running_var.fill_(0.5)
@@ -240,3 +244,41 @@ def test_manifest_latent_code_is_validated():
                      ({"dim": 0, "edges": [0.0], "values": [1.0, 2.0]}, "cell")]:
         with pytest.raises(ManifestError, match=why):
             _check_latent_code(bad, 4)
+
+
+def test_republish_with_derived_grad_keeps_everything_else(tmp_path):
+    """--derive-grad: a new version without generator_grad.onnx whose derived graph is the stored one, byte for
+    byte; the old version stays; a stored graph that differs from the derivation is refused."""
+    from server.manifest import ManifestError, publish, read_manifest
+    from training.export import graph_spec
+    from training.inversion import republish_derived_grad
+
+    torch.manual_seed(0)
+    gm = _onnx(Tiny().eval(), (torch.randn(2, 4),), ["z"], "x")
+    work = tmp_path / "work"
+    work.mkdir()
+    onnx.save(gm, work / "generator.onnx")
+    onnx.save(build_grad_graph(gm), work / "generator_grad.onnx")
+    manifest = {"name": "tiny", "kind": "gan", "created": "2026-01-01T00:00:00Z", "data_kind": "image",
+                "latent_dim": 4, "num_classes": 0, "class_names": [], "max_batch_size": 8,
+                "output": {"shape": [1, 8, 8], "value_range": [-1.0, 1.0]},
+                "graphs": {"generator": graph_spec(work / "generator.onnx"),
+                           "generator_grad": graph_spec(work / "generator_grad.onnx")},
+                "training": {}, "metrics": {}, "export": {}}
+    store = tmp_path / "store"
+    v1 = publish(store, manifest, {"generator.onnx": work / "generator.onnx",
+                                   "generator_grad.onnx": work / "generator_grad.onnx"})
+    v2 = republish_derived_grad(v1, store)
+    m2 = read_manifest(v2)
+    assert v2.name == "2" and (v1 / "generator_grad.onnx").exists() and not (v2 / "generator_grad.onnx").exists()
+    assert m2["graphs"]["generator_grad"]["derive"] == "vjp" and set(m2["files"]) == {"generator.onnx"}
+    x = rt.Inverter.from_version_dir(v1).generate(np.ones((2, 4), np.float32))
+    settings = rt.InversionSettings(steps=3)
+    a = rt.Inverter.from_version_dir(v1).optimize(x, np.zeros((2, 4), np.float32), settings=settings)
+    b = rt.Inverter.from_version_dir(v2).optimize(x, np.zeros((2, 4), np.float32), settings=settings)
+    np.testing.assert_array_equal(a[0], b[0])
+    onnx.save(build_grad_graph(_onnx(Tiny().eval(), (torch.randn(2, 4),), ["z"], "x")), work / "other.onnx")
+    manifest["graphs"]["generator_grad"]["file"] = "generator_grad.onnx"
+    v3 = publish(store, manifest, {"generator.onnx": work / "generator.onnx", "generator_grad.onnx": work / "other.onnx"})
+    with pytest.raises(ManifestError, match="differs"):
+        republish_derived_grad(v3, store)

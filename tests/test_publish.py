@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.manifest import ManifestError, read_manifest, sha256_file, validate, verify_files
+from server.manifest import ManifestError, graph_model, read_manifest, sha256_file, validate, verify_files
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 SHIPPED = ["mnist-evaluator", "gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "wgan-gp-ring8",
@@ -94,6 +94,39 @@ def test_manifest_with_bad_sha_is_refused(tmp_path):
         verify_files(v, read_manifest(v))
 
 
+def test_derived_generator_grad_rules():
+    """Only generator_grad may be derived (as "vjp", from a generator graph the manifest has, without a file)."""
+    spec = {"inputs": [{"name": "z", "dtype": "float32", "dims": [2]}],
+            "outputs": [{"name": "grad_z", "dtype": "float32", "dims": [2]}]}
+    m = dict(_manifest(), files={"generator.onnx": "0" * 64})
+    validate(dict(m, graphs=dict(m["graphs"], generator_grad=dict(spec, derive="vjp"))))
+    for graphs, why in [(dict(m["graphs"], critic=dict(spec, derive="vjp")), "only generator_grad"),
+                        (dict(m["graphs"], generator_grad=dict(spec, derive="finite-differences")), "vjp"),
+                        (dict(m["graphs"], generator_grad=dict(spec, derive="vjp", file="generator.onnx")),
+                         "without a file")]:
+        with pytest.raises(ManifestError, match=why):
+            validate(dict(m, graphs=graphs))
+    with pytest.raises(ManifestError, match="generator"):
+        validate(dict(m, kind="evaluator", graphs={"classifier": m["graphs"]["generator"],
+                                                   "generator_grad": dict(spec, derive="vjp")}))
+
+
+def test_derivation_failure_is_a_manifest_error(tmp_path):
+    """A generator the VJP builder cannot differentiate makes the version invalid (skipped and logged by the
+    server), not a crash at the first Invert."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Sin", ["z"], ["x"])], "g",
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "generator.onnx")
+    m = dict(_manifest(), graphs=dict(_manifest()["graphs"], generator_grad={"derive": "vjp"}))
+    with pytest.raises(ManifestError, match="cannot derive generator_grad"):
+        graph_model(tmp_path, m, "generator_grad")
+    assert graph_model(tmp_path, m, "generator") == str(tmp_path / "generator.onnx")
+
+
 # --- the shipped store ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version_dir", _versions(), ids=lambda p: f"{p.parent.name}@{p.name}")
@@ -119,7 +152,7 @@ def test_shipped_graphs_match_their_manifest(version_dir):
     ort = pytest.importorskip("onnxruntime")
     m = read_manifest(version_dir)
     for role, graph in m["graphs"].items():
-        sess = ort.InferenceSession(str(version_dir / graph["file"]), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(graph_model(version_dir, m, role), providers=["CPUExecutionProvider"])
         assert [(i.name, list(i.shape[1:])) for i in sess.get_inputs()] == \
             [(i["name"], i["dims"]) for i in graph["inputs"]]
         feeds = {i["name"]: np.full((3, *i["dims"]), 0.1, np.float32) for i in graph["inputs"]}

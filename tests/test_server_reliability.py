@@ -328,6 +328,44 @@ def test_batcher_runs_interactive_requests_before_queued_bulk_work():
         b.close()
 
 
+def test_idle_fast_path_runs_on_the_caller_and_batches_what_arrives_meanwhile():
+    """inline_when_idle: an idle model runs a request on the caller's thread (no hand-off); requests arriving
+    while it runs queue and the worker runs them as one batch; bulk work and a queue delay never go inline."""
+    threads, gate = [], _Gate()
+
+    def run(feeds):
+        threads.append(threading.current_thread().name)
+        return gate(feeds)
+
+    b = Batcher("m", run, max_batch=8, max_queue=8, max_delay_s=0, queue_timeout_s=10, inline_when_idle=True)
+    try:
+        gate.release.set()
+        assert b.submit(_feeds(1, 3.0)).done()  # ran during submit
+        assert threads == [threading.current_thread().name] and gate.calls == [1]
+        gate.release.clear()
+        first: list = []
+        caller = threading.Thread(target=lambda: first.append(b.submit(_feeds(1))), name="caller")
+        caller.start()
+        _wait(lambda: len(threads) == 2, what="the inline run to start")
+        queued = [b.submit(_feeds(1, v)) for v in (2.0, 3.0)]  # the model is busy: these queue
+        assert not any(q.done() for q in queued) and b.depth() == 2
+        gate.release.set()
+        caller.join(5)
+        assert first[0].result(5)[0, 0] == 2.0 and [q.result(5)[0, 0] for q in queued] == [4.0, 6.0]
+        assert threads[1] == "caller" and threads[2].startswith("batcher-") and gate.calls == [1, 1, 2]
+        assert b.submit(_feeds(2), bulk=True).result(5).shape == (2, 2) and threads[-1].startswith("batcher-")
+    finally:
+        gate.release.set()
+        b.close()
+    delayed = Batcher("m", run, max_batch=8, max_queue=8, max_delay_s=0.001, queue_timeout_s=10, inline_when_idle=True)
+    try:
+        assert not delayed.inline_when_idle
+        delayed.submit(_feeds(1)).result(5)
+        assert threads[-1].startswith("batcher-")
+    finally:
+        delayed.close()
+
+
 def test_batcher_splits_a_request_larger_than_a_batch():
     runs = []
     b = Batcher("m", lambda f: runs.append(len(f["z"])) or f["z"] + 1, max_batch=4, max_queue=4, max_delay_s=0,

@@ -85,10 +85,10 @@ def test_dcgan_shapes(k, size):
 
 def test_coded_generator_draws_clusters_at_their_prior():
     """The cluster code read off z_0 is one-hot and has the prior's frequencies; z_1.. carries the rest."""
-    from training.dcgan import CodedGenerator
+    from training.dcgan import coded_generator
 
     probs = np.array([0.5, 0.2, 0.2, 0.1])
-    g = CodedGenerator(9, probs, width=8).eval()
+    g = coded_generator(9, probs, width=8).eval()
     z = torch.randn(40000, 9, generator=torch.Generator().manual_seed(0))
     c = g.code(z)
     assert torch.equal(c.sum(1), torch.ones(len(z))) and set(c.unique().tolist()) == {0.0, 1.0}
@@ -100,16 +100,16 @@ def test_coded_generator_draws_clusters_at_their_prior():
         b[:, 1:] = torch.randn(2, 8)
         assert torch.equal(g.code(a), g.code(b)) and not torch.allclose(g(a), g(b))
     with pytest.raises(ValueError, match="probs"):
-        CodedGenerator(9, [1.0])
+        coded_generator(9, [1.0])
 
 
-def test_cluster_images_is_unsupervised_and_deterministic():
+def test_cluster_data_is_unsupervised_and_deterministic():
     from training.data import load_digits
-    from training.gan import cluster_images
+    from training.gan import cluster_data
 
     d = load_digits("train")
-    a1, p1, info = cluster_images(d.images, 10, seed=0, labels=d.labels)
-    a2, p2, _ = cluster_images(d.images, 10, seed=0)  # no labels: same clusters, no purity
+    a1, p1, info = cluster_data(d.images, 10, seed=0, labels=d.labels)
+    a2, p2, _ = cluster_data(d.images, 10, seed=0)  # no labels: same clusters, no purity
     assert np.array_equal(a1, a2) and np.allclose(p1, p2) and p1.sum() == pytest.approx(1.0)
     assert a1.shape == d.labels.shape and set(np.unique(a1)) == set(range(10))
     assert 0.5 < info["purity"] <= 1.0  # digits separate well in pixel PCA; chance is ~0.1
@@ -118,8 +118,6 @@ def test_cluster_images_is_unsupervised_and_deterministic():
 def test_clusters_config_errors():
     with pytest.raises(ValueError, match="clusters"):
         GANConfig(clusters=10, conditional=True)
-    with pytest.raises(ValueError, match="clusters"):
-        GANConfig(clusters=10, data="ring8")
     with pytest.raises(ValueError, match="clusters"):
         GANConfig(clusters=1)
 

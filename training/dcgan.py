@@ -2,8 +2,9 @@
 
 Sized for a 2-core CPU: the generator is ~1 M parameters (~13 MFLOP per 28x28 sample with width 64).
 Self-conditioning (Liu et al. 2020, "Diverse Image Generation via Self-Conditioned GANs"): an *unconditional*
-model may still condition G and D on an unsupervised cluster of the image (k-means, no labels). CodedGenerator
-draws that cluster from the first latent coordinate, so the served model keeps one Gaussian input z.
+model may still condition G and D on an unsupervised cluster of the image (k-means, no labels).
+training.coded.CodedGenerator draws that cluster from the first latent coordinate around a conditional Generator,
+so the served model keeps one Gaussian input z.
 Conditioning (Mirza & Osindero 2014): G reads [z, y] where y (B, K) is a class-probability vector (one-hot for
 hard labels), so soft labels and label interpolation are meaningful at serving time. D uses the projection
 discriminator (Miyato & Koyama 2018, eq. 3): D(x, y) = psi(phi(x)) + <y E, phi(x)>, linear in y.
@@ -64,49 +65,8 @@ class Discriminator(nn.Module):
         return out
 
 
-def _normal_quantile(p: torch.Tensor) -> torch.Tensor:
-    """Standard-normal quantiles of probabilities p (clamped away from 0 and 1)."""
-    return torch.distributions.Normal(0.0, 1.0).icdf(p.double().clamp(1e-12, 1 - 1e-12))
+def coded_generator(latent_dim: int, probs, width: int = 64, image_size: int = 28):
+    """A self-conditioned DCGAN generator: z (B, latent_dim) -> x, the cluster drawn from z_0 (training.coded)."""
+    from training.coded import CodedGenerator
 
-
-class CodedGenerator(nn.Module):
-    """Unconditional generator with a discrete code read off the latent: z (B, latent_dim) -> x (B, 1, S, S).
-
-    The code (one of K clusters, with prior probabilities `probs`) is a deterministic function of z_0 ~ N(0, 1):
-    cluster k <=> edges[k] < z_0 <= edges[k + 1], where edges are the standard-normal quantiles of the cumulative
-    prior, so P(code = k) = probs[k] exactly. The rest z_1.. feeds an inner conditional Generator with the
-    one-hot code as its class vector. The indicator is built from two comparisons (1[z_0 > lo] - 1[z_0 > hi]),
-    which export to plain ONNX Greater/Cast/Sub and carry no gradient (dG/dz_0 = 0 almost everywhere).
-    """
-
-    def __init__(self, latent_dim: int, probs, width: int = 64, image_size: int = 28):
-        super().__init__()
-        probs = torch.as_tensor(probs, dtype=torch.float64)
-        if probs.dim() != 1 or len(probs) < 2 or (probs <= 0).any():
-            raise ValueError("probs must be a vector of >= 2 positive cluster probabilities")
-        if latent_dim < 2:
-            raise ValueError(f"latent_dim must be >= 2 (z_0 is the code), got {latent_dim}")
-        probs = probs / probs.sum()
-        inner = _normal_quantile(torch.cumsum(probs, 0)[:-1])
-        big = torch.tensor([1e30], dtype=torch.float64)  # stands for infinity, finite in ONNX initialisers
-        self.register_buffer("probs", probs.float())
-        self.register_buffer("lo", torch.cat([-big, inner]).float())  # (K,)
-        self.register_buffer("hi", torch.cat([inner, big]).float())   # (K,)
-        self.num_codes = len(probs)
-        self.inner = Generator(latent_dim - 1, self.num_codes, width, image_size)
-
-    def latent_code(self) -> dict:
-        """The manifest's `latent_code` (server/manifest.py): z_0's cells and a representative value of each
-        (its median under N(0, 1)), so inversion can choose the cell by search and keep it fixed."""
-        probs = self.probs.double()
-        values = _normal_quantile(torch.cumsum(probs, 0) - probs / 2)  # each cell's median
-        return {"dim": 0, "edges": [round(float(e), 7) for e in self.hi[:-1]],
-                "values": [round(float(v), 7) for v in values]}
-
-    def code(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, K) one-hot cluster code of each latent."""
-        z0 = z[:, :1]  # (B, 1)
-        return (z0 > self.lo).float() - (z0 > self.hi).float()
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.inner(z[:, 1:], self.code(z))
+    return CodedGenerator(latent_dim, probs, Generator(latent_dim - 1, len(probs), width, image_size))

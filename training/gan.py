@@ -37,7 +37,7 @@ class GANConfig:
     data: str = "mnist"              # one of DATASETS
     loss: str = "ns"                 # ns | minimax | hinge | wgan-gp | wgan-clip (training.losses.LOSSES)
     conditional: bool = False        # label into G (class-probability vector) and D (projection)
-    clusters: int = 0                # unconditional images: self-condition G and D on k-means clusters (0: off)
+    clusters: int = 0                # unconditional models: self-condition G and D on k-means clusters (0: off)
     latent_dim: int = 64
     g_width: int = 64                # images: DCGAN channel width; points: MLP hidden units
     d_width: int = 64
@@ -70,9 +70,9 @@ class GANConfig:
         if self.conditional and self.data not in ("mnist", "digits"):
             raise ValueError(f"conditional needs labelled data (mnist, digits), got data={self.data!r}")
         if self.clusters:
-            if self.clusters < 2 or self.conditional or self.points:
-                raise ValueError(f"clusters must be 0 or >= 2, for unconditional image models; got "
-                                 f"clusters={self.clusters}, conditional={self.conditional}, data={self.data!r}")
+            if self.clusters < 2 or self.conditional:
+                raise ValueError(f"clusters must be 0 or >= 2, for unconditional models; got "
+                                 f"clusters={self.clusters}, conditional={self.conditional}")
             if self.latent_dim < 2:
                 raise ValueError("clusters needs latent_dim >= 2 (z_0 carries the cluster code)")
         for k in ("latent_dim", "g_width", "d_width", "layers", "batch_size", "steps", "n_critic", "eval_every",
@@ -115,34 +115,53 @@ Config = GANConfig  # what training.run builds from a config file
 def build_networks(cfg: GANConfig, cluster_probs=None) -> tuple[nn.Module, nn.Module]:
     """G and D for `cfg`; self-conditioned models need the clusters' prior (uniform when not given: a
     checkpoint load then restores the real one, which lives in G's buffers)."""
+    from training.coded import CodedGenerator
+
+    probs = None
+    if cfg.clusters:
+        probs = np.full(cfg.clusters, 1 / cfg.clusters) if cluster_probs is None else cluster_probs
     if cfg.points:
         from training.data import MIXTURES
         from training.toy import PointDiscriminator, PointGenerator
 
         scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
-        return (PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale),
-                PointDiscriminator(cfg.d_width, cfg.layers, scale))
-    from training.dcgan import CodedGenerator, Discriminator, Generator
+        d = PointDiscriminator(cfg.d_width, cfg.layers, scale, cfg.clusters)
+        if cfg.clusters:
+            return (CodedGenerator(cfg.latent_dim, probs,
+                                   PointGenerator(cfg.latent_dim - 1, cfg.g_width, cfg.layers, scale, cfg.clusters)), d)
+        return PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale), d
+    from training.dcgan import Discriminator, Generator, coded_generator
 
     if cfg.clusters:
-        probs = np.full(cfg.clusters, 1 / cfg.clusters) if cluster_probs is None else cluster_probs
-        return (CodedGenerator(cfg.latent_dim, probs, cfg.g_width, cfg.image_size),
+        return (coded_generator(cfg.latent_dim, probs, cfg.g_width, cfg.image_size),
                 Discriminator(cfg.clusters, cfg.d_width, cfg.image_size))
     return (Generator(cfg.latent_dim, cfg.num_classes, cfg.g_width, cfg.image_size),
             Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size))
 
 
 class RealData:
-    """Real batches: MNIST/digits images scaled to [-1, 1] with labels, or fresh mixture samples."""
+    """Real batches: MNIST/digits images scaled to [-1, 1] with labels, or fresh mixture samples.
+
+    Self-conditioned (cfg.clusters): the label is replaced by a k-means cluster. Images are clustered once; for
+    mixtures, k-means runs on a fixed sample of `cluster_sample` points and every fresh batch is assigned to its
+    nearest centroid (the k-means cells), the mode a point came from never being looked at.
+    """
+
+    cluster_sample = 20000
 
     def __init__(self, cfg: GANConfig, gen: torch.Generator, data=None):
         self.cfg, self.gen = cfg, gen
-        self.cluster_probs, self.cluster_info = None, {}
+        self.cluster_probs, self.cluster_info, self.centroids = None, {}, None
         if cfg.points:
             from training.data import MIXTURES
 
             self.mixture = MIXTURES[cfg.data]()
             self.source, self.sha256 = f"training.data.{cfg.data}()", "analytic"
+            if cfg.clusters:
+                x, modes = self.mixture.sample(self.cluster_sample, cfg.seed, return_modes=True)
+                assign, self.cluster_probs, self.cluster_info = cluster_data(x, cfg.clusters, cfg.seed, labels=modes)
+                self.centroids = torch.from_numpy(
+                    np.stack([x[assign == j].mean(0) for j in range(cfg.clusters)])).float()  # (K, 2)
             return
         if data is None:
             from training.data import load_digits, load_mnist
@@ -153,31 +172,36 @@ class RealData:
         self.y = torch.from_numpy(labels)
         self.source, self.sha256 = data.source, data.sha256
         if cfg.clusters:  # self-conditioning: D and G see the cluster, never the label
-            assign, self.cluster_probs, self.cluster_info = cluster_images(images, cfg.clusters, cfg.seed,
-                                                                           labels=labels)
+            assign, self.cluster_probs, self.cluster_info = cluster_data(images, cfg.clusters, cfg.seed,
+                                                                         labels=labels)
             self.y = torch.from_numpy(assign)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cfg.points:
             means = torch.from_numpy(self.mixture.means).float()
             modes = torch.randint(0, len(means), (n,), generator=self.gen)
-            return means[modes] + self.mixture.std * torch.randn(n, 2, generator=self.gen), None
+            x = means[modes] + self.mixture.std * torch.randn(n, 2, generator=self.gen)
+            if self.centroids is None:
+                return x, None
+            return x, F.one_hot(torch.cdist(x, self.centroids).argmin(1), self.cfg.clusters).float()
         idx = torch.randint(0, len(self.y), (n,), generator=self.gen)
         k = self.cfg.d_classes
         y = F.one_hot(self.y[idx], k).float() if k else None  # (n, K): the class, or the cluster
         return self.x[idx], y
 
 
-def cluster_images(images: np.ndarray, k: int, seed: int, labels: np.ndarray | None = None,
-                   dims: int = 50) -> tuple[np.ndarray, np.ndarray, dict]:
-    """k-means (k-means++ start) on the top `dims` principal components of the pixels: (assign (N,), probs (k,), info).
+def cluster_data(data: np.ndarray, k: int, seed: int, labels: np.ndarray | None = None,
+                 dims: int = 50) -> tuple[np.ndarray, np.ndarray, dict]:
+    """k-means (k-means++ start) on the top `dims` principal components of the data (images: the pixels; points:
+    all of their coordinates, a rotation): (assign (N,), probs (k,), info).
 
-    Unsupervised: `labels` are only used to report the clusters' purity (the fraction of images whose label is
-    their cluster's majority label), never to form them. Deterministic for a given seed.
+    Unsupervised: `labels` (the digit, the mixture's mode) are only used to report the clusters' purity (the
+    fraction of items whose label is their cluster's majority label), never to form them. Deterministic for a
+    given seed.
     """
     from scipy.cluster.vq import kmeans2
 
-    x = images.reshape(len(images), -1).astype(np.float64)
+    x = data.reshape(len(data), -1).astype(np.float64)
     x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x[:: max(1, len(x) // 10000)], full_matrices=False)  # PCA on <= ~10k rows
     p = x @ vt[: min(dims, vt.shape[0])].T
@@ -188,6 +212,7 @@ def cluster_images(images: np.ndarray, k: int, seed: int, labels: np.ndarray | N
     info = {"clusters": k, "pca_dims": int(p.shape[1]), "min_size": int(counts.min()), "max_size": int(counts.max())}
     if labels is not None:
         info["purity"] = round(float(sum(np.bincount(labels[assign == j]).max() for j in range(k)) / len(labels)), 4)
+        info["labels_per_cluster_max"] = int(max(len(np.unique(labels[assign == j])) for j in range(k)))
     return assign.astype(np.int64), counts / counts.sum(), info
 
 
@@ -279,7 +304,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     real = RealData(cfg, gen, data)
     g, d = build_networks(cfg, real.cluster_probs)
     if cfg.clusters:
-        log(f"{cfg.name}: {cfg.clusters} k-means clusters of the training images {real.cluster_info}")
+        log(f"{cfg.name}: {cfg.clusters} k-means clusters of the training data {real.cluster_info}")
     ema = EMA(g, cfg.ema_decay)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
@@ -423,9 +448,10 @@ def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None)
         res["training_extra"] = {"seeds_trained": cfg.seeds, "wall_time_all_seeds_s": round(wall_all, 1)}
     else:
         res["metrics"] = {}
-        if cfg.clusters:
-            res["training_extra"] = {"self_conditioning": dict(res["clusters"], method="k-means on PCA of pixels, "
-                                     "labels unused (purity reported only)")}
+    if cfg.clusters:
+        res.setdefault("training_extra", {})["self_conditioning"] = dict(
+            res["clusters"], method=f"k-means on {'the points' if cfg.points else 'PCA of pixels'}, "
+            f"{'modes' if cfg.points else 'labels'} unused (purity reported only)")
     res["config"] = cfg
     return res
 
@@ -510,15 +536,15 @@ def manifest_fields(cfg: GANConfig) -> dict:
     kind = "cgan" if cfg.conditional else ("wgan-gp" if cfg.loss == "wgan-gp" else "gan")
     what = {"ns": "non-saturating GAN", "minimax": "minimax GAN", "hinge": "hinge-loss GAN",
             "wgan-gp": "WGAN-GP", "wgan-clip": "WGAN (weight clipping)"}[cfg.loss]
-    if cfg.points:
-        return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
-                "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
-                "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
     if cfg.r1:
         what += f" + R1 penalty (gamma {cfg.r1:g})"
     if cfg.clusters:
         what += (f", self-conditioned on {cfg.clusters} k-means clusters (unsupervised; the cluster is drawn from "
                  f"z_0)")
+    if cfg.points:
+        return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
+                "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
+                "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
     return {"kind": kind, "data_kind": "image", "latent_dim": cfg.latent_dim, "num_classes": cfg.num_classes,
             "class_names": [str(i) for i in range(cfg.num_classes)],
             "output": {"shape": [1, cfg.image_size, cfg.image_size], "value_range": [-1.0, 1.0]},

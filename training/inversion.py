@@ -10,10 +10,13 @@ For a published image generator (any kind, including foreign ONNX generators) th
 3. exports encoder.onnx (dynamic batch, parity checked against torch);
 4. measures ENCODER / OPTIMIZE / HYBRID with training/inversion_runtime.py (the server's implementation) on
    1,000 real MNIST test digits and 1,000 of the generator's own samples (issue 4, item 7);
-5. publishes a NEW version of the model: its files copied unchanged plus encoder.onnx and generator_grad.onnx,
-   the manifest extended with the two graphs and the inversion metrics (a published version is never modified).
+5. publishes a NEW version of the model: its files copied unchanged plus encoder.onnx, the manifest extended
+   with the encoder graph, generator_grad as {"derive": "vjp"} (rebuilt from generator.onnx by the loader, which
+   saves storing the generator's weights twice) and the inversion metrics (a published version is never modified).
 
 Run: python -m training.inversion <model> [--steps=N ...]   (see EncoderConfig; config TOML optional)
+     python -m training.inversion <model> --derive-grad      (republish a version that stores generator_grad.onnx
+                                                              with the graph derived instead; nothing else changes)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 
 from training import inversion_runtime as rt
 from training.config import build, config_path, parse_overrides, read_toml
+from server.manifest import graph_model
 from training.evaluate import find_evaluator, resolve
 from training.grad_graph import build_grad_graph
 
@@ -221,7 +225,7 @@ def grad_cost(version_dir: Path, batch: int = 256, threads: int = 2, repeats: in
     m = read(version_dir)
     d, k = m["latent_dim"], m["num_classes"]
     gen = rt.make_session(version_dir / m["graphs"]["generator"]["file"], threads)
-    grad = rt.make_session(version_dir / "generator_grad.onnx", threads)
+    grad = rt.make_session(graph_model(version_dir, m, "generator_grad"), threads)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((batch, d)).astype(np.float32)
     yb = {"y": np.eye(k, dtype=np.float32)[rng.integers(0, k, batch)]} if k else {}
@@ -302,22 +306,54 @@ def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
 
 # --- publish -----------------------------------------------------------------------------------------------
 
-def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Path, extra: dict,
-                           store: Path = STORE) -> Path:
-    """A new version: every file of `version_dir` unchanged + encoder.onnx + generator_grad.onnx."""
-    from server.manifest import publish
+def inversion_graphs(m: dict, encoder_onnx: Path, grad_onnx: Path) -> dict:
+    """`m`'s graphs + encoder.onnx + generator_grad, the latter derived from the generator at load time (not stored:
+    it would repeat the generator's weights; server/manifest.py graph_model)."""
+    from server.manifest import DERIVE_VJP
     from training.export import graph_spec
 
+    spec = graph_spec(grad_onnx)
+    spec.pop("file")
+    graphs = {r: g for r, g in m["graphs"].items() if r not in ("encoder", "generator_grad")}
+    return dict(graphs, encoder=graph_spec(encoder_onnx), generator_grad=dict(spec, derive=DERIVE_VJP))
+
+
+def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Path, extra: dict,
+                           store: Path = STORE) -> Path:
+    """A new version: every file of `version_dir` unchanged + encoder.onnx; generator_grad derived at load
+    (`grad_onnx`, built from the same generator by the same code, gives its input/output specs)."""
+    from server.manifest import publish
+
     m = read(version_dir)
-    files = {f: version_dir / f for f in m["files"]}
+    files = {f: version_dir / f for f in m["files"] if f != "generator_grad.onnx"}
     files["encoder.onnx"] = encoder_onnx
-    files["generator_grad.onnx"] = grad_onnx
-    graphs = dict(m["graphs"], encoder=graph_spec(encoder_onnx), generator_grad=graph_spec(grad_onnx))
+    graphs = inversion_graphs(m, encoder_onnx, grad_onnx)
     new = dict(m, graphs=graphs, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                metrics=dict(m.get("metrics", {}), **extra["metrics"]),
                export=dict(m.get("export", {}), **extra["export"]),
                training=dict(m.get("training", {}), inversion_encoder=extra["training"],
                              derived_from=f"{m['name']}@{m['version']}"))
+    new.pop("files", None)
+    return publish(store, new, files)
+
+
+def republish_derived_grad(version_dir: Path, store: Path = STORE) -> Path:
+    """A new version identical to `version_dir` except that generator_grad.onnx is not stored but derived at
+    load; refused unless the derivation reproduces the stored graph byte for byte."""
+    from server.manifest import DERIVE_VJP, ManifestError, publish
+
+    m = read(version_dir)
+    grad = m["graphs"].get("generator_grad")
+    if grad is None or "file" not in grad:
+        raise SystemExit(f"{version_dir}: no stored generator_grad graph to replace")
+    derived = build_grad_graph(onnx.load(str(version_dir / m["graphs"]["generator"]["file"]))).SerializeToString()
+    if derived != (version_dir / grad["file"]).read_bytes():
+        raise ManifestError(f"{version_dir}: the derived gradient graph differs from the stored {grad['file']}")
+    files = {f: version_dir / f for f in m["files"] if f != grad["file"]}
+    spec = {k: v for k, v in grad.items() if k != "file"}
+    new = dict(m, graphs=dict(m["graphs"], generator_grad=dict(spec, derive=DERIVE_VJP)),
+               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               training=dict(m.get("training", {}), derived_from=f"{m['name']}@{m['version']}"))
     new.pop("files", None)
     return publish(store, new, files)
 
@@ -338,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads while measuring")
     p.add_argument("--measure-only", action="store_true",
                    help="only measure the newest version as published (no training, no publishing)")
+    p.add_argument("--derive-grad", action="store_true",
+                   help="publish the newest version again with generator_grad derived at load instead of stored")
     p.add_argument("--publish-only", action="store_true",
                    help="publish what an earlier --no-publish run left in --work (checked against the source version)")
     args, rest = p.parse_known_args(argv)
@@ -355,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                                     threads=args.threads), indent=2))
         if args.strip:
             strip_png(src, Path(args.strip), settings=settings)
+        return
+    if args.derive_grad:
+        print(f"published {republish_derived_grad(src, store)}")
         return
     work = Path(args.work or f"runs/{args.model}-encoder")
     work.mkdir(parents=True, exist_ok=True)
@@ -383,8 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         if f.endswith(".onnx"):
             (scratch / f).write_bytes((src / f).read_bytes())
     (scratch / "encoder.onnx").write_bytes(enc_onnx.read_bytes())
-    (scratch / "generator_grad.onnx").write_bytes(grad_onnx.read_bytes())
-    (scratch / "manifest.json").write_text(json.dumps(m))
+    (scratch / "manifest.json").write_text(json.dumps(dict(m, graphs=inversion_graphs(m, enc_onnx, grad_onnx))))
     metrics = rt.measure(scratch, find_evaluator(store), settings=settings)
     if args.strip:
         strip_png(scratch, Path(args.strip), settings=settings)

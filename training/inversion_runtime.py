@@ -83,14 +83,16 @@ class InversionResult:
     history: list[float] = field(default_factory=list)  # mean objective per step (OPTIMIZE/HYBRID)
 
 
-def make_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (1 stays stable on shared cores)."""
+def make_session(model: str | Path | bytes, threads: int = 1):
+    """An ONNX Runtime CPU session on a file or serialized model, with `threads` intra-op threads (1 stays
+    stable on shared cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
 
 
 class Inverter:
@@ -114,13 +116,16 @@ class Inverter:
 
     @classmethod
     def from_version_dir(cls, version_dir: str | Path, threads: int = 1) -> "Inverter":
+        """The graphs its manifest lists (a derived generator_grad is built from the generator)."""
         import json
 
+        from server.manifest import graph_model
+
         d = Path(version_dir)
-        get = lambda f: make_session(d / f, threads) if (d / f).exists() else None  # noqa: E731
-        code = json.loads((d / "manifest.json").read_text()).get("latent_code") if (d / "manifest.json").exists() else None
-        return cls(generator_grad=get("generator_grad.onnx"), encoder=get("encoder.onnx"),
-                   generator=get("generator.onnx"), latent_code=code)
+        m = json.loads((d / "manifest.json").read_text())
+        get = lambda role: make_session(graph_model(d, m, role), threads) if role in m["graphs"] else None  # noqa: E731
+        return cls(generator_grad=get("generator_grad"), encoder=get("encoder"), generator=get("generator"),
+                   latent_code=m.get("latent_code"))
 
     # -- helpers ------------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
