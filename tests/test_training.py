@@ -18,7 +18,8 @@ from training.gan import GANConfig, build_networks  # noqa: E402
 from training.run import load  # noqa: E402
 from training.toy import PointDiscriminator, PointGenerator  # noqa: E402
 
-SHIPPED = ["gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "wgan-gp-ring8", "gan-grid25", "wgan-gp-grid25",
+SHIPPED = ["gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "gan-sc-ring8", "wgan-gp-ring8", "gan-grid25",
+           "gan-sc-grid25", "wgan-gp-grid25",
            "mnist-evaluator"]
 
 
@@ -273,6 +274,34 @@ def test_self_conditioned_tiny_step_exports_unconditional_graphs(tmp_path, loss)
     z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     _, gz = grad.run(["loss", "grad_z"], {"z": z, "target": np.zeros((3, 1, 8, 8), np.float32)})
     assert np.all(gz[:, 0] == 0) and np.abs(gz[:, 1:]).max() > 1e-4
+
+
+def test_self_conditioned_points_tiny_step(tmp_path):
+    """clusters on a mixture: k-means cells of a point sample label fresh batches (each cell inside one mode, the
+    modes never used), G reads the cell from z_0, and the export is an ordinary z -> x generator with its
+    latent_code."""
+    import onnxruntime as ort
+
+    from training.data import ring8
+    from training.gan import RealData, export, manifest_fields, train
+
+    cfg = GANConfig(name="t", data="ring8", clusters=16, latent_dim=5, g_width=16, d_width=16, layers=2,
+                    batch_size=32, steps=3, eval_every=3, eval_samples=100, threads=1)
+    real = RealData(cfg, torch.Generator().manual_seed(0))
+    x, code = real.batch(4000)
+    modes, _ = ring8().nearest_mode(x.numpy())
+    cell = code.argmax(1).numpy()
+    assert code.shape == (4000, 16) and all(len(set(modes[cell == j])) == 1 for j in set(cell))
+    assert real.cluster_info["purity"] == 1.0 and real.cluster_probs.sum() == pytest.approx(1.0)
+    res = train(cfg, tmp_path, log=lambda *a: None)
+    assert res["training_extra"]["self_conditioning"]["clusters"] == 16 and 0 <= res["metrics"]["modes"] <= 8
+    out = export(res, tmp_path)
+    assert max(out["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    assert out["fields"]["latent_code"]["dim"] == 0 and len(out["fields"]["latent_code"]["edges"]) == 15
+    sess = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["z"]
+    assert sess.run(None, {"z": np.zeros((3, 5), np.float32)})[0].shape == (3, 2)
+    assert "self-conditioned on 16" in manifest_fields(cfg)["description"]
 
 
 def test_toy_tiny_step_with_seeds(tmp_path):
