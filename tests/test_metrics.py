@@ -320,7 +320,23 @@ def test_half_the_modes_and_grid25():
     g = grid25()
     assert M.mixture_metrics(g.sample(2500, 4), g)["modes"] == 25
     empty = M.mixture_metrics(np.full((10, 2), 50.0), g)
-    assert empty == {"modes": 0, "high_quality": 0.0, "reverse_kl": math.inf}
+    assert {k: v for k, v in empty.items() if k != "spread"} == {"modes": 0, "high_quality": 0.0, "reverse_kl": math.inf}
+    assert math.isnan(empty["spread"])
+
+
+def test_mixture_spread_is_one_for_the_data_and_tracks_the_width():
+    """spread: 1 for the mixture itself; a sampler of the right modes at half the std, none of it cut at 3 std,
+    reads 0.5 sqrt(2 / E[d^2 / std^2 | d <= 3 std]) = 0.513 though it scores ~100% high quality, above the data's;
+    at 1.5x the std it reads 1.2-1.45 (the 3-std cut trims it)."""
+    r = grid25()
+    assert M.mixture_metrics(r.sample(100_000, 5), r)["spread"] == pytest.approx(1.0, abs=0.01)
+    x, modes = r.sample(20_000, 6, return_modes=True)
+    narrow = r.means[modes] + 0.5 * (x - r.means[modes])
+    got = M.mixture_metrics(narrow, r)
+    truncated = 2 - 9 * math.exp(-4.5) / (1 - math.exp(-4.5))
+    assert got["spread"] == pytest.approx(0.5 * math.sqrt(2 / truncated), abs=0.01) and got["high_quality"] > 0.999
+    wide = M.mixture_metrics(r.means[modes] + 1.5 * (x - r.means[modes]), r)
+    assert 1.2 < wide["spread"] < 1.45 and wide["high_quality"] < 0.9
 
 
 def test_known_density_js_on_the_ring():

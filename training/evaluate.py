@@ -10,7 +10,8 @@ with the mnist-evaluator's ONNX graph, and computes with training.metrics (torch
     frechet (Frechet distance on evaluator features; not "FID"), kid, precision, recall (k=3),
     and each feature metric divided by the real-data figure (10k train images vs the test split):
     frechet_ratio, precision_ratio, recall_ratio.
-  points (ring8, grid25): modes, high_quality, reverse_kl (VEEGAN/PacGAN protocol, 2,500 samples).
+  points (ring8, grid25): modes, high_quality, reverse_kl (VEEGAN/PacGAN protocol, 2,500 samples), spread (RMS
+  distance of the high-quality samples to their mode relative to the data's: 1 = right width, < 1 too narrow).
 No torch here: the same functions run during training (on torch samples) and here (on ONNX samples).
 """
 
@@ -266,7 +267,7 @@ def quality_bars(result: dict, manifest: dict) -> dict[str, bool]:
 
 SHOWN = ["classes_covered", "kl_uniform", "conditional_accuracy", "conditional_accuracy_min_class", "frechet",
          "frechet_ratio", "kid", "precision", "precision_ratio", "recall", "recall_ratio", "modes", "high_quality",
-         "reverse_kl", "test_accuracy", "test_accuracy_min_class", "real_frechet", "real_precision", "real_recall",
+         "reverse_kl", "spread", "test_accuracy", "test_accuracy_min_class", "real_frechet", "real_precision", "real_recall",
          *[f"inversion_{m}_{k}" for m in ("encoder", "optimize", "hybrid")
            for k in ("real_mse", "real_label_agreement", "own_mse", "own_cosine", "ms_per_image")]]
 
@@ -302,7 +303,8 @@ def summary_row(result: dict, manifest: dict) -> dict:
         row["seeds"] = m.get("seeds")
         row["seed_metrics"] = {k: m[k] for k in m if k.endswith(("_mean", "_std", "_min", "_max"))}
         row["key_metrics"] = (f"modes {_pm(m, 'modes', '.2f')}, high quality {_pm(m, 'high_quality', '.1f', 100)}%, "
-                              f"reverse KL {_pm(m, 'reverse_kl', '.3f')} ({m.get('seeds')} seeds)")
+                              f"reverse KL {_pm(m, 'reverse_kl', '.3f')} ({m.get('seeds')} seeds); "
+                              f"spread {result['spread']:.2f} (seed 0; 1 = the data's)")
     else:
         parts = []
         if "conditional_accuracy" in result:
