@@ -187,11 +187,11 @@ def graph_model(version_dir: Path, manifest: dict[str, Any], role: str) -> str |
         return str(Path(version_dir) / graph["file"])
     import onnx
 
-    from training.grad_graph import GradGraphError, build_grad_graph
+    from training.grad_graph import GradGraphError, grad_graph_bytes
 
     source = Path(version_dir) / manifest["graphs"]["generator"]["file"]
     try:
-        return build_grad_graph(onnx.load(str(source))).SerializeToString()
+        return grad_graph_bytes(source)
     except (GradGraphError, onnx.checker.ValidationError, ValueError) as e:
         raise ManifestError(f"{version_dir}: cannot derive generator_grad from {source.name} ({e})") from e
 

@@ -352,3 +352,9 @@ def build_grad_graph(model: onnx.ModelProto, *, z_name: str = "z", x_name: str =
     g.name = (g.name or "generator") + "_grad"
     onnx.checker.check_model(model)
     return model
+
+
+def grad_graph_bytes(generator_onnx) -> bytes:
+    """The serialized gradient graph of a generator file: what the server loads for a derived generator_grad
+    (server/manifest.py graph_model) and what training.inversion checks and measures. Deterministic."""
+    return build_grad_graph(onnx.load(str(generator_onnx))).SerializeToString()

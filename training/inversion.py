@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from server.manifest import DERIVE_VJP, ManifestError, graph_model, publish
 from training import inversion_runtime as rt
 from training.config import build, config_path, parse_overrides, read_toml
-from server.manifest import graph_model
 from training.evaluate import find_evaluator, resolve
-from training.grad_graph import build_grad_graph
+from training.export import graph_spec
+from training.grad_graph import grad_graph_bytes
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 
@@ -96,7 +96,7 @@ def read(version_dir: Path) -> dict:
 # --- gradient graph -------------------------------------------------------------------------------------
 
 def write_grad_graph(generator_onnx: Path, out: Path) -> None:
-    out.write_bytes(build_grad_graph(onnx.load(str(generator_onnx))).SerializeToString())
+    out.write_bytes(grad_graph_bytes(generator_onnx))
 
 
 def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num_classes: int,
@@ -309,21 +309,19 @@ def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
 def inversion_graphs(m: dict, encoder_onnx: Path, grad_onnx: Path) -> dict:
     """`m`'s graphs + encoder.onnx + generator_grad, the latter derived from the generator at load time (not stored:
     it would repeat the generator's weights; server/manifest.py graph_model)."""
-    from server.manifest import DERIVE_VJP
-    from training.export import graph_spec
-
-    spec = graph_spec(grad_onnx)
-    spec.pop("file")
     graphs = {r: g for r, g in m["graphs"].items() if r not in ("encoder", "generator_grad")}
-    return dict(graphs, encoder=graph_spec(encoder_onnx), generator_grad=dict(spec, derive=DERIVE_VJP))
+    return dict(graphs, encoder=graph_spec(encoder_onnx), generator_grad=_derived(graph_spec(grad_onnx)))
+
+
+def _derived(spec: dict) -> dict:
+    """A gradient graph's manifest entry without its file: derived at load from the generator."""
+    return dict({k: v for k, v in spec.items() if k != "file"}, derive=DERIVE_VJP)
 
 
 def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Path, extra: dict,
                            store: Path = STORE) -> Path:
     """A new version: every file of `version_dir` unchanged + encoder.onnx; generator_grad derived at load
     (`grad_onnx`, built from the same generator by the same code, gives its input/output specs)."""
-    from server.manifest import publish
-
     m = read(version_dir)
     files = {f: version_dir / f for f in m["files"] if f != "generator_grad.onnx"}
     files["encoder.onnx"] = encoder_onnx
@@ -340,18 +338,14 @@ def publish_with_inversion(version_dir: Path, encoder_onnx: Path, grad_onnx: Pat
 def republish_derived_grad(version_dir: Path, store: Path = STORE) -> Path:
     """A new version identical to `version_dir` except that generator_grad.onnx is not stored but derived at
     load; refused unless the derivation reproduces the stored graph byte for byte."""
-    from server.manifest import DERIVE_VJP, ManifestError, publish
-
     m = read(version_dir)
     grad = m["graphs"].get("generator_grad")
     if grad is None or "file" not in grad:
         raise SystemExit(f"{version_dir}: no stored generator_grad graph to replace")
-    derived = build_grad_graph(onnx.load(str(version_dir / m["graphs"]["generator"]["file"]))).SerializeToString()
-    if derived != (version_dir / grad["file"]).read_bytes():
+    if grad_graph_bytes(version_dir / m["graphs"]["generator"]["file"]) != (version_dir / grad["file"]).read_bytes():
         raise ManifestError(f"{version_dir}: the derived gradient graph differs from the stored {grad['file']}")
     files = {f: version_dir / f for f in m["files"] if f != grad["file"]}
-    spec = {k: v for k, v in grad.items() if k != "file"}
-    new = dict(m, graphs=dict(m["graphs"], generator_grad=dict(spec, derive=DERIVE_VJP)),
+    new = dict(m, graphs=dict(m["graphs"], generator_grad=_derived(grad)),
                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                training=dict(m.get("training", {}), derived_from=f"{m['name']}@{m['version']}"))
     new.pop("files", None)
