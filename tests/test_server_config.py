@@ -36,3 +36,13 @@ def test_bad_settings_are_refused(argv, env):
 def test_config_validates_itself():
     with pytest.raises(ValueError, match="log_format"):
         Config(log_format="xml")
+
+
+def test_boolean_settings_parse_words_and_refuse_others():
+    assert from_args([]).inline_when_idle is True
+    assert from_args(["--inline-when-idle", "false"]).inline_when_idle is False
+    assert from_args([], env={"GANSERVE_INLINE_WHEN_IDLE": "off"}).inline_when_idle is False
+    assert from_args(["--inline-when-idle", "1"], env={"GANSERVE_INLINE_WHEN_IDLE": "no"}).inline_when_idle is True
+    for argv, env in ((["--inline-when-idle", "maybe"], {}), ([], {"GANSERVE_INLINE_WHEN_IDLE": "2"})):
+        with pytest.raises(SystemExit):
+            from_args(argv, env=env)
