@@ -39,6 +39,9 @@ class Config:
     inline_when_idle: bool = field(default=True, metadata={
         "help": "a request that finds its model idle runs on its own thread (no hand-off to the batcher's); "
                 "requests arriving meanwhile are batched as usual. Off with a queue delay"})
+    idle_threads: int = field(default=2, metadata={
+        "help": "intra-op threads of a second generator session for a small request (< 64 samples) that finds "
+                "its model idle; its threads sleep instead of spinning. 1 = no second session (CPU only)"})
     max_queue_size: int = field(default=64, metadata={"help": "requests waiting per model; more = RESOURCE_EXHAUSTED"})
     queue_timeout_ms: float = field(default=10000.0, metadata={"help": "a request waiting longer is rejected"})
     # limits
@@ -72,6 +75,7 @@ class Config:
             (self.providers in ("auto", "cpu", "cuda"), "providers must be auto, cpu or cuda"),
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
             (self.model_runners >= 1, "model_runners must be >= 1"),
+            (self.idle_threads >= 1, "idle_threads must be >= 1"),
             (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),
             (self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0"),

@@ -39,9 +39,10 @@ class Call:
 
 # -- generator runs -------------------------------------------------------------------------------------
 
-def make_runner(model: LoadedModel) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """session.run for the generator graph, returning its first output (x)."""
-    session = model.sessions["generator"]
+def make_runner(model: LoadedModel, session=None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """session.run for the generator graph (or `session`, another session on it), returning its first
+    output (x)."""
+    session = session or model.sessions["generator"]
     out = model.graph("generator")["outputs"][0]["name"]
     return lambda feeds: session.run([out], feeds)[0]
 

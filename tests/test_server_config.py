@@ -25,6 +25,7 @@ def test_flag_beats_env_beats_default(tmp_path):
 @pytest.mark.parametrize("argv,env", [
     (["--providers", "tpu"], {}),
     (["--max-batch-samples", "0"], {}),
+    (["--idle-threads", "0"], {}),
     (["--tls-cert", "only-a-cert.pem"], {}),
     ([], {"GANSERVE_MAX_SAMPLES": "many"}),
 ])

@@ -366,6 +366,44 @@ def test_idle_fast_path_runs_on_the_caller_and_batches_what_arrives_meanwhile():
         delayed.close()
 
 
+def test_idle_path_runs_small_requests_on_the_idle_runner_only():
+    """run_idle (the server's 2-thread session): a small request that finds the model idle runs on it; a large
+    idle one is split across the runners as before; queued requests and bulk work run on the batcher's runner."""
+    calls, gate = [], _Gate()
+
+    def run(feeds):
+        calls.append(("run", len(feeds["z"])))
+        return gate(feeds)
+
+    def run_idle(feeds):
+        calls.append(("idle", len(feeds["z"])))
+        return feeds["z"] * 2
+
+    b = Batcher("m", run, max_batch=128, max_queue=8, max_delay_s=0, queue_timeout_s=10, inline_when_idle=True,
+                runners=2, split_rows=64, split_s=0.0, run_idle=run_idle)
+    try:
+        gate.release.set()
+        assert b.submit(_feeds(1, 3.0)).result(5)[0, 0] == 6.0
+        assert b.submit(_feeds(63)).result(5).shape == (63, 2)
+        assert b.submit(_feeds(64)).result(5).shape == (64, 2)
+        assert calls[:2] == [("idle", 1), ("idle", 63)]
+        assert ("idle", 64) not in calls and sum(n for k, n in calls[2:] if k == "run") == 64
+        calls.clear()
+        gate.release.clear()
+        first: list = []
+        caller = threading.Thread(target=lambda: first.append(b.submit(_feeds(64))), name="caller")
+        caller.start()
+        _wait(lambda: len(calls) >= 1, what="the inline run to start")
+        queued = b.submit(_feeds(1, 5.0))  # the model is busy: queued for the worker, which uses `run`
+        gate.release.set()
+        caller.join(5)
+        assert queued.result(5)[0, 0] == 10.0 and b.submit(_feeds(2), bulk=True).result(5).shape == (2, 2)
+        assert calls[-2:] == [("run", 1), ("run", 2)] and not any(k == "idle" for k, _ in calls)
+    finally:
+        gate.release.set()
+        b.close()
+
+
 def test_batcher_splits_a_request_larger_than_a_batch():
     runs = []
     b = Batcher("m", lambda f: runs.append(len(f["z"])) or f["z"] + 1, max_batch=4, max_queue=4, max_delay_s=0,

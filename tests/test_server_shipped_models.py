@@ -155,6 +155,30 @@ def test_stream_equals_sample_on_a_shipped_model(shipped):
     np.testing.assert_array_equal(np.concatenate([ch.images for ch in chunks]), x)
 
 
+def test_idle_session_is_bit_identical_to_the_batched_one(shipped):
+    """A small request that finds its model idle runs on a 2-thread session (server/registry.py _idle_session);
+    batched and large requests on the 1-thread ones. A seed must give the same samples either way."""
+    names = [n for n in (*IMAGE_MODELS, "latent-constraint-mnist") if _present(n)]
+    if not names:
+        pytest.skip("no shipped image generator")
+    rng = np.random.default_rng(0)
+    for name in names:
+        model = shipped.app.registry.resolve(name)
+        assert model.idle_session is not None
+        assert model.idle_session.get_session_options().intra_op_num_threads == 2
+        inputs = model.graph("generator")["inputs"]
+        for n in (1, 7, 63):
+            feeds = {inputs[0]["name"]: rng.standard_normal((n, model.latent_dim)).astype(np.float32)}
+            if model.conditional:
+                feeds[inputs[1]["name"]] = np.eye(model.num_classes, dtype=np.float32)[rng.integers(0, 10, n)]
+            np.testing.assert_array_equal(model.idle_session.run(None, feeds)[0],
+                                          model.sessions["generator"].run(None, feeds)[0])
+    with Client(shipped.target) as c:
+        x = c.sample(300, seed=12, model=names[0], **({"label": 3} if names[0] == "cgan-mnist" else {}))
+        one = c.sample(1, seed=12, model=names[0], **({"label": 3} if names[0] == "cgan-mnist" else {}))
+    np.testing.assert_array_equal(one[0], x[0])
+
+
 def test_invert_with_each_method(shipped):
     """Every method each shipped MNIST generator supports (ENCODER needs encoder.onnx, OPTIMIZE generator_grad.onnx,
     HYBRID both), on images the generator made and on real test digits."""
