@@ -166,7 +166,8 @@ class App:
                        max_queue=c.max_queue_size, max_delay_s=c.max_queue_delay_ms / 1000,
                        queue_timeout_s=c.queue_timeout_ms / 1000, observe=self.telemetry.observe_batch,
                        runners=c.model_runners, inline_when_idle=c.inline_when_idle,
-                       run_idle=make_runner(model, model.idle_session) if model.idle_session else None)
+                       run_idle=make_runner(model, model.idle_session) if model.idle_session else None,
+                       alone=lambda: self.pool.in_flight <= 1)
 
     def _bind(self) -> int:
         c = self.config

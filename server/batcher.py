@@ -27,10 +27,12 @@ nothing queued - and no queue delay configured runs at once on its caller's thre
 the worker thread and back, which saves two thread wake-ups (~0.1-0.3 ms of a single-sample request under the
 GIL). While it runs the model counts as busy, so requests arriving meanwhile queue and the worker takes them as
 one batch when it ends: batching under load is unchanged. Bulk work always goes through the queue.
-A small inline request (fewer than `split_rows` rows) runs on `run_idle` when one is given: the server passes a
-second session on the same graph with two intra-op threads (server/registry.py), since the model is idle and a
-one-sample run is mostly too small to split by rows but not too small for ONNX Runtime's intra-op threads
-(gan-mnist: 0.30 ms against 0.46). Larger inline requests keep the split across runners.
+A small inline request (fewer than `split_rows` rows) runs on `run_idle` when one is given and `alone()` says
+nothing else is in progress: the server passes a second session on the same graph with two intra-op threads
+(server/registry.py) and "this is the only RPC in flight", since a one-sample run is too small to split by rows
+but not for ONNX Runtime's intra-op threads (gan-mnist: 0.30 ms against 0.46). With other requests in flight the
+second core is busy with their gRPC work, and the 2-thread run cost 6-14% of throughput at 8 clients (measured),
+so it runs on one thread. Larger inline requests keep the split across runners.
 
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
@@ -73,8 +75,8 @@ class Batcher:
                  queue_timeout_s: float, observe: Callable[[str, int, int], None] | None = None,
                  bulk_max_wait_s: float = 1.0,
                  runners: int = 1, split_rows: int = 64, split_s: float = 0.004, inline_when_idle: bool = False,
-                 run_idle: RunFn | None = None):
-        self.name, self._run, self._run_idle = name, run, run_idle
+                 run_idle: RunFn | None = None, alone: Callable[[], bool] = lambda: True):
+        self.name, self._run, self._run_idle, self._alone = name, run, run_idle, alone
         self.inline_when_idle = inline_when_idle and max_delay_s == 0
         self._busy = False  # a batch is running (on the worker, or inline on a caller's thread)
         self.runners, self.split_rows, self.split_s = runners, split_rows, split_s
@@ -223,7 +225,7 @@ class Batcher:
                      for k in keys}
             total = len(next(iter(feeds.values())))
             self._observe(self.name, total, self.depth())
-            if idle and self._run_idle is not None and total < self.split_rows:
+            if idle and self._run_idle is not None and total < self.split_rows and self._alone():
                 out = self._run_idle(feeds)
             elif self._helpers is not None and total >= self.split_rows and total * self._row_s >= self.split_s:
                 step = -(-total // self.runners)

@@ -41,7 +41,8 @@ class Config:
                 "requests arriving meanwhile are batched as usual. Off with a queue delay"})
     idle_threads: int = field(default=2, metadata={
         "help": "intra-op threads of a second generator session for a small request (< 64 samples) that finds "
-                "its model idle; its threads sleep instead of spinning. 1 = no second session (CPU only)"})
+                "its model idle and is the only RPC in flight; its threads sleep instead of spinning. 1 = no "
+                "second session (CPU only)"})
     max_queue_size: int = field(default=64, metadata={"help": "requests waiting per model; more = RESOURCE_EXHAUSTED"})
     queue_timeout_ms: float = field(default=10000.0, metadata={"help": "a request waiting longer is rejected"})
     # limits

@@ -367,8 +367,9 @@ def test_idle_fast_path_runs_on_the_caller_and_batches_what_arrives_meanwhile():
 
 
 def test_idle_path_runs_small_requests_on_the_idle_runner_only():
-    """run_idle (the server's 2-thread session): a small request that finds the model idle runs on it; a large
-    idle one is split across the runners as before; queued requests and bulk work run on the batcher's runner."""
+    """run_idle (the server's 2-thread session): a small request that finds the model idle, with no other RPC in
+    flight, runs on it; a large idle one is split across the runners as before; queued requests and bulk work run
+    on the batcher's runner."""
     calls, gate = [], _Gate()
 
     def run(feeds):
@@ -401,6 +402,16 @@ def test_idle_path_runs_small_requests_on_the_idle_runner_only():
         assert calls[-2:] == [("run", 1), ("run", 2)] and not any(k == "idle" for k, _ in calls)
     finally:
         gate.release.set()
+        b.close()
+    others = [True]  # another RPC in flight: an idle small request still runs inline, but on one thread
+    b = Batcher("m", run, max_batch=128, max_queue=8, max_delay_s=0, queue_timeout_s=10, inline_when_idle=True,
+                run_idle=run_idle, alone=lambda: not others[0])
+    try:
+        calls.clear()
+        assert b.submit(_feeds(1)).done() and calls == [("run", 1)]
+        others[0] = False
+        assert b.submit(_feeds(1)).done() and calls == [("run", 1), ("idle", 1)]
+    finally:
         b.close()
 
 
