@@ -231,23 +231,24 @@ class Registry:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(model, sess_options=opts, providers=self.providers)
 
-    def _idle_session(self, folder: Path, manifest: dict):
+    def _idle_session(self, generator: str | bytes):
         """The generator again with `idle_threads` intra-op threads, for a small request that finds the model
         idle: one sample of gan-mnist takes 0.30 ms on two threads against 0.46 on one, and both cores are
-        free when nothing else is running on the model. None when it would add nothing (CUDA, or no more
-        threads than the batcher's sessions). Same kernels, same rows: outputs are bit-identical (tested)."""
+        free when nothing else is running on the model. None when it would add nothing or never be used (CUDA,
+        no more threads than the batcher's sessions, or no idle path: inline_when_idle off or a queue delay).
+        Same kernels, same rows: outputs are bit-identical (tested)."""
         c = self.config
-        if (not c.inline_when_idle or c.idle_threads <= c.intra_op_threads
+        if (not c.inline_when_idle or c.max_queue_delay_ms > 0 or c.idle_threads <= c.intra_op_threads
                 or self.providers != ["CPUExecutionProvider"]):
             return None
-        return self._session(mf.graph_model(folder, manifest, "generator"), threads=c.idle_threads)
+        return self._session(generator, threads=c.idle_threads)
 
     def _load(self, folder: Path, signature: tuple) -> LoadedModel:
         manifest = mf.read_manifest(folder)
         mf.verify_files(folder, manifest)
-        sessions = {}
+        sessions, graphs = {}, {}
         for role, graph in manifest["graphs"].items():
-            model = mf.graph_model(folder, manifest, role)
+            model = graphs[role] = mf.graph_model(folder, manifest, role)
             where = f"{folder}/{graph['file']}" if "file" in graph else f"{folder}: {role} (derived)"
             try:
                 sessions[role] = self._session(model)
@@ -257,7 +258,7 @@ class Registry:
         _probe(manifest, sessions)
         model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)
         if "generator" in sessions and self._make_batcher is not None:
-            model.idle_session = self._idle_session(folder, manifest)
+            model.idle_session = self._idle_session(graphs["generator"])
             model.batcher = self._make_batcher(model)
         return model
 
