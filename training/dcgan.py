@@ -57,8 +57,16 @@ class Discriminator(nn.Module):
         self.psi = nn.Linear(feat, 1)
         self.embed = nn.Linear(num_classes, feat, bias=False) if num_classes else None
 
+    @property
+    def feature_dim(self) -> int:
+        return self.psi.in_features
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.phi(x)
+        return self.score(self.phi(x), y)
+
+    def score(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score from features h = phi(x) (B, feat): what forward returns; a latent-regression head reads the
+        same h (training.gan, `latent_regression`)."""
         out = self.psi(h)  # (B, 1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1, keepdim=True)  # projection term <y E, phi(x)>

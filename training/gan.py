@@ -48,6 +48,10 @@ class GANConfig:
     n_critic: int = 1                # D steps per G step (WGAN-GP: 5)
     gp_weight: float = 10.0          # WGAN-GP lambda (Gulrajani et al. 2017)
     r1: float = 0.0                  # R1 gamma on real data (Mescheder et al. 2018); JS/hinge losses; 0: off
+    latent_regression: float = 0.0   # images: weight of a head on D's features that regresses z from G(z), in
+                                     # G's and D's losses (InfoGAN's continuous-code term, Chen et al. 2016,
+                                     # eq. 5, on every latent coordinate): keeps z recoverable from the image,
+                                     # which inversion needs (issue 4); 0: off
     clip: float = 0.01               # WGAN weight clipping c
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -88,6 +92,9 @@ class GANConfig:
                              f"got r1={self.r1} with loss={self.loss!r}")
         if self.lr_g <= 0 or self.lr_d <= 0:
             raise ValueError("lr_g and lr_d must be > 0")
+        if self.latent_regression < 0 or (self.latent_regression and self.points):
+            raise ValueError(f"latent_regression must be >= 0 and is for image data, got "
+                             f"{self.latent_regression} with data={self.data!r}")
 
     @property
     def points(self) -> bool:
@@ -306,8 +313,14 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     if cfg.clusters:
         log(f"{cfg.name}: {cfg.clusters} k-means clusters of the training data {real.cluster_info}")
     ema = EMA(g, cfg.ema_decay)
+    # latent regression: q(phi(x)) predicts the latent G drew x from (a self-conditioned model's z_1.., since
+    # z_0 only picks the cluster, which D is told); trained with D, and G is rewarded for keeping z readable
+    first = 1 if cfg.clusters else 0
+    q = (nn.Sequential(nn.Linear(d.feature_dim, 512), nn.LeakyReLU(0.2), nn.Linear(512, cfg.latent_dim - first))
+         if cfg.latent_regression else None)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam([*d.parameters(), *(q.parameters() if q else [])], lr=cfg.lr_d,
+                             betas=(cfg.beta1, cfg.beta2))
     loss_dis, loss_gen = losses.LOSSES[cfg.loss]
     wasserstein = cfg.loss.startswith("wgan")
     evaluator = None
@@ -317,7 +330,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
         evaluator = evaluate.find_evaluator(cfg.evaluator_store, required=False)
         if evaluator is None:
             log(f"no mnist-evaluator in {cfg.evaluator_store}: per-epoch evaluator metrics are skipped")
-    modules = {"g": g, "d": d, "g_ema": ema.module}
+    modules = {"g": g, "d": d, "g_ema": ema.module, **({"q": q} if q else {})}
     optims = {"g": opt_g, "d": opt_d}
     ckpt = out / "checkpoint.safetensors"
     step, wall, history = 0, 0.0, {}
@@ -332,6 +345,13 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
 
     def critic(x, y=None):
         return d(x, y) if k else d(x)
+
+    def critic_and_regression(x, y, z):
+        """(scores, latent-regression loss: mean squared error of q's z, 0 without the head)."""
+        if q is None:
+            return critic(x, y), torch.zeros(())
+        h = d.phi(x)
+        return d.score(h, y if k else None), ((q(h) - z[:, first:]) ** 2).mean()
 
     def generate(z, y=None):
         return g(z, y) if cfg.num_classes else g(z)
@@ -358,7 +378,8 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
             y_fake = fake_condition(z)
             with torch.no_grad():
                 x_fake = generate(z, y_fake)
-            s_real, s_fake = critic(x_real, y_real), critic(x_fake, y_fake)
+            s_real = critic(x_real, y_real)
+            s_fake, reg_d = critic_and_regression(x_fake, y_fake, z)
             loss_d = loss_dis(s_real, s_fake)
             gp = torch.zeros(())
             if cfg.loss == "wgan-gp":
@@ -369,16 +390,17 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
             elif cfg.r1:
                 gp = losses.r1_penalty(critic, x_real, *([y_real] if k else []), gamma=cfg.r1)
             opt_d.zero_grad(set_to_none=True)
-            (loss_d + gp).backward()
+            (loss_d + gp + cfg.latent_regression * reg_d).backward()
             opt_d.step()
             if cfg.loss == "wgan-clip":
                 losses.clip_weights(d, cfg.clip)
         # 2. generator step
         z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)
         y_fake = fake_condition(z)
-        loss_g = loss_gen(critic(generate(z, y_fake), y_fake))
+        s_gen, reg_g = critic_and_regression(generate(z, y_fake), y_fake, z)
+        loss_g = loss_gen(s_gen)
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        (loss_g + cfg.latent_regression * reg_g).backward()
         opt_g.step()
         ema.update(g)
         step += 1
@@ -392,6 +414,8 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
                 scalars["js_estimate"] = losses.js_estimate(s_real, s_fake).item()
                 if cfg.r1:
                     scalars["r1_penalty"] = gp.item()
+            if q is not None:  # 1 - MSE / Var(z) of the head on G's latest batch: the share of z it reads
+                scalars["latent_r2"] = 1.0 - reg_g.item()
             curves.add(step, **scalars)
             bar.set_postfix({k_: f"{v:.3f}" for k_, v in scalars.items()})
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -420,6 +444,7 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
 def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
     theory = (["wasserstein_estimate", "gradient_penalty"] if cfg.loss.startswith("wgan") else
               ["js_estimate", "r1_penalty"] if cfg.r1 else ["js_estimate"])
+    theory += ["latent_r2"] if cfg.latent_regression else []
     evals = (["eval/high_quality"] if cfg.points else ["eval/frechet_ratio"])
     groups = [("what D estimates", theory), ("losses", ["loss_d", "loss_g"]),
               ("quality", evals + (["eval/modes"] if cfg.points else ["eval/recall", "eval/precision"]))]
