@@ -253,7 +253,7 @@ def test_latent_regression_config_errors():
 @pytest.mark.parametrize("clusters,conditional", [(0, True), (6, False)])
 def test_latent_regression_head_learns_z(tmp_path, clusters, conditional):
     """The head on D's features learns to read z from G(z): its R^2 on G's batches rises well above its start
-    (it starts near 0 or below), and the head is checkpointed with D; 0 leaves the losses as they were."""
+    (it starts near 0 or below), and the head is checkpointed with D; with 0 there is no head and no latent_r2."""
     from training.gan import train_one
 
     cfg = GANConfig(name="t", clusters=clusters, conditional=conditional, latent_regression=5.0,
