@@ -101,7 +101,10 @@ def test_wgan_critic_is_unbiased_for_zero_when_p_equals_q(client):
     same = client.evaluate("wgan-gp-mnist", "wgan-gp-mnist", ["w1_critic"], n=N, seed=SEED, bootstrap=200)["w1_critic"]
     real = client.evaluate("mnist-test", "wgan-gp-mnist", ["w1_critic"], n=N, seed=SEED, bootstrap=200)["w1_critic"]
     assert same.ci_low <= 0 <= same.ci_high, same
-    assert abs(same.value) < 0.25 * real.value, (same, real)
+    # The real-vs-model gap must be resolved (its interval above 0) and larger than the P = Q estimate. Not a fixed
+    # ratio: a better generator narrows the gap (wgan-gp-mnist@13: 0.13-0.23 at n = 1,000 over seeds 1-3, against
+    # P = Q noise of +-0.06-0.09), and the property tested here is the estimator's, not the model's.
+    assert real.ci_low > 0 and abs(same.value) < real.value, (same, real)
 
 
 def test_discriminator_bound_for_p_equals_q_is_below_real_vs_generated(client):

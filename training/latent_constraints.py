@@ -26,6 +26,17 @@ Generative Models" (ICLR 2018), Section 4 ("Actor-critic pairs"). With the VAE o
   where sigma_z,j is the encoder's standard deviation in dimension j averaged over the training data (the
   paper's sigma_z bar): moving along a dimension the encoder is sure about costs more.
 
+Latent recovery (ours, not the paper's; config latent_recovery, 0 = off): the served generator is decoder o actor,
+and inversion (issue 4) must recover the actor's INPUT z from an image. A free actor overwrites z (measured on a
+16-d VAE: ||z' - z|| 4.2 against ||z|| 3.9, 7 of 16 directions of d x / d z below 10% of the largest), so no
+inversion can find it. A head R reads what the image shows of z' (the VAE encoder's mean of the decoded z') and
+the label, and predicts z; R and the actor minimise, together, the InfoGAN-style term (Chen et al. 2016, the
+continuous-code regression)
+
+      L_rec = lambda_rec E_{z, y}[ ||R(mu_q(decoder(G(z, y))), y) - z||^2 / d ]
+
+added to L_G: the actor may move z wherever the critic wants, as long as the move stays invertible in the image.
+
 The unconditional "realism" constraint is the same with y dropped: fake = prior samples and G(z); it moves
 prior samples out of the holes towards the aggregate posterior.
 
@@ -74,6 +85,7 @@ class LatentConstraintConfig:
     lambda_dist: float = 1e-4     # the critic's gradient has norm ~1 (GP): 0.01 pinned the active dims (10.5% acc)
     lambda_gp: float = 10.0
     gate_bias_init: float = -1.0
+    latent_recovery: float = 0.0  # lambda_rec of L_rec above, on the conditional (served) actor; 0: the paper's actor
     threads: int = 1            # 1 intra-op thread: pools of 2 collapse when the cores are shared
     evaluator_store: str = "model_store"
 
@@ -82,7 +94,7 @@ class LatentConstraintConfig:
                   "threads"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be > 0, got {getattr(self, f)}")
-        for f in ("ac_steps", "realism_steps", "lambda_dist", "lambda_gp"):
+        for f in ("ac_steps", "realism_steps", "lambda_dist", "lambda_gp", "latent_recovery"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
 
@@ -132,6 +144,19 @@ class Critic(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.out(self.body(torch.cat([z, y], 1) if self.num_classes else z)).squeeze(1)
+
+
+class Recovery(nn.Module):
+    """R(u, y) -> z: the actor's input from u = mu_q(decoder(z')), the encoder's reading of the image (L_rec)."""
+
+    def __init__(self, latent_dim: int, num_classes: int, hidden: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = _mlp(latent_dim + num_classes, hidden, n_layers=2)
+        self.out = nn.Linear(hidden, latent_dim)
+
+    def forward(self, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.body(torch.cat([u, y], 1) if self.num_classes else u))
 
 
 class ConstrainedGenerator(nn.Module):
@@ -244,14 +269,22 @@ def test_elbo(vae: VAE, x01: torch.Tensor, sigma_x: float, batch: int = 1000, se
 
 def train_actor_critic(actor: Actor, critic: Critic, mu: torch.Tensor, sigma: torch.Tensor,
                        labels: torch.Tensor | None, cfg: LatentConstraintConfig, steps: int, log=print,
-                       tag: str = "cond") -> dict[str, list[float]]:
-    """Alternate n_critic critic steps and one actor step (Engel et al. 2017, Sec. 4). labels None: realism."""
+                       tag: str = "cond", recovery: Recovery | None = None, vae: VAE | None = None
+                       ) -> dict[str, list[float]]:
+    """Alternate n_critic critic steps and one actor step (Engel et al. 2017, Sec. 4). labels None: realism.
+
+    With `recovery` and the (frozen) `vae`, the actor's loss adds cfg.latent_recovery * L_rec and R trains with it.
+    """
     conditional = labels is not None
     sigma_bar = sigma.mean(0)  # (d,) the paper's sigma_z bar, per dimension
-    opt_a = torch.optim.Adam(actor.parameters(), lr=cfg.ac_lr, betas=(0.5, 0.9))
+    recover = recovery is not None and cfg.latent_recovery > 0
+    if recover and vae is None:
+        raise ValueError("latent recovery needs the VAE (it reads the decoded image)")
+    a_params = [*actor.parameters(), *(recovery.parameters() if recover else ())]
+    opt_a = torch.optim.Adam(a_params, lr=cfg.ac_lr, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.ac_lr, betas=(0.5, 0.9))
     n, d, b = len(mu), mu.shape[1], cfg.ac_batch_size
-    hist = {"critic": [], "actor": [], "gp": [], "dist": [], "shift": []}
+    hist = {"critic": [], "actor": [], "gp": [], "dist": [], "shift": [], **({"recovery_r2": []} if recover else {})}
 
     def real_batch():
         idx = torch.randint(0, n, (b,))
@@ -296,6 +329,11 @@ def train_actor_critic(actor: Actor, critic: Critic, mu: torch.Tensor, sigma: to
         z_new = G(z_in, y_in)
         dist = distance_penalty(z_new, z_in, sigma_bar)
         a_loss = bce_real(D(z_new, y_in)) + cfg.lambda_dist * dist
+        if recover:
+            seen = vae.encoder(vae.decoder(z_new))[0]            # what the image shows of z' (B, d)
+            rec = recovery(seen, y_in) if conditional else recovery(seen)
+            rec_mse = (rec - z_in).pow(2).mean()
+            a_loss = a_loss + cfg.latent_recovery * rec_mse
         opt_a.zero_grad(set_to_none=True)
         a_loss.backward()
         opt_a.step()
@@ -305,9 +343,13 @@ def train_actor_critic(actor: Actor, critic: Critic, mu: torch.Tensor, sigma: to
             hist["actor"].append(a_loss.item())
             hist["dist"].append(dist.item())
             hist["shift"].append((z_new - z_in).norm(dim=1).mean().item())
+            if recover:
+                hist["recovery_r2"].append(1.0 - rec_mse.item() / z_in.var().item())
         if step % 500 == 0 or step == steps - 1:
+            rec_msg = f" recovery R2 {hist['recovery_r2'][-1]:.3f}" if recover else ""
             log(f"{tag} step {step + 1}/{steps}: critic {loss.item():.3f} gp {gp.item():.3f} actor "
-                f"{a_loss.item():.3f} dist {dist.item():.2f} shift {hist['shift'][-1]:.2f} ({time.time() - t0:.0f}s)")
+                f"{a_loss.item():.3f} dist {dist.item():.2f} shift {hist['shift'][-1]:.2f}{rec_msg} "
+                f"({time.time() - t0:.0f}s)")
     actor.eval()
     critic.eval()
     return hist
@@ -324,7 +366,8 @@ def _modules(cfg: LatentConstraintConfig) -> dict[str, nn.Module]:
             "actor": Actor(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden, cfg.gate_bias_init),
             "critic": Critic(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden),
             "realism_actor": Actor(cfg.latent_dim, 0, cfg.ac_hidden, cfg.gate_bias_init),
-            "realism_critic": Critic(cfg.latent_dim, 0, cfg.ac_hidden)}
+            "realism_critic": Critic(cfg.latent_dim, 0, cfg.ac_hidden),
+            "recovery": Recovery(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden)}
 
 
 def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=print) -> dict:
@@ -362,6 +405,7 @@ def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=prin
         elbo = train_vae(vae, x_train, cfg, log)
         finish("vae", time.time() - t0, elbo)
     vae.eval()
+    vae.requires_grad_(False)  # frozen from here: L_rec's gradient flows through it to the actor, not into it
     elbo_test = test_elbo(vae, x_test, cfg.sigma_x, seed=cfg.seed)
     mu, sigma = encode_all(vae, x_train)
     log(f"test ELBO {elbo_test:.1f} nats/image; encoder sigma mean {float(sigma.mean()):.4f}, per-dim mean in "
@@ -372,7 +416,8 @@ def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=prin
         if stage not in meta["done"]:
             t0 = time.time()
             torch.manual_seed(cfg.seed + 1 + len(meta["done"]))
-            hist = train_actor_critic(actor, critic, mu, sigma, labels, cfg, steps, log, stage)
+            hist = train_actor_critic(actor, critic, mu, sigma, labels, cfg, steps, log, stage,
+                                      recovery=mods["recovery"] if labels is not None else None, vae=vae)
             finish(stage, time.time() - t0, hist)
         actor.eval()
         critic.eval()
@@ -385,7 +430,8 @@ def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=prin
     curves.plot(out / "curves.png", [("VAE train ELBO (nats) per epoch", ["vae/train_elbo"]),
                                      ("conditional actor-critic", [f"conditional/{k}" for k in ("critic", "actor", "gp")]),
                                      ("realism actor-critic", [f"realism/{k}" for k in ("critic", "actor", "gp")]),
-                                     ("mean latent shift ||z'-z||", ["conditional/shift", "realism/shift"])])
+                                     ("mean latent shift ||z'-z||", ["conditional/shift", "realism/shift"]),
+                                     ("latent recovery R^2 (conditional actor)", ["conditional/recovery_r2"])])
     curves.close()
     wall = sum(meta["times_s"].values())
     log(f"trained in {wall:.0f}s: {meta['times_s']}")
@@ -496,4 +542,6 @@ def manifest_fields(cfg: LatentConstraintConfig) -> dict:
             "num_classes": NUM_CLASSES, "class_names": [str(i) for i in range(NUM_CLASSES)],
             "output": {"shape": [1, 28, 28], "value_range": [-1.0, 1.0]}, "max_batch_size": 4096,
             "description": f"VAE (latent {cfg.latent_dim}, sigma_x {cfg.sigma_x}, beta {cfg.beta}) on MNIST made "
-                           "conditional by a latent actor-critic (Engel et al. 2017); generator = decoder o actor"}
+                           "conditional by a latent actor-critic (Engel et al. 2017)"
+                           + (f", latent recovery {cfg.latent_recovery}" if cfg.latent_recovery else "")
+                           + "; generator = decoder o actor"}
