@@ -367,7 +367,7 @@ def _modules(cfg: LatentConstraintConfig) -> dict[str, nn.Module]:
             "critic": Critic(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden),
             "realism_actor": Actor(cfg.latent_dim, 0, cfg.ac_hidden, cfg.gate_bias_init),
             "realism_critic": Critic(cfg.latent_dim, 0, cfg.ac_hidden),
-            "recovery": Recovery(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden)}
+            **({"recovery": Recovery(cfg.latent_dim, NUM_CLASSES, cfg.ac_hidden)} if cfg.latent_recovery else {})}
 
 
 def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=print) -> dict:
@@ -417,7 +417,7 @@ def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=prin
             t0 = time.time()
             torch.manual_seed(cfg.seed + 1 + len(meta["done"]))
             hist = train_actor_critic(actor, critic, mu, sigma, labels, cfg, steps, log, stage,
-                                      recovery=mods["recovery"] if labels is not None else None, vae=vae)
+                                      recovery=mods.get("recovery") if labels is not None else None, vae=vae)
             finish(stage, time.time() - t0, hist)
         actor.eval()
         critic.eval()
