@@ -51,13 +51,21 @@ def log(*args) -> None:
 
 
 class Load:
-    """The load generator process (bench/load.py), driven one JSON command at a time."""
+    """The load generator process (bench/load.py), driven one JSON command at a time; a command with
+    `"client": "native"` goes to h2load instead (bench/native.py), when it is installed."""
 
-    def __init__(self):
+    def __init__(self, native: bool = False):
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.load"], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.native = None
+        if native:
+            from bench.native import NativeLoad
+
+            self.native = NativeLoad()
 
     def __call__(self, cmd: dict) -> dict:
+        if cmd.get("client") == "native":
+            return self.native(cmd) if self.native else {"error": "h2load not installed"}
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -66,6 +74,8 @@ class Load:
         return json.loads(line)
 
     def close(self):
+        if self.native is not None:
+            self.native.close()
         try:
             self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
             self.proc.stdin.close()
@@ -141,10 +151,14 @@ def interleaved(load: Load, contenders: list[tuple[str, dict, object]], rounds: 
         k = r % len(contenders)
         for label, cmd, server in contenders[k:] + contenders[:k]:
             before = server.usage() if server is not None else None
+            t0 = time.monotonic()
             res = load(cmd)
+            span = time.monotonic() - t0
             if server is not None and "error" not in res:
                 after = server.usage()
-                res["server_cpu_cores"] = (after["cpu_s"] - before["cpu_s"]) / max(res.get("wall_s", 1e-9), 1e-9)
+                # the server's CPU over the whole call (warm-up at the same load included) divided by the call's
+                # length: dividing by the measured window alone would overstate it by the warm-up's share
+                res["server_cpu_cores"] = (after["cpu_s"] - before["cpu_s"]) / max(span, 1e-9)
             per[label].append(res)
     return {label: pool(results) for label, results in per.items()}
 
@@ -199,7 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ts-workers", type=int, default=2, help="TorchServe workers per model")
     p.add_argument("--ts-batch", type=int, default=32, help="TorchServe batch size when its batching is on")
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max batch delay when batching is on")
+    p.add_argument("--client", choices=("both", "python", "native"), default="both",
+                   help="load generators for the server sections: the Python grpcio/http.client process "
+                        "(bench/load.py), h2load + wrk (bench/native.py; C, ~0.05 cores), or both in the same rounds "
+                        "(default; falls back to python when h2load or wrk is not installed)")
     args = p.parse_args(argv)
+    from bench.native import available as native_available
+
+    if args.client != "python" and not native_available():
+        if args.client == "native":
+            raise SystemExit("--client native needs h2load and wrk: apt-get install nghttp2-client wrk")
+        log("h2load or wrk not found (apt-get install nghttp2-client wrk): the server sections use the Python client only")
+        args.client = "python"
+
     # SIGTERM (and SIGINT, which a shell ignores in background jobs) unwind through the `with` blocks below, so
     # the servers started here are stopped; the sections measured so far are already in the JSON (checkpoint)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -233,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                      "primary": primary, "settings": {"rounds": rounds, "load_round_s": dur,
                                                       "inprocess_rounds": in_rounds, "inprocess_round_s": in_round_s,
                                                       "stream_n": stream_n, "server_args": args.server_args,
+                                                      "clients": args.client,
                                                       "torchserve": {"workers": args.ts_workers,
                                                                      "batch_size": args.ts_batch,
                                                                      "max_batch_delay_ms": args.ts_delay_ms}},
@@ -266,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # C, D, E, F: servers in their own processes, the load in another
     extra = tuple(args.server_args.split())
-    load = Load()
+    load = Load(native=args.client != "python")
     ts_server = None
     t_servers = time.monotonic()
     try:
@@ -296,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_server_sections(load, on, off, ts_server, models, primary, pdir, pman, rounds=rounds, dur=dur,
                                 stream_n=stream_n, quick=quick, variant=variant, out=results["servers"],
-                                checkpoint=checkpoint, echo=echo)
+                                checkpoint=checkpoint, echo=echo, clients=args.client)
     finally:
         load.close()
         if ts_server is not None:
@@ -357,8 +384,10 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
                         pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
                         variant: Ganserve | None = None, out: dict | None = None, checkpoint=lambda: None,
-                        echo: Ganserve | None = None) -> dict:
-    """`echo`: bench/echo.py, the bare Python gRPC ceiling (prebuilt replies), measured next to ganserve."""
+                        echo: Ganserve | None = None, clients: str = "python") -> dict:
+    """`echo`: bench/echo.py, the bare Python gRPC ceiling (prebuilt replies), measured next to ganserve.
+    `clients`: "python", "native" (h2load) or "both"; every server contender runs under each chosen client in
+    the same interleaved rounds, the native ones labelled with the suffix " [native]" (report.NATIVE)."""
     out = {} if out is None else out
     out["section_s"] = {}
     clock = [time.monotonic()]
@@ -379,6 +408,19 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
     run = lambda target, n=1, c=1, enc="float32", d=dur, w=0.3: {"op": "run", "target": target,  # noqa: E731
                                                                  "n": n, "concurrency": c, "duration": d,
                                                                  "warmup": w, "encoding": enc}
+
+    def clients_of(contenders: list) -> list:
+        """Each server contender under the chosen clients (in-process ones have no client: kept as they are)."""
+        out_ = []
+        for label, cmd, server in contenders:
+            if cmd["target"]["kind"] == "inproc":
+                out_.append((label, cmd, server))
+                continue
+            if clients in ("python", "both"):
+                out_.append((label, cmd, server))
+            if clients in ("native", "both"):
+                out_.append((label + report.NATIVE, {**cmd, "client": "native"}, server))
+        return out_
 
     # warm up every server and model once (sessions, connections), then RSS after warm-up
     for name, (_, m) in models.items():
@@ -408,7 +450,7 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders.append(("ganserve-variant", run(grpc_t(variant), n=n), variant))
         if echo is not None and n == 1:
             contenders.append(("grpc-echo", run(grpc_t(echo), n=n), echo))
-        out["latency"][n] = interleaved(load, contenders, rounds)
+        out["latency"][n] = interleaved(load, clients_of(contenders), rounds)
     done("latency")
 
     # C + D: single-sample throughput vs concurrency, batching off and on, ganserve and TorchServe
@@ -427,13 +469,13 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders += [("inproc-b64/t1", run(inproc_t(1), n=64), None),
                            ("inproc-b64/t2", run(inproc_t(2), n=64), None),
                            ("inproc-b64/2x1", run(inproc_t("2x1"), n=64), None)]
-        out["throughput"][c] = interleaved(load, contenders, rounds)
+        out["throughput"][c] = interleaved(load, clients_of(contenders), rounds)
     done("throughput")
 
     # C: encodings
     log("[C] encodings n=64")
-    out["encoding"] = interleaved(load, [(enc, run(grpc_t(on), n=64, enc=enc), on)
-                                         for enc in ("float32", "uint8", "png")], rounds)
+    out["encoding"] = interleaved(load, clients_of([(enc, run(grpc_t(on), n=64, enc=enc), on)
+                                                    for enc in ("float32", "uint8", "png")]), rounds)
     done("encoding")
 
     # batching gain per shipped generator (concurrency 32), to set against its in-process batch curve
@@ -441,8 +483,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
     for name, (_, m) in models.items():
         log(f"[C] batching gain {name}")
         out["batching_by_model"][name] = interleaved(
-            load, [("off", run(grpc_t(off, name, m), c=32, d=dur / 2 if not quick else dur), off),
-                   ("on", run(grpc_t(on, name, m), c=32, d=dur / 2 if not quick else dur), on)], rounds)
+            load, clients_of([("off", run(grpc_t(off, name, m), c=32, d=dur / 2 if not quick else dur), off),
+                              ("on", run(grpc_t(on, name, m), c=32, d=dur / 2 if not quick else dur), on)]), rounds)
     done("batching_by_model")
 
     # E: SampleStream job between two in-process ceiling measurements at the stream's chunk size

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+NATIVE = " [native]"  # label suffix: measured with h2load (gRPC) or wrk (HTTP), bench/native.py, not the Python client
+CLIENTS = (("", "Python client"), (NATIVE, "native client"))
 ENGINES = ("ort/t1", "ort/t2", "ort/2x1", "torch-eager/t1", "torch-eager/t2", "torch-compile/t1", "torch-compile/t2")
 
 
@@ -49,69 +51,12 @@ def targets(res: dict) -> list[dict]:
     """Issue 7 item 3, each as {target, measured, met} (met None when it could not be measured)."""
     out = []
     srv = res.get("servers", {})
-    prim = res["models"][res["primary"]]
 
     def add(target, measured, met):
         out.append({"target": target, "measured": measured, "met": met})
 
-    lat = srv.get("latency", {})
-    r256 = lat.get("256", {})
-    if "ganserve" in r256 and "samples_per_s" in r256["ganserve"]:
-        ref = max(v.get("samples_per_s", 0) for k, v in r256.items() if k.startswith("inproc/"))
-        got = r256["ganserve"]["samples_per_s"]
-        add("n=256 request: server >= 90% of in-process ORT at batch 256",
-            f"{got:,.0f} vs {ref:,.0f} samples/s in-process (same rounds) = {got / ref:.0%}", got >= 0.9 * ref)
-    r1 = lat.get("1", {})
-    if "ganserve" in r1 and "p50_ms" in r1["ganserve"]:
-        ref = min(v.get("p50_ms", 1e9) for k, v in r1.items() if k.startswith("inproc/"))
-        g = r1["ganserve"]
-        add("n=1, one client: p50 within 1 ms of in-process, p99 <= 10 ms",
-            f"p50 {g['p50_ms']:.2f} ms vs {ref:.2f} ms in-process (+{g['p50_ms'] - ref:.2f} ms), p99 {g['p99_ms']:.2f} ms",
-            g["p50_ms"] - ref <= 1.0 and g["p99_ms"] <= 10.0)
-    tp = srv.get("throughput", {})
-    c32 = tp.get("32", {})
-    if "ganserve/on" in c32 and "samples_per_s" in c32["ganserve/on"]:
-        ref = max(v.get("samples_per_s", 0) for k, v in c32.items() if k.startswith("inproc-b64/"))
-        best_a, eng, b = inprocess_best(prim)
-        ref_note = f"in-process batch 64 in the same rounds {ref:,.0f}/s (section A best: {best_a:,.0f}/s, {eng} b{b})"
-        g = c32["ganserve/on"]
-        add("32 single-sample clients: >= 60% of in-process best samples/s, p99 <= 50 ms",
-            f"{g['samples_per_s']:,.0f}/s = {g['samples_per_s'] / ref:.0%} of {ref_note}; p99 {g['p99_ms']:.1f} ms; "
-            f"load generator used {g['load_cpu_cores']:.2f} cores",
-            g["samples_per_s"] >= 0.6 * ref and g["p99_ms"] <= 50)
-    echo = [(c, r["ganserve/on"]["samples_per_s"], r["grpc-echo"]["samples_per_s"]) for c, r in tp.items()
-            if "samples_per_s" in r.get("ganserve/on", {}) and "samples_per_s" in r.get("grpc-echo", {})]
-    if echo:
-        add("context: ganserve (batching on) as a share of the bare Python gRPC ceiling (bench/echo.py)",
-            "; ".join(f"c={c}: {a:,.0f} vs {b:,.0f}/s = {a / b:.0%}" for c, a, b in echo), None)
-    worse = [(c, r["ganserve/on"]["samples_per_s"], r["ganserve/off"]["samples_per_s"]) for c, r in tp.items()
-             if "samples_per_s" in r.get("ganserve/on", {}) and "samples_per_s" in r.get("ganserve/off", {})]
-    if worse:
-        bad = [f"c={c}: on {a:,.0f} < off {b:,.0f}" for c, a, b in worse if a < 0.95 * b]
-        add("batching on never worse than off (5% noise allowance)",
-            "; ".join(f"c={c} {a / b:.2f}x" for c, a, b in worse) + ("" if not bad else " — worse: " + ", ".join(bad)),
-            not bad)
-    gains = []
-    for name, r in srv.get("batching_by_model", {}).items():
-        m = res["models"].get(name)
-        if not m or "samples_per_s" not in r.get("on", {}) or "samples_per_s" not in r.get("off", {}):
-            continue
-        curve = _ort_best(m, "64") / max(_ort_best(m, "1"), 1e-9)
-        gains.append(f"{name}: in-process b64/b1 {curve:.2f}x, server on/off {r['on']['samples_per_s'] / r['off']['samples_per_s']:.2f}x")
-    if gains:
-        add("batching gain follows each model's per-sample cost curve", "; ".join(gains), None)
-    ts_rows = [(c, r) for c, r in tp.items() if "samples_per_s" in r.get("torchserve/off", {})]
-    if ts_rows:
-        parts, ok = [], True
-        for c, r in ts_rows:
-            g = r.get("ganserve/on", {}).get("samples_per_s", 0)
-            a, b = r["torchserve/off"]["samples_per_s"], r.get("torchserve/on", {}).get("samples_per_s", float("nan"))
-            parts.append(f"c={c}: {g / a:.1f}x unbatched, {g / b:.1f}x batched")
-            ok = ok and g >= 3 * a and g >= 1.6 * b
-        add("vs TorchServe, same loads: >= 3x its unbatched, >= 1.6x its batched throughput", "; ".join(parts), ok)
-        if "torchserve" in r1 and "p50_ms" in r1["torchserve"] and "ganserve" in r1:
-            a, b = r1["ganserve"]["p50_ms"], r1["torchserve"]["p50_ms"]
-            add("vs TorchServe: p50 (n=1) <= 1/3 of its p50", f"{a:.2f} ms vs {b:.2f} ms = {a / b:.2f}", a <= b / 3)
+    for sfx, who in CLIENTS:
+        _client_targets(res, sfx, who, add)
     st = srv.get("stream", {})
     for enc, r in st.get("results", {}).items():
         if "samples_per_s" not in r:
@@ -131,6 +76,84 @@ def targets(res: dict) -> list[dict]:
         if picks:
             add(f"engine choice for {name}", "; ".join(picks), None)
     return out
+
+
+def _client_targets(res: dict, sfx: str, who: str, add) -> None:
+    """The targets measured through one client (label suffix `sfx`); none when that client did not run."""
+    srv = res.get("servers", {})
+    prim = res["models"][res["primary"]]
+    gs, on, off, echo_k, ts, ts_off, ts_on = (k + sfx for k in ("ganserve", "ganserve/on", "ganserve/off", "grpc-echo",
+                                                                "torchserve", "torchserve/off", "torchserve/on"))
+    lat = srv.get("latency", {})
+    r256 = lat.get("256", {})
+    if gs in r256 and "samples_per_s" in r256[gs]:
+        ref = max(v.get("samples_per_s", 0) for k, v in r256.items() if k.startswith("inproc/"))
+        got = r256[gs]["samples_per_s"]
+        add(f"[{who}] n=256 request: server >= 90% of in-process ORT at batch 256",
+            f"{got:,.0f} vs {ref:,.0f} samples/s in-process (same rounds) = {got / ref:.0%}", got >= 0.9 * ref)
+    r1 = lat.get("1", {})
+    if gs in r1 and "p50_ms" in r1[gs]:
+        ref = min(v.get("p50_ms", 1e9) for k, v in r1.items() if k.startswith("inproc/"))
+        g = r1[gs]
+        add(f"[{who}] n=1, one client: p50 within 1 ms of in-process, p99 <= 10 ms",
+            f"p50 {g['p50_ms']:.2f} ms vs {ref:.2f} ms in-process (+{g['p50_ms'] - ref:.2f} ms), p99 {g['p99_ms']:.2f} ms",
+            g["p50_ms"] - ref <= 1.0 and g["p99_ms"] <= 10.0)
+    tp = srv.get("throughput", {})
+    c32 = tp.get("32", {})
+    variant = res.get("variant", {})
+    servers = [("ganserve/on", ""),
+               ("ganserve-variant/on", f" (variant: {variant.get('args') or variant.get('patches')})")]
+    for key, note in servers:
+        if key + sfx not in c32 or "samples_per_s" not in c32[key + sfx]:
+            continue
+        ref = max(v.get("samples_per_s", 0) for k, v in c32.items() if k.startswith("inproc-b64/"))
+        best_a, eng, b = inprocess_best(prim)
+        ref_note = f"in-process batch 64 in the same rounds {ref:,.0f}/s (section A best: {best_a:,.0f}/s, {eng} b{b})"
+        g = c32[key + sfx]
+        add(f"[{who}] 32 single-sample clients: >= 60% of in-process best samples/s, p99 <= 50 ms{note}",
+            f"{g['samples_per_s']:,.0f}/s = {g['samples_per_s'] / ref:.0%} of {ref_note}; p99 {g['p99_ms']:.1f} ms; "
+            f"load generator used {g['load_cpu_cores']:.2f} cores",
+            g["samples_per_s"] >= 0.6 * ref and g["p99_ms"] <= 50)
+    echo = [(c, r[on]["samples_per_s"], r[echo_k]["samples_per_s"]) for c, r in tp.items()
+            if "samples_per_s" in r.get(on, {}) and "samples_per_s" in r.get(echo_k, {})]
+    if echo:
+        add(f"[{who}] context: ganserve (batching on) as a share of the bare Python gRPC ceiling (bench/echo.py)",
+            "; ".join(f"c={c}: {a:,.0f} vs {b:,.0f}/s = {a / b:.0%}" for c, a, b in echo), None)
+    worse = [(c, r[on]["samples_per_s"], r[off]["samples_per_s"]) for c, r in tp.items()
+             if "samples_per_s" in r.get(on, {}) and "samples_per_s" in r.get(off, {})]
+    if worse:
+        bad = [f"c={c}: on {a:,.0f} < off {b:,.0f}" for c, a, b in worse if a < 0.95 * b]
+        add(f"[{who}] batching on never worse than off (5% noise allowance)",
+            "; ".join(f"c={c} {a / b:.2f}x" for c, a, b in worse) + ("" if not bad else " — worse: " + ", ".join(bad)),
+            not bad)
+    gains = []
+    for name, r in srv.get("batching_by_model", {}).items():
+        m = res["models"].get(name)
+        if not m or "samples_per_s" not in r.get("on" + sfx, {}) or "samples_per_s" not in r.get("off" + sfx, {}):
+            continue
+        curve = _ort_best(m, "64") / max(_ort_best(m, "1"), 1e-9)
+        gain = r["on" + sfx]["samples_per_s"] / r["off" + sfx]["samples_per_s"]
+        gains.append(f"{name}: in-process b64/b1 {curve:.2f}x, server on/off {gain:.2f}x")
+    if gains:
+        add(f"[{who}] batching gain follows each model's per-sample cost curve", "; ".join(gains), None)
+    ts_rows = [(c, r) for c, r in tp.items() if "samples_per_s" in r.get(ts_off, {})]
+    if ts_rows:
+        for key, note in servers:
+            if not any("samples_per_s" in r.get(key + sfx, {}) for _, r in ts_rows):
+                continue
+            parts, ok = [], True
+            for c, r in ts_rows:
+                g = r.get(key + sfx, {}).get("samples_per_s", 0)
+                a = r[ts_off]["samples_per_s"]
+                b = r.get(ts_on, {}).get("samples_per_s", float("nan"))
+                parts.append(f"c={c}: {g / a:.1f}x unbatched, {g / b:.1f}x batched")
+                ok = ok and g >= 3 * a and g >= 1.6 * b
+            add(f"[{who}] vs TorchServe, same loads: >= 3x its unbatched, >= 1.6x its batched throughput{note}",
+                "; ".join(parts), ok)
+        if ts in r1 and "p50_ms" in r1[ts] and gs in r1:
+            a, b = r1[gs]["p50_ms"], r1[ts]["p50_ms"]
+            add(f"[{who}] vs TorchServe: p50 (n=1) <= 1/3 of its p50", f"{a:.2f} ms vs {b:.2f} ms = {a / b:.2f}",
+                a <= b / 3)
 
 
 def render(res: dict) -> str:
@@ -175,26 +198,31 @@ def render(res: dict) -> str:
     if srv:
         prim = res["primary"]
         variant = res.get("variant")
-        rows = []
-        for n, r in srv.get("latency", {}).items():
-            rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "inproc/2x1", "ganserve",
-                                                      "grpc-echo", "torchserve")),
-                         _f(r.get("ganserve", {}).get("samples_per_s")),
-                         _f(r.get("torchserve", {}).get("samples_per_s"))]
-                        + ([_lat(r.get("ganserve-variant")), _f(r.get("ganserve-variant", {}).get("samples_per_s"))]
-                           if variant else []))
-        parts.append(f"### Latency, one client ({prim}); p50 / p99 ms\n\n" + _table(
-            ["n", "in-process ORT t1", "in-process ORT t2", "in-process ORT 2x1", "ganserve gRPC",
-             "bare gRPC echo (no model)", "TorchServe HTTP",
-             "ganserve samples/s", "TorchServe samples/s"]
-            + (["ganserve variant", "(its samples/s)"] if variant else []), rows)
-            + (f"\n\nganserve variant (not the shipped server): patches {variant['patches']} (bench/variants.py), "
-               f"flags `{variant.get('args') or 'the same'}`; same samples as the shipped server: "
-               f"{variant['same_samples_as_stock']}." if variant else ""))
+        for sfx, who in CLIENTS:
+            if not any("ganserve" + sfx in r for r in srv.get("latency", {}).values()):
+                continue
+            rows = []
+            for n, r in srv.get("latency", {}).items():
+                rows.append([n, *(_lat(r.get(k)) for k in ("inproc/t1", "inproc/t2", "inproc/2x1")),
+                             *(_lat(r.get(k + sfx)) for k in ("ganserve", "grpc-echo", "torchserve")),
+                             _f(r.get("ganserve" + sfx, {}).get("samples_per_s")),
+                             _f(r.get("torchserve" + sfx, {}).get("samples_per_s"))]
+                            + ([_lat(r.get("ganserve-variant" + sfx)),
+                                _f(r.get("ganserve-variant" + sfx, {}).get("samples_per_s"))] if variant else []))
+            parts.append(f"### Latency, one client ({prim}, {who}); p50 / p99 ms\n\n" + _table(
+                ["n", "in-process ORT t1", "in-process ORT t2", "in-process ORT 2x1", "ganserve gRPC",
+                 "bare gRPC echo (no model)", "TorchServe HTTP",
+                 "ganserve samples/s", "TorchServe samples/s"]
+                + (["ganserve variant", "(its samples/s)"] if variant else []), rows))
+        if variant:
+            parts[-1] += (f"\n\nganserve variant (not the shipped server): patches {variant['patches']} "
+                          f"(bench/variants.py), flags `{variant.get('args') or 'the same'}`; same samples as the "
+                          f"shipped server: {variant['same_samples_as_stock']}.")
         rows = []
         for c, r in srv.get("throughput", {}).items():
-            for k in ("ganserve/off", "ganserve/on", "ganserve-variant/on", "grpc-echo", "torchserve/off",
-                      "torchserve/on", "inproc-b64/t1", "inproc-b64/t2", "inproc-b64/2x1"):
+            servers = ("ganserve/off", "ganserve/on", "ganserve-variant/on", "grpc-echo", "torchserve/off",
+                       "torchserve/on")
+            for k in (*servers, *(k + NATIVE for k in servers), "inproc-b64/t1", "inproc-b64/t2", "inproc-b64/2x1"):
                 if k not in r:
                     continue
                 x = r[k]
@@ -210,7 +238,8 @@ def render(res: dict) -> str:
             rows) + "\n\ninproc-b64 rows: in-process ONNX Runtime at batch 64, interleaved with the c=32 rounds "
                     "(the reference of the 60% target). grpc-echo: bench/echo.py, a Python gRPC server answering "
                     "with prebuilt replies of the same size (no model): the most any Python gRPC server reaches "
-                    "under this load generator.")
+                    "under the same load generator. Rows marked [native]: the same rounds driven by h2load (gRPC) or wrk "
+                    "(HTTP; bench/native.py, C clients) instead of the Python client.")
         rows = [[enc, _lat(r), _f(r.get("samples_per_s")), _f(r.get("bytes_per_response"))]
                 for enc, r in srv.get("encoding", {}).items()]
         parts.append("### Encodings (ganserve, n=64, one client)\n\n" + _table(
@@ -219,11 +248,14 @@ def render(res: dict) -> str:
         for name, r in srv.get("batching_by_model", {}).items():
             m = res["models"][name]
             o1, o64 = _ort_best(m, "1"), _ort_best(m, "64")
-            on, off = r.get("on", {}).get("samples_per_s"), r.get("off", {}).get("samples_per_s")
-            rows.append([name, _f(o1), _f(o64), f"{o64 / max(o1, 1e-9):.2f}x", _f(off), _f(on),
-                         f"{on / off:.2f}x" if on and off else "—"])
+            row = [name, _f(o1), _f(o64), f"{o64 / max(o1, 1e-9):.2f}x"]
+            for sfx, _ in CLIENTS:
+                on, off = r.get("on" + sfx, {}).get("samples_per_s"), r.get("off" + sfx, {}).get("samples_per_s")
+                row += [_f(off), _f(on), f"{on / off:.2f}x" if on and off else "—"]
+            rows.append(row)
         parts.append("### Batching gain by model (32 single-sample clients) vs in-process batch curve\n\n" + _table(
-            ["model", "in-process b1/s", "in-process b64/s", "b64/b1", "server off/s", "server on/s", "on/off"], rows))
+            ["model", "in-process b1/s", "in-process b64/s", "b64/b1", "server off/s", "server on/s", "on/off",
+             "[native] off/s", "[native] on/s", "[native] on/off"], rows))
         st = srv.get("stream", {})
         rows = []
         for enc, r in st.get("results", {}).items():

@@ -18,14 +18,30 @@ a separate small pool that busy service calls never occupy (bench/soak.py measur
 
 SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get up to `drain_s` to finish,
 then the process exits 0.
+
+Workers (`workers` > 1): one Python process serves at most ~1 core of per-request Python work (the GIL), so
+single-sample traffic from many clients tops out before the cores do (bench: ~1,700 requests/s on 2 cores,
+with CPU left idle). `serve` then runs a supervisor that starts `workers` server processes on the same
+address with SO_REUSEPORT: the kernel spreads incoming connections over them (a connection stays with one
+worker, so one client channel is served by one worker; several clients or channels spread). Each worker is
+a whole server (its own store scan and hot reload, batchers, admission limit, health), and serves Prometheus
+metrics on `metrics_port + i` (port 0: any free port each; the log says which). The supervisor refuses an
+address that is already in use before starting any worker (SO_REUSEPORT would otherwise let a second
+ganserve silently share the port), restarts a worker that dies, gives up if workers keep dying within seconds
+of their start (a bad store, say), and on SIGTERM/SIGINT stops them all, each draining as above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
+import multiprocessing
+import os
 import signal
+import socket
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -138,7 +154,7 @@ class TokenAuth(grpc.ServerInterceptor):
 class App:
     """A created server and what it owns; `start()` loads the store and reports SERVING."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, reuse_port: bool = False):
         self.config = config
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
@@ -148,7 +164,7 @@ class App:
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", int(reuse_port))]  # only workers of one supervisor share a port
         self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),
                                   interceptors=interceptors, options=options)
         self.health = health.HealthServicer()
@@ -226,14 +242,122 @@ def create_server(config: Config | None = None, **overrides) -> tuple[grpc.Serve
 
 def serve(config: Config) -> int:
     setup_logging(config.log_level, config.log_format)
-    _, port, app = create_server(config)
+    if config.workers > 1:
+        try:
+            supervisor = Supervisor(config)
+        except (OSError, ValueError) as e:
+            log.error("%s", e)
+            return 1
+        return supervisor.run()
+    return _serve_one(config)
+
+
+def _serve_one(config: Config, *, reuse_port: bool = False) -> int:
+    """One server process until SIGTERM/SIGINT."""
+    app = App(config, reuse_port=reuse_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     app.start()
-    log.info("listening on %s (port %d)", config.address, port)
+    log.info("listening on %s (port %d)", config.address, app.port)
     stop.wait()
     log.info("shutting down: draining in-flight requests for up to %.0f s", config.drain_s)
     app.stop()
     log.info("stopped")
     return 0
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def claim_port(address: str) -> int:
+    """The port the workers will share: `address`'s, or a free one for port 0. Fails (OSError, EADDRINUSE)
+    when something already listens there: bound without SO_REUSEPORT, as a plain server would be."""
+    host, port = _split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT leftovers are no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot serve on {address}: {e.strerror}") from e
+        return s.getsockname()[1]
+
+
+def _worker_main(fields: dict, index: int) -> None:
+    """A worker process (spawned): one whole server on the shared port."""
+    config = Config(**fields)
+    setup_logging(config.log_level, config.log_format, worker=index)
+    raise SystemExit(_serve_one(config, reuse_port=True))
+
+
+class Supervisor:
+    """Starts `config.workers` server processes on one address (SO_REUSEPORT), restarts one that dies, stops
+    them all on SIGTERM/SIGINT."""
+
+    CRASH_WINDOW_S = 10.0  # a worker that dies this soon after its start counts as failing to start
+    MAX_QUICK_CRASHES = 3
+
+    def __init__(self, config: Config):
+        self.config = config
+        host, _ = _split_address(config.address)
+        self.port = claim_port(config.address)
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC state
+        self._procs: list = [None] * config.workers
+        self._started = [0.0] * config.workers
+        self._stop = threading.Event()
+
+    def _worker_config(self, i: int) -> dict:
+        c = self.config
+        metrics = c.metrics_port + i if c.metrics_port > 0 else c.metrics_port
+        return dataclasses.asdict(dataclasses.replace(c, address=self.address, metrics_port=metrics, workers=1))
+
+    def _start(self, i: int) -> None:
+        proc = self._ctx.Process(target=_worker_main, args=(self._worker_config(i), i), name=f"ganserve-worker-{i}")
+        proc.start()
+        self._procs[i], self._started[i] = proc, time.monotonic()
+        log.info("worker %d started (pid %d) on %s", i, proc.pid, self.address)
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        log.info("supervisor (pid %d): %d workers on %s", os.getpid(), self.config.workers, self.address)
+        for i in range(self.config.workers):
+            self._start(i)
+        quick_crashes, code = 0, 0
+        while not self._stop.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                if proc.is_alive() or self._stop.is_set():  # (a Ctrl-C reaches the workers too: no restart)
+                    continue
+                lived = time.monotonic() - self._started[i]
+                log.error("worker %d (pid %d) exited with %s after %.1f s", i, proc.pid, proc.exitcode, lived)
+                quick_crashes = quick_crashes + 1 if lived < self.CRASH_WINDOW_S else 0
+                if quick_crashes >= self.MAX_QUICK_CRASHES:
+                    log.error("workers keep dying right after their start; stopping (see the errors above)")
+                    self._stop.set()
+                    code = 1
+                    break
+                self._start(i)
+        self._shutdown()
+        return code
+
+    def _shutdown(self) -> None:
+        log.info("stopping %d workers (each drains for up to %.0f s)", len(self._procs), self.config.drain_s)
+        for proc in self._procs:
+            if proc is not None and proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker drains, then exits 0
+        deadline = time.monotonic() + self.config.drain_s + 15
+        for proc in self._procs:
+            if proc is None:
+                continue
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("worker pid %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.join(5)
+        log.info("stopped")

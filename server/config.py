@@ -30,6 +30,10 @@ class Config:
     intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
     model_runners: int = field(default=2, metadata={
         "help": "ONNX Runtime calls at once for one large batch (>= 64 rows, cut into this many parts)"})
+    workers: int = field(default=1, metadata={
+        "help": "server processes sharing the address (SO_REUSEPORT; connections are spread over them). One "
+                "process tops out at ~1 core of per-request Python (the GIL): on a multi-core machine, 2 or more "
+                "serve more single-sample requests/s. Worker i serves metrics on metrics_port + i"})
     max_concurrent_rpcs: int = field(default=128, metadata={
         "help": "GeneratorService RPCs handled at once (one thread each); more are answered RESOURCE_EXHAUSTED "
                 "at once. Health and reflection are never refused"})
@@ -76,6 +80,7 @@ class Config:
             (self.providers in ("auto", "cpu", "cuda"), "providers must be auto, cpu or cuda"),
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
             (self.model_runners >= 1, "model_runners must be >= 1"),
+            (1 <= self.workers <= 64, "workers must be in 1..64"),
             (self.idle_threads >= 1, "idle_threads must be >= 1"),
             (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),

@@ -84,10 +84,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """`worker`: the index of a worker process (server --workers): text lines say "[worker i]", JSON lines
+    carry "worker": i."""
     handler = logging.StreamHandler()
+    tag = "" if worker is None else f"[worker {worker}] "
     handler.setFormatter(JsonFormatter() if fmt == "json"
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                         else logging.Formatter(f"%(asctime)s %(levelname)s %(name)s: {tag}%(message)s"))
+    if worker is not None:
+        def add_worker(record: logging.LogRecord) -> bool:
+            record.worker = worker
+            return True
+
+        handler.addFilter(add_worker)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -174,7 +174,8 @@ def test_targets_judge_known_results():
         batching_by_model={"g": {"on": _lat(1, 1, 1300.0), "off": _lat(1, 1, 700.0)}},
         stream={"n": 10, "chunk": 4, "results": {"uint8": {"samples_per_s": 1850.0}},
                 "ceiling_before": {"1": 2000.0}, "ceiling_after": {"1": 1900.0}})
-    got = {t["target"].split(":")[0]: t for t in report.targets(res)}
+    targets = report.targets(res)
+    got = {t["target"].removeprefix("[Python client] ").split(":")[0]: t for t in targets}
     assert got["n=256 request"]["met"] is False                      # 1700 / 2000 = 85% < 90%
     assert got["n=1, one client"]["met"] is True                     # +0.9 ms, p99 9 ms
     assert got["32 single-sample clients"]["met"] is True            # 1300 / 2000 = 65%, p99 40 ms
@@ -182,13 +183,92 @@ def test_targets_judge_known_results():
     assert got["vs TorchServe, same loads"]["met"] is False         # 3.25x unbatched but 1.44x batched
     assert got["vs TorchServe"]["met"] is True                       # p50 1.4 / 5.0 = 0.28 <= 1/3
     assert "batch job (SampleStream 10 samples, uint8) >= 90% of the in-process ceiling" in {
-        t["target"] for t in report.targets(res) if t["met"] is True}
+        t["target"] for t in targets if t["met"] is True}
     assert got["context"]["measured"] == "c=32: 1,300 vs 2,600/s = 50%" and got["context"]["met"] is None
     picks = got["engine choice for g"]["measured"]
     assert "b1: ORT 1,000 vs torch 400/s -> ORT" in picks and "b256: ORT 2,100 vs torch 900/s -> ORT" in picks
-    res["targets"] = report.targets(res)
+    assert not any(t["target"].startswith("[native client]") for t in targets)  # that client did not run
+    res["targets"] = targets
     text = report.render(res)  # sections that did not run are left out
-    assert "| n=256 request: server >= 90% of in-process ORT at batch 256 | 1,700 vs 2,000" in text
+    assert "| [Python client] n=256 request: server >= 90% of in-process ORT at batch 256 | 1,700 vs 2,000" in text
+
+
+def test_targets_are_judged_per_client_and_for_the_variant():
+    """Rows measured with the native client (suffix report.NATIVE) get their own verdicts, and a variant
+    server (bench --variant-args) is judged on the 32-client and TorchServe targets beside the stock one."""
+    c32 = {"ganserve/on": _lat(10, 40, 1000.0), "ganserve/on" + report.NATIVE: _lat(10, 40, 1300.0),
+           "ganserve-variant/on" + report.NATIVE: _lat(10, 40, 1500.0),
+           "torchserve/off" + report.NATIVE: _lat(10, 40, 400.0), "torchserve/on" + report.NATIVE: _lat(10, 40, 900.0),
+           "inproc-b64/t1": _lat(1, 1, 2000.0)}
+    res = _result(throughput={"32": c32})
+    res["variant"] = {"patches": "none", "args": "--workers 2", "same_samples_as_stock": True}
+    got = {t["target"]: t for t in report.targets(res)}
+    name = "32 single-sample clients: >= 60% of in-process best samples/s, p99 <= 50 ms"
+    assert got[f"[Python client] {name}"]["met"] is False                       # 50%
+    assert got[f"[native client] {name}"]["met"] is True                        # 65%
+    assert got[f"[native client] {name} (variant: --workers 2)"]["met"] is True  # 75%
+    ts = "vs TorchServe, same loads: >= 3x its unbatched, >= 1.6x its batched throughput"
+    assert got[f"[native client] {ts}"]["measured"] == "c=32: 3.2x unbatched, 1.4x batched"
+    assert got[f"[native client] {ts}"]["met"] is False
+    assert got[f"[native client] {ts} (variant: --workers 2)"]["met"] is True   # 3.75x, 1.67x
+    assert f"[Python client] {ts}" not in got  # no TorchServe rows under the Python client
+
+
+def test_native_load_reads_h2load_counts_replies_short_of_a_real_one_as_errors(tmp_path):
+    """h2load reports HTTP 200 for gRPC errors: bench/native.py checks the DATA bytes against a real reply."""
+    from bench.native import NativeLoad
+
+    log = tmp_path / "log.tsv"
+    t0 = 1_700_000_000_000_000
+    log.write_text("".join(f"{t0 + 1000 * i}\t200\t{500 + i}\n" for i in range(100)))
+    reply = 3178  # bytes of a real reply, gRPC prefix included
+    ok = f"traffic: 1MB ({100 * (reply + 9) + 4000}) total, 4KB (4000) headers (space savings 90%), 1MB (1) data\n"
+    r = NativeLoad._result(ok, log, n=2, expect=reply, cpu=0.01, measured_from=t0 / 1e6)
+    assert r["requests"] == 100 and r["errors"] == 0 and r["samples"] == 200
+    assert r["p50_ms"] == pytest.approx(0.5495) and r["max_ms"] == pytest.approx(0.599)
+    assert r["wall_s"] == pytest.approx((99 * 1000 + 599) / 1e6)
+    # 30 of the 100 replies were errors (trailers only, no data)
+    short = f"traffic: 1MB ({70 * (reply + 9) + 4000}) total, 4KB (4000) headers (space savings 90%), 1MB (1) data\n"
+    r = NativeLoad._result(short, log, n=1, expect=reply, cpu=0.01, measured_from=t0 / 1e6)
+    assert r["errors"] == 30 and r["requests"] == 70 and "gRPC errors" in r["first_error"]
+    # rows logged before the measured phase are left out; HTTP failures are counted from the status column
+    log.write_text(f"{t0 - 10**6}\t200\t100\n{t0}\t200\t100\n{t0 + 1000}\t503\t100\n")
+    r = NativeLoad._result("", log, n=1, expect=0, cpu=0.0, measured_from=t0 / 1e6)
+    assert r["requests"] == 1 and r["errors"] == 1 and r["first_error"] == "HTTP 503"
+
+
+def test_native_load_reads_wrk_output():
+    from bench.native import NativeLoad
+
+    out = "Running 2s test\nRESULT 1000 2000000 10 2 3136000\n" + "".join(f"P {1000 + 10 * i}\n" for i in range(100))
+    r = NativeLoad._wrk_result(out, n=4, cpu=0.1)
+    assert r["requests"] == 990 and r["samples"] == 3960 and r["errors"] == 12
+    assert r["samples_per_s"] == pytest.approx(3960 / 2.0) and r["bytes_per_response"] == 3136
+    assert r["first_error"] == "10 replies not 2xx/3xx; 2 socket errors/timeouts"
+    assert 1.49 < r["p50_ms"] < 1.51 and r["p99_ms"] == pytest.approx(1.9801)
+    assert NativeLoad._wrk_result("wrk: connection refused", n=1, cpu=0.0)["requests"] == 0
+
+
+@pytest.mark.skipif(not __import__("bench.native").native.available(),
+                    reason="h2load and wrk not installed (apt-get install nghttp2-client wrk)")
+def test_native_load_against_a_real_server(model_store):
+    from bench.native import NativeLoad
+    from bench.servers import Ganserve
+
+    load = NativeLoad()
+    try:
+        with Ganserve(model_store, ready_timeout=60) as server:
+            run = {"op": "run", "n": 3, "concurrency": 2, "duration": 0.5, "warmup": 0.1}
+            ok = load({**run, "target": {"kind": "grpc", "address": server.address, "model": "tiny-gan"}})
+            assert ok["errors"] == 0 and ok["requests"] > 10 and ok["samples"] == 3 * ok["requests"]
+            assert ok["bytes_per_response"] > 3 * 64 * 4 and 0 < ok["p50_ms"] <= ok["p99_ms"]
+            cond = load({**run, "target": {"kind": "grpc", "address": server.address, "model": "tiny-cgan",
+                                           "num_classes": 4}})
+            assert cond["errors"] == 0 and cond["requests"] > 10
+            bad = load({**run, "target": {"kind": "grpc", "address": server.address, "model": "nope"}})
+            assert bad["requests"] == 0 and "NOT_FOUND" in bad["first_error"]
+    finally:
+        load.close()
 
 
 def test_echo_server_answers_with_the_model_output_shape(model_store):
