@@ -165,3 +165,59 @@ def test_workers_config_is_validated():
         Config(workers=0)
     with pytest.raises(ValueError, match="workers"):
         Config(workers=65)
+
+
+def test_workers_hot_reload_metrics_per_worker_and_drain_on_sigterm(tmp_path):
+    """A version published while two workers run is served by both; worker i has metrics on port + i; a stream
+    in flight when the supervisor gets SIGTERM runs to its end before the worker exits."""
+    import urllib.request
+
+    from tests.conftest import publish_gan
+
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build")
+    port = free_port()
+    with socket.socket() as a, socket.socket() as b:  # two adjacent free ports for the metrics
+        a.bind(("127.0.0.1", 0))
+        metrics = a.getsockname()[1]
+        try:
+            b.bind(("127.0.0.1", metrics + 1))
+        except OSError:
+            pytest.skip("no two adjacent free ports for the metrics endpoints")
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--address", f"127.0.0.1:{port}", "--store", str(store),
+                             "--workers", "2", "--metrics-port", str(metrics), "--reload-interval-s", "0.2",
+                             "--drain-s", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _serving(f"127.0.0.1:{port}")
+        _sample_on_new_connections(f"127.0.0.1:{port}", 4)
+        publish_gan(store, tmp_path / "build2", seed=1)  # tiny-gan@2
+        deadline, seen = time.monotonic() + 30, set()
+        while time.monotonic() < deadline and seen != {"tiny-gan@2"}:
+            seen = set()
+            for _ in range(12):  # new connections: both workers answer some of them
+                with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                    seen.add(pb_grpc.GeneratorServiceStub(ch).Sample(pb.SampleRequest(model="tiny-gan", n=1),
+                                                                     timeout=20).model)
+            time.sleep(0.2)
+        assert seen == {"tiny-gan@2"}
+        counts = []
+        for p in (metrics, metrics + 1):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode()
+            counts.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                              if line.startswith('ganserve_requests_total{code="OK",method="Sample"')))
+        assert all(c > 0 for c in counts) and sum(counts) >= 4 + 12  # every worker served, each counts its own
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            # 40 chunks of 1 MiB read slowly: HTTP/2 flow control keeps the stream in flight on its worker
+            stream = pb_grpc.GeneratorServiceStub(ch).SampleStream(
+                pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096))
+            got = [next(stream).start]
+            proc.send_signal(signal.SIGTERM)
+            for chunk in stream:
+                got.append(chunk.start)
+                time.sleep(0.02)
+        assert got == list(range(0, 4096 * 40, 4096))
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
