@@ -14,7 +14,8 @@ One run measures, on the shipped generators (every non-evaluator model in the st
   F  the ganserve process's RSS after warm-up and after the load;
   G  the bare Python gRPC ceiling (bench/echo.py: same messages, prebuilt replies, no model) at n = 1 and
      every concurrency, so the gap to in-process splits into what gRPC-in-Python costs and what ganserve adds.
-The load comes from a separate process (bench/load.py) whose own CPU use is reported, as is each server's.
+The load comes from a separate process (bench/load.py, Python) and, in the same rounds, from native C clients
+(bench/native.py: h2load for gRPC, wrk for HTTP; `--client`), whose own CPU use is reported, as is each server's.
 Every comparison is a ratio of contenders measured in the same run, in interleaved rounds (A B A B ...), so
 noise from other processes on the machine hits all of them.
 
@@ -52,7 +53,7 @@ def log(*args) -> None:
 
 class Load:
     """The load generator process (bench/load.py), driven one JSON command at a time; a command with
-    `"client": "native"` goes to h2load instead (bench/native.py), when it is installed."""
+    `"client": "native"` goes to the native load generators instead (h2load / wrk, bench/native.py)."""
 
     def __init__(self, native: bool = False):
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.load"], cwd=ROOT, stdin=subprocess.PIPE,
@@ -65,7 +66,7 @@ class Load:
 
     def __call__(self, cmd: dict) -> dict:
         if cmd.get("client") == "native":
-            return self.native(cmd) if self.native else {"error": "h2load not installed"}
+            return self.native(cmd) if self.native else {"error": "h2load / wrk not installed"}
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max batch delay when batching is on")
     p.add_argument("--client", choices=("both", "python", "native"), default="both",
                    help="load generators for the server sections: the Python grpcio/http.client process "
-                        "(bench/load.py), h2load + wrk (bench/native.py; C, ~0.05 cores), or both in the same rounds "
+                        "(bench/load.py), h2load + wrk (bench/native.py; C, ~0.1 cores), or both in the same rounds "
                         "(default; falls back to python when h2load or wrk is not installed)")
     args = p.parse_args(argv)
     from bench.native import available as native_available
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.client != "python" and not native_available():
         if args.client == "native":
             raise SystemExit("--client native needs h2load and wrk: apt-get install nghttp2-client wrk")
-        log("h2load or wrk not found (apt-get install nghttp2-client wrk): the server sections use the Python client only")
+        log("h2load or wrk not found (apt-get install nghttp2-client wrk): "
+            "the server sections use the Python client only")
         args.client = "python"
 
     # SIGTERM (and SIGINT, which a shell ignores in background jobs) unwind through the `with` blocks below, so

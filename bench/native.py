@@ -156,7 +156,9 @@ class NativeLoad:
         done = int(ok.sum())
         if not done:
             return {"requests": 0, "errors": errors, "first_error": first_error}
-        if expect and len(counts) >= 2:  # gRPC: every reply must carry a real reply's data (errors carry none)
+        if expect and len(counts) < 2:  # replies that cannot be checked are not counted as served
+            return {"requests": 0, "errors": done, "first_error": f"h2load printed no traffic counts: {traffic!r}"}
+        if expect:  # gRPC: every reply must carry a real reply's data (errors carry none)
             body = counts[0] - counts[1]  # DATA frames: the replies plus 9 bytes of frame header each
             short = max(0, done - body // (expect - SIZE_SLACK))
             if short:

@@ -235,6 +235,9 @@ def test_native_load_reads_h2load_counts_replies_short_of_a_real_one_as_errors(t
     log.write_text(f"{t0 - 10**6}\t200\t100\n{t0}\t200\t100\n{t0 + 1000}\t503\t100\n")
     r = NativeLoad._result("", log, n=1, expect=0, cpu=0.0, measured_from=t0 / 1e6)
     assert r["requests"] == 1 and r["errors"] == 1 and r["first_error"] == "HTTP 503"
+    # gRPC replies whose size cannot be checked (no traffic line) are not counted as served
+    r = NativeLoad._result("", log, n=1, expect=reply, cpu=0.0, measured_from=t0 / 1e6)
+    assert r["requests"] == 0 and "no traffic counts" in r["first_error"]
 
 
 def test_native_load_reads_wrk_output():
