@@ -111,6 +111,7 @@ class Admission(grpc.ServerInterceptor):
 
     def __init__(self, pool: CountingPool, limit: int, on_refuse):
         self._pool, self._limit, self._on_refuse = pool, limit, on_refuse
+        self._wrapped: dict = {}  # method -> (its handler, that handler on the pool): built once per method
 
         def refuse(request, context):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -125,7 +126,12 @@ class Admission(grpc.ServerInterceptor):
             self._on_refuse(details.method.rsplit("/", 1)[-1])
             return self._refuse
         handler = continuation(details)
-        return None if handler is None else _on_pool(handler, self._pool)
+        if handler is None:
+            return None
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:  # (a race builds it twice, harmlessly)
+            cached = self._wrapped[details.method] = (handler, _on_pool(handler, self._pool))
+        return cached[1]
 
 
 class TokenAuth(grpc.ServerInterceptor):

@@ -41,10 +41,14 @@ class Telemetry:
         self.in_progress = Gauge("ganserve_calls_in_progress", "RPCs holding a handler thread", registry=r)
         self.http = None
         self.port: int | None = None
+        self._batch_children: dict = {}
 
     def observe_batch(self, model: str, rows: int, depth: int) -> None:
-        self.batch.labels(model).observe(rows)
-        self.queue.labels(model).set(depth)
+        children = self._batch_children.get(model)
+        if children is None:  # labels() costs a lock and a dict lookup per call; once per model is enough
+            children = self._batch_children[model] = (self.batch.labels(model), self.queue.labels(model))
+        children[0].observe(rows)
+        children[1].set(depth)
 
     def track_in_flight(self, count) -> None:
         self.in_progress.set_function(count)

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from server.batcher import Batcher
+from server.batcher import Batcher, Result
 from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from tests.conftest import free_port, publish_gan, start_server
 
@@ -256,6 +256,33 @@ class _Gate:
 
 def _feeds(n: int, value: float = 1.0):
     return {"z": np.full((n, 2), value, np.float32)}
+
+
+def test_result_is_a_one_shot_future_for_every_waiter():
+    """server.batcher.Result, the batcher's light future: waits, times out, hands the value (or the error) to
+    every waiter and to later calls."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    r = Result()
+    assert not r.done()
+    t0 = time.monotonic()
+    with pytest.raises(FutureTimeout):
+        r.result(timeout=0.05)
+    assert 0.04 < time.monotonic() - t0 < 2
+    got = []
+    waiters = [threading.Thread(target=lambda: got.append(r.result(5))) for _ in range(3)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.05)
+    r.set_result(7)
+    for w in waiters:
+        w.join(5)
+    assert got == [7, 7, 7] and r.done() and r.result(0) == 7 and r.result() == 7
+    bad = Result()
+    bad.set_exception(Cancelled("gone"))
+    for _ in range(2):
+        with pytest.raises(Cancelled):
+            bad.result(1)
 
 
 def test_batcher_overflow_is_rejected_at_once():
