@@ -333,23 +333,25 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         log.info("supervisor (pid %d): %d workers on %s", os.getpid(), self.config.workers, self.address)
-        for i in range(self.config.workers):
-            self._start(i)
         quick_crashes, code = 0, 0
-        while not self._stop.wait(0.5):
-            for i, proc in enumerate(self._procs):
-                if proc.is_alive() or self._stop.is_set():  # (a Ctrl-C reaches the workers too: no restart)
-                    continue
-                lived = time.monotonic() - self._started[i]
-                log.error("worker %d (pid %d) exited with %s after %.1f s", i, proc.pid, proc.exitcode, lived)
-                quick_crashes = quick_crashes + 1 if lived < self.CRASH_WINDOW_S else 0
-                if quick_crashes >= self.MAX_QUICK_CRASHES:
-                    log.error("workers keep dying right after their start; stopping (see the errors above)")
-                    self._stop.set()
-                    code = 1
-                    break
+        try:  # whatever happens here (a worker that cannot be spawned, say), the started ones are stopped
+            for i in range(self.config.workers):
                 self._start(i)
-        self._shutdown()
+            while not self._stop.wait(0.5):
+                for i, proc in enumerate(self._procs):
+                    if proc.is_alive() or self._stop.is_set():  # (a Ctrl-C reaches the workers too: no restart)
+                        continue
+                    lived = time.monotonic() - self._started[i]
+                    log.error("worker %d (pid %d) exited with %s after %.1f s", i, proc.pid, proc.exitcode, lived)
+                    quick_crashes = quick_crashes + 1 if lived < self.CRASH_WINDOW_S else 0
+                    if quick_crashes >= self.MAX_QUICK_CRASHES:
+                        log.error("workers keep dying right after their start; stopping (see the errors above)")
+                        self._stop.set()
+                        code = 1
+                        break
+                    self._start(i)
+        finally:
+            self._shutdown()
         return code
 
     def _shutdown(self) -> None:
