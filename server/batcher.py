@@ -249,6 +249,25 @@ class Batcher:
         return np.concatenate([run({k: v[lo:lo + self.max_batch] for k, v in feeds.items()})
                                for lo in range(0, total, self.max_batch)])
 
+    def run_batch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run rows that are already a batch at once, on the caller's thread, beside the queue: the native front
+        end's batches (server/gateway_backend.py), gathered by the gateway. Several such calls run at the same
+        time (ONNX Runtime's Run is thread-safe), one per core, where the queue runs one batch at a time."""
+        return self._compute(feeds, idle=False)
+
+    def _compute(self, feeds: dict[str, np.ndarray], idle: bool) -> np.ndarray:
+        total = len(next(iter(feeds.values())))
+        self._observe(self.name, total, self.depth())
+        if idle and self._run_idle is not None and total < self.split_rows and self._alone():
+            return self._run_idle(feeds)
+        if self._helpers is not None and total >= self.split_rows and total * self._row_s >= self.split_s:
+            step = -(-total // self.runners)
+            parts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, total, step)]
+            pending = [self._helpers.submit(self._run_sliced, part) for part in parts[:-1]]
+            last = self._run_sliced(parts[-1])
+            return np.concatenate([f.result() for f in pending] + [last])
+        return self._run_sliced(feeds)
+
     def _execute(self, items: list[_Item], idle: bool = False) -> None:
         """Run `items` as one batch and resolve their futures. `idle`: the inline path (nothing else runs)."""
         items = self._live(items)
@@ -258,18 +277,7 @@ class Batcher:
             keys = items[0].feeds.keys()
             feeds = {k: np.concatenate([i.feeds[k] for i in items]) if len(items) > 1 else items[0].feeds[k]
                      for k in keys}
-            total = len(next(iter(feeds.values())))
-            self._observe(self.name, total, self.depth())
-            if idle and self._run_idle is not None and total < self.split_rows and self._alone():
-                out = self._run_idle(feeds)
-            elif self._helpers is not None and total >= self.split_rows and total * self._row_s >= self.split_s:
-                step = -(-total // self.runners)
-                parts = [{k: v[lo:lo + step] for k, v in feeds.items()} for lo in range(0, total, step)]
-                pending = [self._helpers.submit(self._run_sliced, part) for part in parts[:-1]]
-                last = self._run_sliced(parts[-1])
-                out = np.concatenate([f.result() for f in pending] + [last])
-            else:
-                out = self._run_sliced(feeds)
+            out = self._compute(feeds, idle)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request, logged by the servicer
             for item in items:
                 item.future.set_exception(e)

@@ -34,6 +34,15 @@ class Config:
         "help": "server processes sharing the address (SO_REUSEPORT; connections are spread over them). One "
                 "process tops out at ~1 core of per-request Python (the GIL): on a multi-core machine, 2 or more "
                 "serve more single-sample requests/s. Worker i serves metrics on metrics_port + i"})
+    frontend: str = field(default="python", metadata={
+        "help": "python | native. native: a Go front end (gateway/, `make gateway`) takes the calls on `address` "
+                "and hands Sample/SampleConditional to this process in batches, the rest relayed; this process "
+                "listens on a private Unix socket. Lifts the ~1 core of per-request Python (see workers)"})
+    gateway_binary: str = field(default="", metadata={
+        "help": "the native front end's executable (empty: build/ganserve-gateway, then ganserve-gateway on PATH)"})
+    gateway_max_batch: int = field(default=64, metadata={"help": "native front end: most calls in one batch"})
+    gateway_inflight: int = field(default=2, metadata={
+        "help": "native front end: batches in flight at once (about the cores the models compute on)"})
     max_concurrent_rpcs: int = field(default=128, metadata={
         "help": "GeneratorService RPCs handled at once (one thread each); more are answered RESOURCE_EXHAUSTED "
                 "at once. Health and reflection are never refused"})
@@ -81,6 +90,11 @@ class Config:
             (self.intra_op_threads >= 1, "intra_op_threads must be >= 1"),
             (self.model_runners >= 1, "model_runners must be >= 1"),
             (1 <= self.workers <= 64, "workers must be in 1..64"),
+            (self.frontend in ("python", "native"), "frontend must be python or native"),
+            (self.frontend == "python" or self.workers == 1,
+             "frontend native runs one server process behind the gateway: use workers 1"),
+            (1 <= self.gateway_max_batch <= 4096 and 1 <= self.gateway_inflight <= 64,
+             "gateway_max_batch must be in 1..4096 and gateway_inflight in 1..64"),
             (self.idle_threads >= 1, "idle_threads must be >= 1"),
             (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),

@@ -61,6 +61,11 @@ def require(cond: bool, field: str, message: str) -> None:
 
 def to_status(err: ServiceError) -> grpc.Status:
     """The gRPC status for `err`, with a BadRequest field violation when a field is named."""
+    return rpc_status.to_status(to_rpc_status(err))
+
+
+def to_rpc_status(err: ServiceError) -> status_pb2.Status:
+    """`err` as a google.rpc.Status message (what travels in grpc-status-details-bin)."""
     details = []
     if err.field:
         bad = error_details_pb2.BadRequest(field_violations=[
@@ -68,5 +73,4 @@ def to_status(err: ServiceError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    code = getattr(code_pb2, err.code.name)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=str(err), details=details))
+    return status_pb2.Status(code=getattr(code_pb2, err.code.name), message=str(err), details=details)

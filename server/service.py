@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -42,8 +43,7 @@ class _Rpc:
 
 def _finish(tel: Telemetry, method: str, rpc: _Rpc, code: grpc.StatusCode, t0: float) -> None:
     seconds = time.perf_counter() - t0
-    tel.requests.labels(method, rpc.model or "-", code.name).inc()
-    tel.latency.labels(method).observe(seconds)
+    tel.observe_call(method, rpc.model or "-", code.name, seconds)
     if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
         log.debug("%s %s %s %.1f ms", method, rpc.model or "-", code.name, 1000 * seconds,
                   extra={"method": method, "model": rpc.model, "code": code.name, "ms": round(1000 * seconds, 3)})
@@ -96,6 +96,17 @@ def _rpc_stream(fn):
             _finish(self.telemetry, method, rpc, code, t0)
 
     return streaming
+
+
+@dataclass
+class SampleJob:
+    """A checked Sample/SampleConditional request: the model, how to reply, and the model's inputs."""
+    model: LoadedModel
+    request: pb.SampleRequest | pb.SampleConditionalRequest
+    encoding: int
+    seed: int
+    z: np.ndarray
+    y: np.ndarray | None
 
 
 def _tensor(array: np.ndarray | None) -> pb.Tensor | None:
@@ -169,20 +180,27 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         rpc.model = model.ref
         return model_info(model, self.registry.versions(model.name))
 
-    @_rpc
-    def Sample(self, request, rpc):
-        model = self._generator(request.model, rpc, conditional=False, data_kind=None if request.model else "image")
+    def prepare_sample(self, request, rpc: _Rpc, *, conditional: bool) -> SampleJob:
+        """A Sample (or SampleConditional) request checked and turned into the model's inputs."""
+        model = self._generator(request.model, rpc, conditional=conditional,
+                                data_kind=None if request.model else "image")
         encoding = validate.encoding(model, request.encoding)
         z, seed = self._latents(request, model)
-        return self._sample_reply(model, request, encoding, seed, engine.sample(model, z, None, rpc.call))
+        y = validate.labels(model, list(request.labels), request.soft_labels, len(z)) if conditional else None
+        return SampleJob(model, request, encoding, seed, z, y)
+
+    def sample_reply(self, job: SampleJob, x: np.ndarray) -> pb.SampleResponse:
+        return self._sample_reply(job.model, job.request, job.encoding, job.seed, engine.Samples(x, job.z, job.y))
+
+    @_rpc
+    def Sample(self, request, rpc):
+        job = self.prepare_sample(request, rpc, conditional=False)
+        return self.sample_reply(job, engine.generate(job.model, job.z, job.y, rpc.call))
 
     @_rpc
     def SampleConditional(self, request, rpc):
-        model = self._generator(request.model, rpc, conditional=True, data_kind=None if request.model else "image")
-        encoding = validate.encoding(model, request.encoding)
-        z, seed = self._latents(request, model)
-        y = validate.labels(model, list(request.labels), request.soft_labels, len(z))
-        return self._sample_reply(model, request, encoding, seed, engine.sample(model, z, y, rpc.call))
+        job = self.prepare_sample(request, rpc, conditional=True)
+        return self.sample_reply(job, engine.generate(job.model, job.z, job.y, rpc.call))
 
     @_rpc_stream
     def SampleStream(self, request, rpc):

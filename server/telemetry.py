@@ -42,6 +42,7 @@ class Telemetry:
         self.http = None
         self.port: int | None = None
         self._batch_children: dict = {}
+        self._call_children: dict = {}
 
     def observe_batch(self, model: str, rows: int, depth: int) -> None:
         children = self._batch_children.get(model)
@@ -49,6 +50,15 @@ class Telemetry:
             children = self._batch_children[model] = (self.batch.labels(model), self.queue.labels(model))
         children[0].observe(rows)
         children[1].set(depth)
+
+    def observe_call(self, method: str, model: str, code: str, seconds: float) -> None:
+        """One finished RPC: counted by (method, model, code), timed by method."""
+        key = (method, model, code)
+        children = self._call_children.get(key)
+        if children is None:  # (bounded: methods x served models x codes)
+            children = self._call_children[key] = (self.requests.labels(method, model, code), self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def track_in_flight(self, count) -> None:
         self.in_progress.set_function(count)

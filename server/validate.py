@@ -45,8 +45,11 @@ def finite_float(value: float, field: str, *, minimum: float = 0.0) -> float:
     return float(value)
 
 
+_ENCODINGS = frozenset(pb.Encoding.values())
+
+
 def encoding(model: LoadedModel, value: int, field: str = "encoding") -> int:
-    require(value in pb.Encoding.values(), field, f"unknown encoding {value}")
+    require(value in _ENCODINGS, field, f"unknown encoding {value}")
     if value in (pb.ENCODING_UINT8, pb.ENCODING_PNG):
         require(model.data_kind == "image" and model.value_range is not None, field,
                 f"{pb.Encoding.Name(value)} is for image models; {model.ref} outputs points, use ENCODING_FLOAT32")

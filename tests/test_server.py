@@ -299,7 +299,7 @@ def test_unexpected_errors_are_internal_not_unknown(server, stub, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(engine, "sample", broken)
+    monkeypatch.setattr(engine, "generate", broken)
     with pytest.raises(grpc.RpcError) as err:
         stub.Sample(pb.SampleRequest(n=1, seed=1))
     assert err.value.code() == grpc.StatusCode.INTERNAL and "ZeroDivisionError" in err.value.details()
