@@ -132,7 +132,7 @@ func (b *batcher) send(l *link, batch []*item) {
 	if !bounded {
 		latest = time.Time{} // no deadline on the socket
 	}
-	results, err := b.exchange(l, msg, latest)
+	results, err := b.exchange(l, msg, len(live), latest)
 	for i, it := range live {
 		if err != nil {
 			it.done <- reply{err: err}
@@ -142,9 +142,10 @@ func (b *batcher) send(l *link, batch []*item) {
 	}
 }
 
-// exchange writes one framed request (msg holds 4 free bytes for the length) and reads its framed reply. On
-// any failure the connection is dropped (a reply may still be in flight on it) and the next batch redials.
-func (b *batcher) exchange(l *link, msg []byte, deadline time.Time) ([]reply, error) {
+// exchange writes one framed request of `items` items (msg starts with 4 free bytes for the length) and reads
+// its framed reply. On any failure the connection is dropped (a reply may still be in flight on it) and the
+// next batch redials.
+func (b *batcher) exchange(l *link, msg []byte, items int, deadline time.Time) ([]reply, error) {
 	fail := func(what string, err error) ([]reply, error) {
 		if l.conn != nil {
 			l.conn.Close()
@@ -179,9 +180,7 @@ func (b *batcher) exchange(l *link, msg []byte, deadline time.Time) ([]reply, er
 	if _, err := io.ReadFull(l.r, body); err != nil {
 		return fail("short reply from", err)
 	}
-	n := 0
-	eachField(msg[4:], func(protowire.Number, []byte) error { n++; return nil })
-	results, err := parseResults(body, n)
+	results, err := parseResults(body, items)
 	if err != nil {
 		return fail("unreadable reply from", err)
 	}

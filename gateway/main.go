@@ -4,10 +4,10 @@
 // the call computes; with single-sample calls from many clients that, not the model, is the limit. The
 // gateway takes the calls instead (grpc-go: no GIL, both cores) and hands the Python server their work in
 // bulk: Sample and SampleConditional calls are gathered into one SampleBatch message, sent on the backend's
-// batch socket whenever it has room (batch.go); every other call is relayed unchanged (proxy.go). Requests and replies are
-// never decoded here, so validation, latents, models, errors and metrics stay in one place: the Python
-// server, listening on a private Unix socket. The Python server starts and supervises this process
-// (server/frontend.py); run by hand it needs -listen and -backend.
+// batch socket whenever it has room (batch.go); every other call is relayed unchanged (proxy.go). Requests
+// and replies are never decoded here, so validation, latents, models, errors and metrics stay in one place:
+// the Python server, listening on private Unix sockets. The Python server starts and supervises this
+// process (server/frontend.py); run by hand it needs -listen, -backend and -batch-socket.
 package main
 
 import (
@@ -83,12 +83,12 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-func dialBackend(addr string) (*grpc.ClientConn, error) {
+// dialBackend connects to the Python server's gRPC, for the calls relayed as they are.
+func dialBackend(addr string, maxMessage int) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{
 		grpc.WithInsecure(), // a private Unix socket, or loopback when run by hand
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{}),
-			// A SampleBatch reply holds many replies; the public side enforces the per-call limit.
-			grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)),
+			grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 		grpc.WithInitialWindowSize(4 << 20), grpc.WithInitialConnWindowSize(16 << 20),
 	}
 	if path := strings.TrimPrefix(addr, "unix:"); path != addr {
@@ -177,7 +177,7 @@ func run(args []string) error {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	conn, err := dialBackend(o.backend)
+	conn, err := dialBackend(o.backend, o.maxMessage)
 	if err != nil {
 		return err
 	}

@@ -44,8 +44,11 @@ def latents(seed: int, n: int, dim: int, *, offset: int = 0, truncation: float =
         raise ValueError(f"need n >= 0, offset >= 0, dim > 0; got n={n}, offset={offset}, dim={dim}")
     if truncation < 0:
         raise ValueError(f"truncation must be >= 0 (0 = off), got {truncation}")
-    out = np.empty((n, dim), dtype=np.float32)
     first, last = offset // BLOCK, (offset + n - 1) // BLOCK
+    if n and first == last:  # one block (every request of up to 1024 samples from offset 0): no copy
+        lo = offset - first * BLOCK
+        return _block(seed, first, dim, truncation, rows=lo + n)[lo:lo + n]
+    out = np.empty((n, dim), dtype=np.float32)
     for block in range(first, last + 1 if n else first):
         lo = max(offset, block * BLOCK)
         hi = min(offset + n, (block + 1) * BLOCK)

@@ -252,7 +252,9 @@ class Batcher:
     def run_batch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run rows that are already a batch at once, on the caller's thread, beside the queue: the native front
         end's batches (server/gateway_backend.py), gathered by the gateway. Several such calls run at the same
-        time (ONNX Runtime's Run is thread-safe), one per core, where the queue runs one batch at a time."""
+        time (ONNX Runtime's Run is thread-safe), one per core, where the queue runs one batch at a time. Never on
+        `run_idle`: measured through the gateway at one client, the 2-thread run left the mean latency where it
+        was (0.81 ms) and cost 30% more CPU."""
         return self._compute(feeds, idle=False)
 
     def _compute(self, feeds: dict[str, np.ndarray], idle: bool) -> np.ndarray:

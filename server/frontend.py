@@ -64,6 +64,18 @@ class NativeFrontend:
         self.config = config
         self.binary = find_gateway(config)
         self.dir = tempfile.mkdtemp(prefix="ganserve-")  # mode 0700: only this user reaches the backend
+        try:
+            self._prepare(config)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self.listen = config.address  # after the first start: the port it got (for port 0)
+        self.proc: subprocess.Popen | None = None
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._stopped = False
+
+    def _prepare(self, config: Config) -> None:
         self.socket = os.path.join(self.dir, "backend.sock")  # gRPC: the calls the gateway relays
         self.batch_socket = os.path.join(self.dir, "batch.sock")  # the batches (server/gateway_backend.py)
         self.token_file = ""
@@ -74,11 +86,6 @@ class NativeFrontend:
                 f.write(config.token())
         backend = dataclasses.replace(config, address=f"unix:{self.socket}", tls_cert="", tls_key="", tls_client_ca="")
         self.app = App(backend, batch_socket=self.batch_socket)  # bound, not started
-        self.listen = config.address  # after the first start: the port it got (for port 0)
-        self.proc: subprocess.Popen | None = None
-        self._started = 0.0
-        self._stop = threading.Event()
-        self._stopped = False
 
     def command(self) -> list[str]:
         c = self.config

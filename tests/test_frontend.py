@@ -236,6 +236,31 @@ def test_bearer_token_is_required_on_batched_and_relayed_calls(model_store):
     assert not Path(front.dir).exists()
 
 
+def test_tls_and_client_certificates_at_the_gateway(model_store, tmp_path):
+    from sdk import Client, UnavailableError
+    from server.frontend import NativeFrontend
+    from tests.test_server_reliability import _certificates
+
+    _gateway_binary()
+    c = _certificates(tmp_path)
+    front = NativeFrontend(Config(address="localhost:0", store=str(model_store), metrics_port=-1, reload_interval_s=0,
+                                  tls_cert=str(c["server_cert"]), tls_key=str(c["server_key"]),
+                                  tls_client_ca=str(c["ca_cert"]))).start()
+    target = f"localhost:{front.port}"
+    try:
+        with Client(target, root_certificates=c["ca_cert"], client_cert=c["client_cert"],
+                    client_key=c["client_key"]) as ok:
+            assert ok.sample(1, seed=1, model="tiny-gan").shape == (1, 1, 8, 8)  # batched
+            assert len(ok.list_models()) == 4  # relayed
+        with Client(target, root_certificates=c["ca_cert"], retries=0, timeout=3) as no_client_cert:
+            with pytest.raises(UnavailableError):
+                no_client_cert.sample(1, seed=1, model="tiny-gan")
+        with Client(target, retries=0, timeout=3) as plaintext, pytest.raises(UnavailableError):
+            plaintext.list_models()
+    finally:
+        front.stop()
+
+
 def test_a_full_queue_is_refused_resource_exhausted_at_once(model_store):
     """max_concurrent_rpcs bounds the gateway's queue: a flood gets RESOURCE_EXHAUSTED with the reason, the
     rest are answered."""
@@ -260,6 +285,26 @@ def test_a_full_queue_is_refused_resource_exhausted_at_once(model_store):
         assert outcomes.count("refused") > 0 and outcomes.count("ok") > 0
     finally:
         front.stop()
+
+
+def test_a_reply_over_max_message_bytes_is_resource_exhausted_as_without_the_gateway(model_store):
+    from server.frontend import NativeFrontend
+    from tests.conftest import start_server
+
+    _gateway_binary()
+    small = dict(metrics_port=-1, reload_interval_s=0, max_message_bytes=4096)
+    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), **small)).start()
+    direct = start_server(model_store, **small)
+    try:
+        for target in (f"127.0.0.1:{front.port}", direct.target):
+            stub = _stub(target)
+            with pytest.raises(grpc.RpcError) as err:  # 64 x 8 x 8 float32 = 16 KiB
+                stub.Sample(pb.SampleRequest(model="tiny-gan", n=64, seed=1), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (target, err.value)
+            assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1), timeout=10).model
+    finally:
+        front.stop()
+        direct.app.stop(0)
 
 
 def _start_cli(store: Path, port: int, *extra: str) -> subprocess.Popen:
@@ -297,13 +342,16 @@ def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
         _serving(target)
         stub = _stub(target)
         assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=10).model
-        # a long stream in flight when SIGTERM comes is finished, then the process exits 0
-        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=20000, seed=1, chunk_size=1000),
+        # a stream of 40 chunks of 1 MiB, read slowly (HTTP/2 flow control keeps it in flight through the
+        # gateway), is drained to its end after SIGTERM, then the process exits 0
+        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096),
                                    timeout=60)
-        first = next(stream)
+        got = [next(stream).start]
         proc.send_signal(signal.SIGTERM)
-        rest = list(stream)
-        assert len(rest) + 1 == 20 and first.start == 0
+        for chunk in stream:
+            got.append(chunk.start)
+            time.sleep(0.02)
+        assert got == list(range(0, 4096 * 40, 4096))
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
