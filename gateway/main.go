@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -48,6 +49,7 @@ type options struct {
 	tlsCert, tlsKey, tlsClientCA string
 	tokenFile                    string
 	drain                        time.Duration
+	parentPipe                   bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -65,6 +67,9 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates are required")
 	fs.StringVar(&o.tokenFile, "auth-token-file", "", "file holding the bearer token required on every call but health")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "on SIGTERM/SIGINT, time in-flight calls get to finish")
+	fs.BoolVar(&o.parentPipe, "stop-on-stdin-eof", false,
+		"stop (draining) when standard input closes: the supervising process holds its other end, so the gateway "+
+			"never outlives it, even when it is killed")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -213,6 +218,13 @@ func run(args []string) error {
 	os.Stdout.Sync()
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	if o.parentPipe {
+		go func() {
+			io.Copy(io.Discard, os.Stdin) // returns when the supervisor's end closes (it exited or died)
+			log.Printf("the supervising process is gone")
+			stop <- syscall.SIGTERM
+		}()
+	}
 	go func() {
 		<-stop
 		log.Printf("draining in-flight calls for up to %s", o.drain)

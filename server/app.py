@@ -1,5 +1,5 @@
 """Process wiring: `create_server(config) -> (server, port, app)` (tests start real servers on port 0 with it),
-and `serve(config)` for `python -m server` with signal handling.
+and `serve_one` / `Supervisor` for `python -m server` (server/__main__.py) with signal handling.
 
 Order at start-up: bind, start, report NOT_SERVING on the health service, load the store, then SERVING. So a
 Kubernetes readiness probe (or `grpc_health_probe`) passes only once models are loaded; GeneratorService
@@ -21,7 +21,7 @@ then the process exits 0.
 
 Workers (`workers` > 1): one Python process serves at most ~1 core of per-request Python work (the GIL), so
 single-sample traffic from many clients tops out before the cores do (bench: ~1,700 requests/s on 2 cores,
-with CPU left idle). `serve` then runs a supervisor that starts `workers` server processes on the same
+with CPU left idle). `python -m server` then runs a supervisor that starts `workers` server processes on the same
 address with SO_REUSEPORT: the kernel spreads incoming connections over them (a connection stays with one
 worker, so one client channel is served by one worker; several clients or channels spread). Each worker is
 a whole server (its own store scan and hot reload, batchers, admission limit, health), and serves Prometheus
@@ -253,27 +253,7 @@ def create_server(config: Config | None = None, **overrides) -> tuple[grpc.Serve
     return app.server, app.port, app
 
 
-def serve(config: Config) -> int:
-    setup_logging(config.log_level, config.log_format)
-    if config.frontend == "native":
-        from server.frontend import NativeFrontend  # (imports this module)
-        try:
-            front = NativeFrontend(config)
-        except (OSError, ValueError) as e:
-            log.error("%s", e)
-            return 1
-        return front.run()
-    if config.workers > 1:
-        try:
-            supervisor = Supervisor(config)
-        except (OSError, ValueError) as e:
-            log.error("%s", e)
-            return 1
-        return supervisor.run()
-    return _serve_one(config)
-
-
-def _serve_one(config: Config, *, reuse_port: bool = False) -> int:
+def serve_one(config: Config, *, reuse_port: bool = False) -> int:
     """One server process until SIGTERM/SIGINT."""
     app = App(config, reuse_port=reuse_port)
     stop = threading.Event()
@@ -313,7 +293,7 @@ def _worker_main(fields: dict, index: int) -> None:
     """A worker process (spawned): one whole server on the shared port."""
     config = Config(**fields)
     setup_logging(config.log_level, config.log_format, worker=index)
-    raise SystemExit(_serve_one(config, reuse_port=True))
+    raise SystemExit(serve_one(config, reuse_port=True))
 
 
 class Supervisor:

@@ -92,7 +92,7 @@ class NativeFrontend:
         cmd = [self.binary, "-listen", self.listen, "-backend", f"unix:{self.socket}", "-batch-socket", self.batch_socket,
                "-max-batch", str(c.gateway_max_batch), "-inflight", str(c.gateway_inflight),
                "-max-queue", str(c.max_concurrent_rpcs), "-max-message-bytes", str(c.max_message_bytes),
-               "-drain", f"{c.drain_s}s"]
+               "-drain", f"{c.drain_s}s", "-stop-on-stdin-eof"]
         if c.tls_cert:
             cmd += ["-tls-cert", c.tls_cert, "-tls-key", c.tls_key]
             if c.tls_client_ca:
@@ -103,7 +103,10 @@ class NativeFrontend:
 
     def _start_gateway(self) -> None:
         """Start the gateway and wait for its "listening on host:port" line (OSError if it exits instead)."""
-        proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
+        # stdin: a pipe this process holds and never writes; when this process ends, even by SIGKILL, the pipe
+        # closes and the gateway stops (it would otherwise hold the public port in front of a dead backend).
+        # Its log goes to our stderr.
+        proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
         prefix = "ganserve-gateway listening on "
         if not line.startswith(prefix):

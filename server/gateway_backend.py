@@ -29,13 +29,13 @@ from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine
 from server.engine import Call
 from server.errors import InvalidArgument, to_rpc_status
-from server.service import GeneratorService, SampleJob, _fail, _finish, _Rpc
+from server.service import CallState, GeneratorService, SampleJob, chosen_error, record_call
 
 log = logging.getLogger("ganserve.gateway")
 _METHODS = {"Sample": (pb.SampleRequest, False), "SampleConditional": (pb.SampleConditionalRequest, True)}
 
 
-class _ItemRpc(_Rpc):
+class _ItemState(CallState):
     """The per-call state of one batch item: its own deadline, the batch call's liveness."""
 
     def __init__(self, timeout_us: int, is_active):  # noqa: D107 - no super(): there is no per-item context
@@ -60,7 +60,7 @@ class GatewayBackend:
         results: list[gw.BatchResult | None] = [None] * len(items)
         codes = [grpc.StatusCode.OK] * len(items)
         # (a client that goes away is the gateway's to notice: it answers it and drops the item's reply)
-        rpcs = [_ItemRpc(item.timeout_us, _always) for item in items]
+        rpcs = [_ItemState(item.timeout_us, _always) for item in items]
         groups: dict[int, list[tuple[int, SampleJob]]] = {}  # by model version: one generator call each
         for i, item in enumerate(items):
             try:
@@ -72,10 +72,10 @@ class GatewayBackend:
         for members in groups.values():
             self._run(members, rpcs, results, codes, [items[i].method for i, _ in members])
         for item, rpc, code in zip(items, rpcs, codes):  # counted and timed as the call they are
-            _finish(self.service.telemetry, item.method if item.method in _METHODS else "SampleBatch", rpc, code, t0)
+            record_call(self.service.telemetry, item.method if item.method in _METHODS else "SampleBatch", rpc, code, t0)
         return gw.SampleBatchResponse(results=results)
 
-    def _prepare(self, item, rpc: _ItemRpc) -> SampleJob:
+    def _prepare(self, item, rpc: _ItemState) -> SampleJob:
         if item.method not in _METHODS:
             raise InvalidArgument(f"the gateway batches Sample and SampleConditional, not {item.method!r}", "method")
         kind, conditional = _METHODS[item.method]
@@ -116,7 +116,7 @@ class GatewayBackend:
 
     @staticmethod
     def _failure(method: str, err: Exception) -> tuple[gw.BatchResult, grpc.StatusCode]:
-        err = _fail(method, err)
+        err = chosen_error(method, err)
         return gw.BatchResult(status=to_rpc_status(err).SerializeToString()), err.code
 
 

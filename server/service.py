@@ -31,8 +31,8 @@ log = logging.getLogger("ganserve.service")
 _DTYPE = {"float32": pb.FLOAT32, "uint8": pb.UINT8, "int64": pb.INT64}
 
 
-class _Rpc:
-    """Per-call state the wrapper and the method share."""
+class CallState:
+    """Per-call state the wrapper and the method share: the deadline and liveness (`call`), the resolved model."""
 
     def __init__(self, context: grpc.ServicerContext):
         left = context.time_remaining()
@@ -41,7 +41,8 @@ class _Rpc:
         self.model = ""
 
 
-def _finish(tel: Telemetry, method: str, rpc: _Rpc, code: grpc.StatusCode, t0: float) -> None:
+def record_call(tel: Telemetry, method: str, rpc: CallState, code: grpc.StatusCode, t0: float) -> None:
+    """Count and time one finished call (Prometheus) and, at DEBUG, log it."""
     seconds = time.perf_counter() - t0
     tel.observe_call(method, rpc.model or "-", code.name, seconds)
     if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
@@ -49,7 +50,7 @@ def _finish(tel: Telemetry, method: str, rpc: _Rpc, code: grpc.StatusCode, t0: f
                   extra={"method": method, "model": rpc.model, "code": code.name, "ms": round(1000 * seconds, 3)})
 
 
-def _fail(method: str, err: Exception) -> ServiceError:
+def chosen_error(method: str, err: Exception) -> ServiceError:
     """The ServiceError to answer for `err` (an unexpected one is logged with its traceback -> INTERNAL)."""
     if not isinstance(err, ServiceError):
         log.error("%s failed with an unexpected error; answering INTERNAL", method, exc_info=err)
@@ -64,15 +65,15 @@ def _rpc(fn):
 
     @functools.wraps(fn)
     def unary(self, request, context):
-        rpc, t0, code = _Rpc(context), time.perf_counter(), grpc.StatusCode.OK
+        rpc, t0, code = CallState(context), time.perf_counter(), grpc.StatusCode.OK
         try:
             return fn(self, request, rpc)
         except Exception as e:  # noqa: BLE001 - every failure becomes a chosen status
-            err = _fail(method, e)
+            err = chosen_error(method, e)
             code = err.code
             context.abort_with_status(to_status(err))
         finally:
-            _finish(self.telemetry, method, rpc, code, t0)
+            record_call(self.telemetry, method, rpc, code, t0)
 
     return unary
 
@@ -82,18 +83,18 @@ def _rpc_stream(fn):
 
     @functools.wraps(fn)
     def streaming(self, request, context):
-        rpc, t0, code = _Rpc(context), time.perf_counter(), grpc.StatusCode.OK
+        rpc, t0, code = CallState(context), time.perf_counter(), grpc.StatusCode.OK
         try:
             yield from fn(self, request, rpc)
         except GeneratorExit:  # the client went away: stop producing
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as e:  # noqa: BLE001
-            err = _fail(method, e)
+            err = chosen_error(method, e)
             code = err.code
             context.abort_with_status(to_status(err))
         finally:
-            _finish(self.telemetry, method, rpc, code, t0)
+            record_call(self.telemetry, method, rpc, code, t0)
 
     return streaming
 
@@ -136,7 +137,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         self.registry, self.config, self.telemetry = registry, config, telemetry
 
     # -- helpers ------------------------------------------------------------------------------------------
-    def _generator(self, ref: str, rpc: _Rpc | None, *, conditional: bool | None, data_kind: str | None = "image",
+    def _generator(self, ref: str, rpc: CallState | None, *, conditional: bool | None, data_kind: str | None = "image",
                    field: str = "model") -> LoadedModel:
         """The model a request names (or the default one), checked to be a generator of the right kind."""
         if ref:
@@ -180,7 +181,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         rpc.model = model.ref
         return model_info(model, self.registry.versions(model.name))
 
-    def prepare_sample(self, request, rpc: _Rpc, *, conditional: bool) -> SampleJob:
+    def prepare_sample(self, request, rpc: CallState, *, conditional: bool) -> SampleJob:
         """A Sample (or SampleConditional) request checked and turned into the model's inputs."""
         model = self._generator(request.model, rpc, conditional=conditional,
                                 data_kind=None if request.model else "image")

@@ -293,8 +293,8 @@ def test_a_reply_over_max_message_bytes_is_resource_exhausted_as_without_the_gat
 
     _gateway_binary()
     small = dict(metrics_port=-1, reload_interval_s=0, max_message_bytes=4096)
-    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), **small)).start()
     direct = start_server(model_store, **small)
+    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), **small)).start()
     try:
         for target in (f"127.0.0.1:{front.port}", direct.target):
             stub = _stub(target)
@@ -358,6 +358,25 @@ def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
             proc.kill()
         log = proc.stdout.read()
     assert "exited with" in log and "native front end: gateway" in log, log
+
+
+def test_the_gateway_does_not_outlive_a_killed_server(model_store):
+    import psutil
+
+    _gateway_binary()
+    port = free_port()
+    proc = _start_cli(model_store, port)
+    try:
+        _serving(f"127.0.0.1:{port}")
+        gateway = [p for p in psutil.Process(proc.pid).children() if "ganserve-gateway" in " ".join(p.cmdline())][0]
+        proc.kill()  # SIGKILL: no chance to stop the gateway
+        proc.wait(10)
+        gateway.wait(15)  # psutil.TimeoutExpired if it stays
+        with socket.socket() as s:  # and the port is free again
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_cli_without_the_gateway_executable_says_how_to_build_it(model_store, tmp_path):

@@ -70,9 +70,12 @@ def _invertible(client, names) -> list[str]:
 def test_client_sample_label_7_is_a_7(shipped, monkeypatch):
     _need("cgan-mnist", "mnist-evaluator")
     monkeypatch.setenv("GANSERVE_TARGET", shipped.target)
-    x = Client().sample(label=7)
+    x = Client().sample(label=7)  # the README's line: a fresh random seed each time
     assert x.shape == (1, 1, 28, 28) and -1.0 <= x.min() and x.max() <= 1.0
-    assert _classify(x)[0] == 7
+    # Whether one random 7 reads as a 7 is a coin with ~2% tails (the classifier's accuracy on cgan-mnist):
+    # the classification is checked on fixed seeds, so the test cannot flake.
+    sevens = np.concatenate([Client().sample(label=7, seed=s) for s in range(10)])
+    assert (_classify(sevens) == 7).sum() >= 9
     many = Client().sample(200, labels=[i % 10 for i in range(200)], seed=0)
     accuracy = float((_classify(many) == np.arange(200) % 10).mean())
     assert accuracy >= 0.9, accuracy
