@@ -45,6 +45,7 @@ type batcher struct {
 	slots    chan *link
 	queue    chan *item
 	maxBatch int
+	metrics  *metrics
 }
 
 // link is one connection to the batch socket (nil conn: not connected yet, or dropped after an error).
@@ -53,8 +54,9 @@ type link struct {
 	r    *bufio.Reader
 }
 
-func newBatcher(path string, maxBatch, inflight, maxQueue int) *batcher {
-	b := &batcher{path: path, slots: make(chan *link, inflight), queue: make(chan *item, maxQueue), maxBatch: maxBatch}
+func newBatcher(path string, maxBatch, inflight, maxQueue int, m *metrics) *batcher {
+	b := &batcher{path: path, slots: make(chan *link, inflight), queue: make(chan *item, maxQueue), maxBatch: maxBatch,
+		metrics: m}
 	for i := 0; i < inflight; i++ {
 		b.slots <- &link{}
 	}
@@ -133,6 +135,7 @@ func (b *batcher) send(l *link, batch []*item) {
 		latest = time.Time{} // no deadline on the socket
 	}
 	results, err := b.exchange(l, msg, len(live), latest)
+	b.metrics.sent(len(live), err != nil)
 	for i, it := range live {
 		if err != nil {
 			it.done <- reply{err: err}

@@ -40,6 +40,7 @@ type gateway struct {
 	batch   *batcher
 	token   string // bearer token required on the batched calls ("" = none; the backend checks the others)
 	queue   int
+	metrics *metrics
 }
 
 type options struct {
@@ -47,7 +48,7 @@ type options struct {
 	maxBatch, inflight, maxQueue int
 	maxMessage                   int
 	tlsCert, tlsKey, tlsClientCA string
-	tokenFile                    string
+	tokenFile, metricsListen     string
 	drain                        time.Duration
 	parentPipe                   bool
 }
@@ -67,6 +68,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates are required")
 	fs.StringVar(&o.tokenFile, "auth-token-file", "", "file holding the bearer token required on every call but health")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "on SIGTERM/SIGINT, time in-flight calls get to finish")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on host:port (empty: off)")
 	fs.BoolVar(&o.parentPipe, "stop-on-stdin-eof", false,
 		"stop (draining) when standard input closes: the supervising process holds its other end, so the gateway "+
 			"never outlives it, even when it is killed")
@@ -145,27 +147,34 @@ func (g *gateway) authorize(ctx context.Context) error {
 func (g *gateway) batched(method string) func(interface{}, context.Context, func(interface{}) error,
 	grpc.UnaryServerInterceptor) (interface{}, error) {
 	return func(_ interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
-		in := &frame{}
-		if err := dec(in); err != nil {
-			return nil, err
+		t0 := time.Now()
+		out, err := g.sample(ctx, method, dec)
+		g.metrics.call(method, status.Code(err), t0, true)
+		return out, err
+	}
+}
+
+func (g *gateway) sample(ctx context.Context, method string, dec func(interface{}) error) (interface{}, error) {
+	in := &frame{}
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if err := g.authorize(ctx); err != nil {
+		return nil, err
+	}
+	it := &item{method: method, req: in.data, ctx: ctx, done: make(chan reply, 1)}
+	if !g.batch.submit(it) {
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"server busy: %d calls waiting for the model (gateway max_queue); retry with backoff", g.queue)
+	}
+	select {
+	case r := <-it.done:
+		if r.err != nil {
+			return nil, r.err
 		}
-		if err := g.authorize(ctx); err != nil {
-			return nil, err
-		}
-		it := &item{method: method, req: in.data, ctx: ctx, done: make(chan reply, 1)}
-		if !g.batch.submit(it) {
-			return nil, status.Errorf(codes.ResourceExhausted,
-				"server busy: %d calls waiting for the model (gateway max_queue); retry with backoff", g.queue)
-		}
-		select {
-		case r := <-it.done:
-			if r.err != nil {
-				return nil, r.err
-			}
-			return &frame{data: r.data}, nil
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
+		return &frame{data: r.data}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 }
 
@@ -187,8 +196,9 @@ func run(args []string) error {
 		return err
 	}
 	defer conn.Close()
-	g := &gateway{backend: conn, token: token, queue: o.maxQueue,
-		batch: newBatcher(o.batchSocket, o.maxBatch, o.inflight, o.maxQueue)}
+	g := &gateway{backend: conn, token: token, queue: o.maxQueue}
+	g.metrics = newMetrics(func() int { return len(g.batch.queue) })
+	g.batch = newBatcher(o.batchSocket, o.maxBatch, o.inflight, o.maxQueue, g.metrics)
 	opts := []grpc.ServerOption{
 		grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(g.forward),
 		grpc.MaxRecvMsgSize(o.maxMessage), grpc.MaxSendMsgSize(o.maxMessage),
@@ -213,7 +223,14 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	// The supervisor reads this line for the bound port (-listen may ask for port 0).
+	// The supervisor reads these lines for the bound ports (either may ask for port 0).
+	if o.metricsListen != "" {
+		addr, err := g.metrics.serve(o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		fmt.Printf("ganserve-gateway metrics on http://%s/metrics\n", addr)
+	}
 	fmt.Printf("ganserve-gateway listening on %s\n", lis.Addr())
 	os.Stdout.Sync()
 	stop := make(chan os.Signal, 1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -20,6 +21,12 @@ func (g *gateway) forward(_ interface{}, in grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "gateway: no method name on the stream")
 	}
+	err := g.relay(in, method)
+	g.metrics.call(method[strings.LastIndex(method, "/")+1:], status.Code(err), time.Time{}, false)
+	return err
+}
+
+func (g *gateway) relay(in grpc.ServerStream, method string) error {
 	md, _ := metadata.FromIncomingContext(in.Context())
 	out := metadata.MD{}
 	for k, v := range md {

@@ -71,6 +71,7 @@ class NativeFrontend:
             raise
         self.listen = config.address  # after the first start: the port it got (for port 0)
         self.proc: subprocess.Popen | None = None
+        self.metrics_url = ""  # the gateway's /metrics, when metrics are on
         self._started = 0.0
         self._stop = threading.Event()
         self._stopped = False
@@ -97,6 +98,8 @@ class NativeFrontend:
             cmd += ["-tls-cert", c.tls_cert, "-tls-key", c.tls_key]
             if c.tls_client_ca:
                 cmd += ["-tls-client-ca", c.tls_client_ca]
+        if c.metrics_port >= 0:  # next to this server's: metrics_port + 1 (0: any free port)
+            cmd += ["-metrics-listen", f"{c.metrics_address}:{c.metrics_port + 1 if c.metrics_port else 0}"]
         if self.token_file:
             cmd += ["-auth-token-file", self.token_file]
         return cmd
@@ -108,6 +111,10 @@ class NativeFrontend:
         # Its log goes to our stderr.
         proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
+        if line.startswith("ganserve-gateway metrics on "):
+            self.metrics_url = line.split(" on ", 1)[1].strip()
+            log.info("native front end: the gateway's Prometheus metrics on %s", self.metrics_url)
+            line = proc.stdout.readline()
         prefix = "ganserve-gateway listening on "
         if not line.startswith(prefix):
             proc.wait()

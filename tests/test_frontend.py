@@ -195,6 +195,27 @@ def test_batched_calls_are_counted_as_the_calls_they_are(native):
     assert reg.get_sample_value("ganserve_requests_total", labels) == before + 1
 
 
+def test_the_gateway_counts_what_only_it_sees(native):
+    """The gateway's own /metrics: calls it answered (by method and code, the Python server's spelling), their
+    time with the queue wait, batch sizes, queue depth."""
+    import urllib.request
+
+    def scrape() -> str:
+        return urllib.request.urlopen(native.metrics_url, timeout=10).read().decode()
+
+    stub = _stub(f"127.0.0.1:{native.port}")
+    stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.GetModel(pb.GetModelRequest(model="nope"), timeout=10)
+    text = scrape()
+    assert native.metrics_url.endswith("/metrics") and "ganserve_gateway_queue_depth 0" in text
+    count = lambda line: int(next(ln for ln in text.splitlines() if ln.startswith(line)).rsplit(" ", 1)[1])
+    assert count('ganserve_gateway_calls_total{method="Sample",code="OK"}') >= 1
+    assert count('ganserve_gateway_calls_total{method="GetModel",code="NOT_FOUND"}') >= 1
+    assert count('ganserve_gateway_call_seconds_count{method="Sample"}') >= 1
+    assert count('ganserve_gateway_batch_calls_count') >= 1 and count("ganserve_gateway_backend_failures_total") == 0
+
+
 def test_a_passed_deadline_is_answered_deadline_exceeded_and_the_server_goes_on(native):
     stub = _stub(f"127.0.0.1:{native.port}")
     with pytest.raises(grpc.RpcError) as err:
