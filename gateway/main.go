@@ -259,7 +259,7 @@ func run(args []string) error {
 func main() {
 	if os.Getenv("GOGC") == "" {
 		// Calls allocate small, short-lived buffers at a high rate: collecting less often costs a few MB and
-		// saves CPU (measured: -4% gateway CPU at 32 clients).
+		// saves CPU (one pair of rounds at 32 clients: 0.24-0.25 against 0.26-0.27 cores).
 		debug.SetGCPercent(400)
 	}
 	log.SetPrefix("ganserve-gateway: ")
