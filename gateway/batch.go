@@ -23,6 +23,7 @@ type item struct {
 	req    []byte          // the client's request, serialized
 	ctx    context.Context // the client's call: deadline, cancellation
 	done   chan reply      // buffered: the sender never blocks
+	queued time.Time       // when it entered the queue
 }
 
 type reply struct {
@@ -45,6 +46,7 @@ type batcher struct {
 	slots    chan *link
 	queue    chan *item
 	maxBatch int
+	timeout  time.Duration // a call that waited longer in the queue is refused (the Python batcher's queue_timeout)
 	metrics  *metrics
 }
 
@@ -54,9 +56,9 @@ type link struct {
 	r    *bufio.Reader
 }
 
-func newBatcher(path string, maxBatch, inflight, maxQueue int, m *metrics) *batcher {
+func newBatcher(path string, maxBatch, inflight, maxQueue int, timeout time.Duration, m *metrics) *batcher {
 	b := &batcher{path: path, slots: make(chan *link, inflight), queue: make(chan *item, maxQueue), maxBatch: maxBatch,
-		metrics: m}
+		timeout: timeout, metrics: m}
 	for i := 0; i < inflight; i++ {
 		b.slots <- &link{}
 	}
@@ -66,6 +68,7 @@ func newBatcher(path string, maxBatch, inflight, maxQueue int, m *metrics) *batc
 
 // submit queues `it`; false when the queue is full.
 func (b *batcher) submit(it *item) bool {
+	it.queued = time.Now()
 	select {
 	case b.queue <- it:
 		return true
@@ -104,6 +107,11 @@ func (b *batcher) send(l *link, batch []*item) {
 	for _, it := range batch {
 		if err := it.ctx.Err(); err != nil { // cancelled or past its deadline while queued: costs no run
 			it.done <- reply{err: status.FromContextError(err).Err()}
+			continue
+		}
+		if waited := now.Sub(it.queued); waited > b.timeout {
+			it.done <- reply{err: status.Errorf(codes.ResourceExhausted, "waited %d ms in the gateway's queue, more "+
+				"than the queue timeout of %d ms; retry with backoff", waited.Milliseconds(), b.timeout.Milliseconds())}
 			continue
 		}
 		var body []byte

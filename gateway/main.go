@@ -49,7 +49,7 @@ type options struct {
 	maxMessage                   int
 	tlsCert, tlsKey, tlsClientCA string
 	tokenFile, metricsListen     string
-	drain                        time.Duration
+	drain, queueTimeout          time.Duration
 	parentPipe                   bool
 }
 
@@ -67,6 +67,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM)")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates are required")
 	fs.StringVar(&o.tokenFile, "auth-token-file", "", "file holding the bearer token required on every call but health")
+	fs.DurationVar(&o.queueTimeout, "queue-timeout", 10*time.Second, "a call that waited longer for a batch is refused RESOURCE_EXHAUSTED")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "on SIGTERM/SIGINT, time in-flight calls get to finish")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on host:port (empty: off)")
 	fs.BoolVar(&o.parentPipe, "stop-on-stdin-eof", false,
@@ -80,6 +81,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-listen, -backend and -batch-socket are required")
 	case o.maxBatch < 1 || o.inflight < 1 || o.maxQueue < 1:
 		return o, errors.New("-max-batch, -inflight and -max-queue must be >= 1")
+	case o.queueTimeout <= 0:
+		return o, errors.New("-queue-timeout must be > 0")
 	case o.maxMessage < 1024:
 		return o, errors.New("-max-message-bytes must be >= 1024")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
@@ -198,7 +201,7 @@ func run(args []string) error {
 	defer conn.Close()
 	g := &gateway{backend: conn, token: token, queue: o.maxQueue}
 	g.metrics = newMetrics(func() int { return len(g.batch.queue) })
-	g.batch = newBatcher(o.batchSocket, o.maxBatch, o.inflight, o.maxQueue, g.metrics)
+	g.batch = newBatcher(o.batchSocket, o.maxBatch, o.inflight, o.maxQueue, o.queueTimeout, g.metrics)
 	opts := []grpc.ServerOption{
 		grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(g.forward),
 		grpc.MaxRecvMsgSize(o.maxMessage), grpc.MaxSendMsgSize(o.maxMessage),

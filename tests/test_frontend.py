@@ -328,6 +328,40 @@ def test_a_reply_over_max_message_bytes_is_resource_exhausted_as_without_the_gat
         direct.app.stop(0)
 
 
+def test_a_call_that_waited_past_the_queue_timeout_is_refused(model_store, monkeypatch):
+    """As the Python batcher does with `queue_timeout_ms`: with one slow batch at a time (made to take 0.3 s),
+    calls that waited more than 100 ms in the gateway's queue get RESOURCE_EXHAUSTED saying so."""
+    from server.frontend import NativeFrontend
+
+    _gateway_binary()
+    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1, reload_interval_s=0,
+                                  queue_timeout_ms=100, gateway_inflight=1, gateway_max_batch=1)).start()
+    handle = front.app.batches.backend.handle
+
+    def slow(request):
+        time.sleep(0.3)
+        return handle(request)
+
+    monkeypatch.setattr(front.app.batches.backend, "handle", slow)
+    try:
+        stub = _stub(f"127.0.0.1:{front.port}")
+
+        def call(i):
+            try:
+                return stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=i), timeout=30).model
+            except grpc.RpcError as e:
+                return e.code(), e.details()
+
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = list(pool.map(call, range(3)))
+        refused = [o for o in outcomes if isinstance(o, tuple)]
+        assert 1 <= len(refused) <= 2 and len(outcomes) - len(refused) >= 1, outcomes
+        assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue timeout of 100 ms" in text
+                   for code, text in refused), refused
+    finally:
+        front.stop()
+
+
 def _start_cli(store: Path, port: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "server", "--frontend", "native", "--address", f"127.0.0.1:{port}",
                              "--store", str(store), "--metrics-port", "-1", "--drain-s", "5", *extra],
