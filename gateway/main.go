@@ -228,11 +228,12 @@ func run(args []string) error {
 	}
 	// The supervisor reads these lines for the bound ports (either may ask for port 0).
 	if o.metricsListen != "" {
-		addr, err := g.metrics.serve(o.metricsListen)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
+		// As the Python server does: metrics are not worth refusing to serve over.
+		if addr, err := g.metrics.serve(o.metricsListen); err != nil {
+			log.Printf("error: cannot serve metrics on %s: %v", o.metricsListen, err)
+		} else {
+			fmt.Printf("ganserve-gateway metrics on http://%s/metrics\n", addr)
 		}
-		fmt.Printf("ganserve-gateway metrics on http://%s/metrics\n", addr)
 	}
 	fmt.Printf("ganserve-gateway listening on %s\n", lis.Addr())
 	os.Stdout.Sync()

@@ -155,6 +155,8 @@ class NativeFrontend:
                     log.error("the gateway keeps dying right after its start; stopping (see the errors above)")
                     code = 1
                     break
+                for pipe in (self.proc.stdin, self.proc.stdout):
+                    pipe.close()
                 self._start_gateway()
         except OSError as e:
             log.error("%s", e)

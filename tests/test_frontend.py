@@ -434,6 +434,22 @@ def test_the_gateway_does_not_outlive_a_killed_server(model_store):
             proc.kill()
 
 
+def test_a_busy_metrics_port_costs_the_gateway_its_metrics_not_its_service(model_store):
+    from server.frontend import NativeFrontend
+
+    _gateway_binary()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), reload_interval_s=0,
+                                      metrics_port=busy.getsockname()[1] - 1)).start()  # gateway: metrics_port + 1
+        try:
+            assert front.metrics_url == ""
+            assert _stub(f"127.0.0.1:{front.port}").Sample(pb.SampleRequest(model="tiny-gan", n=1), timeout=10).model
+        finally:
+            front.stop()
+
+
 def test_cli_without_the_gateway_executable_says_how_to_build_it(model_store, tmp_path):
     proc = _start_cli(model_store, free_port(), "--gateway-binary", str(tmp_path / "missing"))
     out, _ = proc.communicate(timeout=60)
