@@ -296,12 +296,22 @@ def _worker_main(fields: dict, index: int) -> None:
     raise SystemExit(serve_one(config, reuse_port=True))
 
 
+class QuickCrashes:
+    """When to stop restarting a child process: after `limit` deaths in a row, each within `window_s` of its start
+    (a bad store, a busy port: restarting would only repeat the failure)."""
+
+    def __init__(self, window_s: float = 10.0, limit: int = 3):
+        self.window_s, self.limit, self._count = window_s, limit, 0
+
+    def give_up(self, lived_s: float) -> bool:
+        """Record a death after `lived_s` seconds; True when it is time to stop."""
+        self._count = self._count + 1 if lived_s < self.window_s else 0
+        return self._count >= self.limit
+
+
 class Supervisor:
     """Starts `config.workers` server processes on one address (SO_REUSEPORT), restarts one that dies, stops
     them all on SIGTERM/SIGINT."""
-
-    CRASH_WINDOW_S = 10.0  # a worker that dies this soon after its start counts as failing to start
-    MAX_QUICK_CRASHES = 3
 
     def __init__(self, config: Config):
         self.config = config
@@ -328,7 +338,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         log.info("supervisor (pid %d): %d workers on %s", os.getpid(), self.config.workers, self.address)
-        quick_crashes, code = 0, 0
+        crashes, code = QuickCrashes(), 0
         try:  # whatever happens here (a worker that cannot be spawned, say), the started ones are stopped
             for i in range(self.config.workers):
                 self._start(i)
@@ -338,8 +348,7 @@ class Supervisor:
                         continue
                     lived = time.monotonic() - self._started[i]
                     log.error("worker %d (pid %d) exited with %s after %.1f s", i, proc.pid, proc.exitcode, lived)
-                    quick_crashes = quick_crashes + 1 if lived < self.CRASH_WINDOW_S else 0
-                    if quick_crashes >= self.MAX_QUICK_CRASHES:
+                    if crashes.give_up(lived):
                         log.error("workers keep dying right after their start; stopping (see the errors above)")
                         self._stop.set()
                         code = 1

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from server.app import App
+from server.app import App, QuickCrashes
 from server.config import Config
 
 log = logging.getLogger("ganserve.frontend")
@@ -56,9 +56,6 @@ def find_gateway(config: Config) -> str:
 
 class NativeFrontend:
     """This server on a private socket behind the gateway on `config.address`."""
-
-    CRASH_WINDOW_S = 10.0  # a gateway that dies this soon after its start counts as failing to start
-    MAX_QUICK_CRASHES = 3
 
     def __init__(self, config: Config):
         self.config = config
@@ -141,7 +138,7 @@ class NativeFrontend:
         """`python -m server --frontend native`: serve until SIGTERM/SIGINT, restarting a gateway that dies."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
-        code, quick_crashes = 0, 0
+        code, crashes = 0, QuickCrashes()
         try:
             self.start()
             log.info("listening on %s (port %d)", self.config.address, self.port)
@@ -150,8 +147,7 @@ class NativeFrontend:
                     continue
                 lived = time.monotonic() - self._started
                 log.error("the gateway (pid %d) exited with %s after %.1f s", self.proc.pid, self.proc.returncode, lived)
-                quick_crashes = quick_crashes + 1 if lived < self.CRASH_WINDOW_S else 0
-                if quick_crashes >= self.MAX_QUICK_CRASHES:
+                if crashes.give_up(lived):
                     log.error("the gateway keeps dying right after its start; stopping (see the errors above)")
                     code = 1
                     break

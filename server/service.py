@@ -162,12 +162,6 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         trunc = validate.truncation(request.truncation)
         return latent_fn.latents(seed, n, model.latent_dim, truncation=trunc), seed
 
-    def _sample_reply(self, model, request, encoding, seed, s: engine.Samples) -> pb.SampleResponse:
-        samples, pngs = engine.encode(model, s.x, encoding)
-        return pb.SampleResponse(model=model.ref, seed=seed, samples=_tensor(samples), png=pngs,
-                                 latents=_tensor(s.z) if request.return_latents else None,
-                                 conditions=_tensor(s.y))
-
     # -- RPCs ---------------------------------------------------------------------------------------------
     @_rpc
     def ListModels(self, request, rpc):
@@ -191,7 +185,11 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         return SampleJob(model, request, encoding, seed, z, y)
 
     def sample_reply(self, job: SampleJob, x: np.ndarray) -> pb.SampleResponse:
-        return self._sample_reply(job.model, job.request, job.encoding, job.seed, engine.Samples(x, job.z, job.y))
+        """The reply to `job` given the generator's output rows `x`."""
+        samples, pngs = engine.encode(job.model, x, job.encoding)
+        return pb.SampleResponse(model=job.model.ref, seed=job.seed, samples=_tensor(samples), png=pngs,
+                                 latents=_tensor(job.z) if job.request.return_latents else None,
+                                 conditions=_tensor(job.y))
 
     @_rpc
     def Sample(self, request, rpc):

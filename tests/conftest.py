@@ -14,7 +14,9 @@ The generator_grad graphs are written analytically for the linear+tanh generator
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from protos.ganserve.v1 import generator_pb2 as pb
 from server import manifest as mf
 
 LATENT, CLASSES, SIDE = 8, 4, 8
@@ -230,6 +233,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sigterm_during_slow_stream(stub, proc) -> list[int]:
+    """Start a SampleStream of 40 chunks of 1 MiB, SIGTERM `proc` after the first chunk, read the rest slowly (HTTP/2
+    flow control keeps the stream in flight on the server): the chunks' start indices, to compare with all 40."""
+    stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096),
+                               timeout=60)
+    got = [next(stream).start]
+    proc.send_signal(signal.SIGTERM)
+    for chunk in stream:  # drained, not cut off
+        got.append(chunk.start)
+        time.sleep(0.02)
+    return got
 
 
 @dataclass

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +32,8 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.config import Config
 from server.gateway_backend import GatewayBackend
 from server.service import GeneratorService
-from tests.conftest import free_port
+from tests.conftest import free_port, sigterm_during_slow_stream
+from tests.test_server_workers import _serving, _start
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "build" / "ganserve-gateway"
@@ -363,22 +362,7 @@ def test_a_call_that_waited_past_the_queue_timeout_is_refused(model_store, monke
 
 
 def _start_cli(store: Path, port: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "server", "--frontend", "native", "--address", f"127.0.0.1:{port}",
-                             "--store", str(store), "--metrics-port", "-1", "--drain-s", "5", *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _serving(target: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING")
+    return _start(store, port, "--frontend", "native", *extra)
 
 
 def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
@@ -397,15 +381,8 @@ def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
         _serving(target)
         stub = _stub(target)
         assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=10).model
-        # a stream of 40 chunks of 1 MiB, read slowly (HTTP/2 flow control keeps it in flight through the
-        # gateway), is drained to its end after SIGTERM, then the process exits 0
-        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096),
-                                   timeout=60)
-        got = [next(stream).start]
-        proc.send_signal(signal.SIGTERM)
-        for chunk in stream:
-            got.append(chunk.start)
-            time.sleep(0.02)
+        # a stream in flight through the gateway is drained to its end after SIGTERM, then the process exits 0
+        got = sigterm_during_slow_stream(stub, proc)
         assert got == list(range(0, 4096 * 40, 4096))
         assert proc.wait(30) == 0
     finally:

@@ -25,7 +25,7 @@ from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.batcher import Batcher, Result
 from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
-from tests.conftest import free_port, publish_gan, start_server
+from tests.conftest import free_port, publish_gan, sigterm_during_slow_stream, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -635,13 +635,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(model_store):
         grpc.channel_ready_future(channel).result(timeout=30)
         _wait(lambda: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
               == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING")
-        # A stream of 40 chunks of 1 MiB, read slowly: HTTP/2 flow control keeps it in flight on the server.
-        stream = stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096))
-        got = [next(stream).start]
-        proc.send_signal(signal.SIGTERM)
-        for chunk in stream:  # drained, not cut off
-            got.append(chunk.start)
-            time.sleep(0.02)
+        got = sigterm_during_slow_stream(stub, proc)
         assert got == list(range(0, 4096 * 40, 4096))
         assert proc.wait(timeout=30) == 0
         logs = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]

@@ -20,7 +20,7 @@ from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.app import claim_port
 from server.config import Config
-from tests.conftest import free_port
+from tests.conftest import free_port, sigterm_during_slow_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,14 +207,7 @@ def test_workers_hot_reload_metrics_per_worker_and_drain_on_sigterm(tmp_path):
                               if line.startswith('ganserve_requests_total{code="OK",method="Sample"')))
         assert all(c > 0 for c in counts) and sum(counts) >= 4 + 12  # every worker served, each counts its own
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            # 40 chunks of 1 MiB read slowly: HTTP/2 flow control keeps the stream in flight on its worker
-            stream = pb_grpc.GeneratorServiceStub(ch).SampleStream(
-                pb.SampleStreamRequest(model="tiny-gan", n=4096 * 40, seed=3, chunk_size=4096))
-            got = [next(stream).start]
-            proc.send_signal(signal.SIGTERM)
-            for chunk in stream:
-                got.append(chunk.start)
-                time.sleep(0.02)
+            got = sigterm_during_slow_stream(pb_grpc.GeneratorServiceStub(ch), proc)
         assert got == list(range(0, 4096 * 40, 4096))
         assert proc.wait(timeout=40) == 0
     finally:
