@@ -172,6 +172,9 @@ func (g *gateway) sample(ctx context.Context, method string, dec func(interface{
 	}
 	select {
 	case r := <-it.done:
+		if err := ctx.Err(); err != nil { // the reply came after the deadline: the client was promised none
+			return nil, status.FromContextError(err).Err()
+		}
 		if r.err != nil {
 			return nil, r.err
 		}
