@@ -237,6 +237,10 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     require(len(set(names)) == len(names), "metrics", "each metric at most once")
     p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
     q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
+    points = lambda s: not s.is_image and (s.mixture is not None or s.model is not None)  # generated/reference points
+    if (p.is_image and points(q)) or (q.is_image and points(p)):
+        raise InvalidArgument(f"P ({p.description}) and Q ({q.description}) live in different spaces (images against "
+                              "2-D points); compare images with images, points with points", "q")
     if not names:
         names = metrics.default_metrics(_default_kind(p, q, registry))
         for s in (q, p):  # plus the critic-based estimate each model side's critic supports
@@ -253,9 +257,9 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     for i, name in enumerate(names):
         call.check()
         metric = metrics.METRICS[name]
-        pa = _input(metrics, metric, p, q, registry, num_classes, "p")
-        qa = _input(metrics, metric, q, p, registry, num_classes, "q")
         try:
+            pa = _input(metrics, metric, p, q, registry, num_classes, "p")
+            qa = _input(metrics, metric, q, p, registry, num_classes, "q")
             est = metrics.estimate(name, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
