@@ -95,6 +95,7 @@ def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, 
                 "counts must be finite, non-negative and not all zero")
         return Side(f"uploaded histogram ({int(counts.sum())})", int(counts.sum()), counts=counts)
     require(arr.ndim >= 1 and len(arr) >= 2, f"{f}.shape", f"need at least 2 samples, got shape {list(arr.shape)}")
+    require(min(arr.shape) >= 1, f"{f}.shape", f"every dimension must be at least 1, got {list(arr.shape)}")
     require(len(arr) <= cfg.max_eval_n, f"{f}.shape", f"at most {cfg.max_eval_n} samples (the server's limit), "
             f"got {len(arr)}")
     if arr.dtype == np.int64:

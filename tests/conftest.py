@@ -28,6 +28,14 @@ from onnx import TensorProto, helper, numpy_helper
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import manifest as mf
 
+# Property tests: a developer's `make test` draws new random cases every run (that is how they find bugs); CI
+# (.ci/run sets GANSERVE_CI=1) runs hypothesis's "ci" profile: derandomized, the same cases every run, no
+# example database, so a red CI is a regression of the change under test, not a lucky draw.
+if os.environ.get("GANSERVE_CI"):
+    from hypothesis import settings
+
+    settings.load_profile("ci")
+
 LATENT, CLASSES, SIDE = 8, 4, 8
 PIXELS = SIDE * SIDE
 F32 = TensorProto.FLOAT

@@ -132,6 +132,8 @@ CASES = [
         q=DS(samples=T(np.array([3, -4], np.int64)), histogram=True)), IA, "q.samples.data"),
     ("labels for an unconditional model side", "EvaluateDivergence",
      EV(p=DS(reference="ring8"), q=DS(model=pb.ModelSource(model="tiny-points", labels=[1]))), IA, "q.model.labels"),
+    ("uploaded images with an empty dimension", "EvaluateDivergence",
+     EV(p=DS(samples=_t((2, 0, 0, 0))), q=DS(reference="mnist-test")), IA, "p.samples.shape"),
     ("images against reference points", "EvaluateDivergence",
      EV(p=DS(reference="ring8"), q=DS(reference="mnist-test")), IA, "q"),
     ("generated points against images", "EvaluateDivergence",
