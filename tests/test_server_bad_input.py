@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+from training.metrics import METRICS as METRIC_NAMES
 
 IA, NF, FP, RE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
                   grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -279,10 +280,14 @@ def requests(draw):
     sources = st.sampled_from([DS(), DS(reference="ring8"), DS(reference="ring8"), DS(reference="grid25"), DS(reference="mnist-test"),
                                DS(reference="x"), DS(model=pb.ModelSource(model="tiny-points")),
                                DS(model=pb.ModelSource(model="tiny-cgan", labels=[1, 2])),
-                               DS(model=pb.ModelSource(model="tiny-gan", truncation=NAN))])
+                               DS(model=pb.ModelSource(model="tiny-gan", truncation=NAN)),
+                               DS(model=pb.ModelSource(model="tiny-gan")), DS(samples=_img(20, fill=0.5)),
+                               DS(samples=T(np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32))),
+                               DS(samples=T(np.random.default_rng(1).normal(size=(30, 16)).astype(np.float32))),
+                               DS(samples=T(np.arange(30, dtype=np.int64) % 4)),
+                               DS(samples=T(np.array([3.0, 1.0, 0.0, 2.0], np.float32)), histogram=True)])
     uploads = tensor_msgs().map(lambda t: DS(samples=t)) | tensor_msgs().map(lambda t: DS(samples=t, histogram=True))
-    metrics = st.lists(st.sampled_from(["js", "tv", "sliced_w", "frechet", "modes_covered", "js_critic", "bogus", ""]),
-                       max_size=2)
+    metrics = st.lists(st.sampled_from(sorted(METRIC_NAMES) + ["bogus", ""]), max_size=3)
     kw = dict(p=draw(sources | sources | uploads), q=draw(sources | sources | uploads),
               metrics=draw(st.just([]) | metrics), n=draw(st.sampled_from([0, 50, 200, 400, 20_000])),
               bootstrap=draw(st.sampled_from([0, 0, 5, 10**6])),
