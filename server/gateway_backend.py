@@ -171,12 +171,15 @@ class BatchSocket:
             log.warning("batch connection closed: %s", e)
         finally:
             reader.close()
-            conn.close()
-            with self._lock:
+            with self._lock:  # out of the set before it is closed: close() never sees a closed socket
                 self._conns.discard(conn)
+                conn.close()
 
     def close(self) -> None:
         self._sock.close()
         with self._lock:
             for conn in self._conns:
-                conn.shutdown(socket.SHUT_RDWR)
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:  # the gateway's end went away meanwhile: nothing left to wake
+                    pass
