@@ -30,14 +30,21 @@ $(STAMP): pyproject.toml Makefile
 # The native front end (`--frontend native`, gateway/): Go and grpc-go from Debian's registry, no module
 # download (GOPATH mode over /usr/share/gocode). Root installs the packages when they are missing.
 GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
-gateway: build/ganserve-gateway
+# build/ganserve-goecho is the benchmark's bare grpc-go floor (bench/goecho/), built alongside.
+GO_BUILD := GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/go-cache go build -trimpath
+define GO_CHECK
+@command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc \
+  || { test "$$(id -u)" = 0 && { apt-get install -y -q $(GO_DEBS) || { apt-get update -q && \
+       apt-get install -y -q $(GO_DEBS); }; } >/dev/null; } \
+  || { echo "the gateway needs: apt-get install $(GO_DEBS)"; exit 1; }
+endef
+gateway: build/ganserve-gateway build/ganserve-goecho
 build/ganserve-gateway: gateway/*.go
-	@command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc \
-	  || { test "$$(id -u)" = 0 && { apt-get install -y -q $(GO_DEBS) || { apt-get update -q && \
-	       apt-get install -y -q $(GO_DEBS); }; } >/dev/null; } \
-	  || { echo "the gateway needs: apt-get install $(GO_DEBS)"; exit 1; }
-	cd gateway && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/go-cache \
-	  go build -trimpath -o ../build/ganserve-gateway .
+	$(GO_CHECK)
+	cd gateway && $(GO_BUILD) -o ../build/ganserve-gateway .
+build/ganserve-goecho: bench/goecho/*.go
+	$(GO_CHECK)
+	cd bench/goecho && $(GO_BUILD) -o ../../build/ganserve-goecho .
 
 serve: setup
 	$(PY) -m server --store model_store $(ARGS)

@@ -13,7 +13,9 @@ One run measures, on the shipped generators (every non-evaluator model in the st
      right before and after it;
   F  the ganserve process's RSS after warm-up and after the load;
   G  the bare Python gRPC ceiling (bench/echo.py: same messages, prebuilt replies, no model) at n = 1 and
-     every concurrency, so the gap to in-process splits into what gRPC-in-Python costs and what ganserve adds.
+     every concurrency, so the gap to in-process splits into what gRPC-in-Python costs and what ganserve adds;
+     and the same in grpc-go (bench/goecho.py, n = 1 only, when `make gateway` has built it): the floor of
+     any server's network path on this machine, whatever it is written in.
 The load comes from a separate process (bench/load.py, Python) and, in the same rounds, from native C clients
 (bench/native.py: h2load for gRPC, wrk for HTTP; `--client`), whose own CPU use is reported, as is each server's.
 Every comparison is a ratio of contenders measured in the same run, in interleaved rounds (A B A B ...), so
@@ -304,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                 Ganserve(store, log=tmp / "grpc-echo.log", entry=("-m", "bench.echo")) as echo, \
                 (Ganserve(store, args=(*extra, *args.variant_args.split()), log=tmp / "ganserve-variant.log",
                           entry=("-m", "bench.variants", args.variant))
-                 if args.variant or args.variant_args else contextlib.nullcontext()) as variant:
+                 if args.variant or args.variant_args else contextlib.nullcontext()) as variant, \
+                contextlib.ExitStack() as stack:
+            goecho = start_optional(stack, Ganserve(store, log=tmp / "grpc-go-echo.log", entry=("-m", "bench.goecho")),
+                                    "the bare grpc-go floor (bench/goecho.py; `make gateway` builds it)")
             section_s["start_ganserve"] = round(time.monotonic() - t_servers, 1)
             if not args.no_torchserve:
                 t0 = time.monotonic()
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_server_sections(load, on, off, ts_server, models, primary, pdir, pman, rounds=rounds, dur=dur,
                                 stream_n=stream_n, quick=quick, variant=variant, out=results["servers"],
-                                checkpoint=checkpoint, echo=echo, clients=args.client)
+                                checkpoint=checkpoint, echo=echo, goecho=goecho, clients=args.client)
     finally:
         load.close()
         if ts_server is not None:
@@ -370,6 +375,15 @@ def same_samples(a: Ganserve, b: Ganserve, model: str, manifest: dict) -> bool:
     return replies[0] == replies[1]
 
 
+def start_optional(stack: contextlib.ExitStack, server: Ganserve, what: str) -> Ganserve | None:
+    """`server` started inside `stack`, or None (logged) when it cannot start: a contender the run can do without."""
+    try:
+        return stack.enter_context(server)
+    except Exception as e:  # noqa: BLE001 - reported; the other contenders are measured anyway
+        log(f"{what}: not measured ({type(e).__name__}: {e})")
+        return None
+
+
 def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
     from training.torchserve import export_mar
 
@@ -386,8 +400,10 @@ def start_torchserve(store: Path, primary: str, tmp: Path, args) -> TorchServe:
 def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe | None, models: dict, primary: str,
                         pdir: Path, pman: dict, *, rounds: int, dur: float, stream_n: int, quick: bool,
                         variant: Ganserve | None = None, out: dict | None = None, checkpoint=lambda: None,
-                        echo: Ganserve | None = None, clients: str = "python") -> dict:
-    """`echo`: bench/echo.py, the bare Python gRPC ceiling (prebuilt replies), measured next to ganserve.
+                        echo: Ganserve | None = None, goecho: Ganserve | None = None,
+                        clients: str = "python") -> dict:
+    """`echo`: bench/echo.py, the bare Python gRPC ceiling (prebuilt replies), measured next to ganserve;
+    `goecho`: bench/goecho.py, the same in grpc-go (n = 1 only): the floor of any server's network path.
     `clients`: "python", "native" (h2load) or "both"; every server contender runs under each chosen client in
     the same interleaved rounds, the native ones labelled with the suffix " [native]" (report.NATIVE)."""
     out = {} if out is None else out
@@ -452,6 +468,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders.append(("ganserve-variant", run(grpc_t(variant), n=n), variant))
         if echo is not None and n == 1:
             contenders.append(("grpc-echo", run(grpc_t(echo), n=n), echo))
+        if goecho is not None and n == 1:
+            contenders.append(("grpc-go-echo", run(grpc_t(goecho), n=n), goecho))
         out["latency"][n] = interleaved(load, clients_of(contenders), rounds)
     done("latency")
 
@@ -467,6 +485,8 @@ def run_server_sections(load: Load, on: Ganserve, off: Ganserve, ts: TorchServe 
             contenders.append(("ganserve-variant/on", run(grpc_t(variant), c=c), variant))
         if echo is not None:
             contenders.append(("grpc-echo", run(grpc_t(echo), c=c), echo))
+        if goecho is not None:
+            contenders.append(("grpc-go-echo", run(grpc_t(goecho), c=c), goecho))
         if c == 32:  # the in-process best, interleaved with the comparison that is judged against it
             contenders += [("inproc-b64/t1", run(inproc_t(1), n=64), None),
                            ("inproc-b64/t2", run(inproc_t(2), n=64), None),

@@ -41,6 +41,11 @@ def output_shapes(store: Path) -> dict[str, list[int]]:
     return shapes
 
 
+def prebuilt_reply(model: str, n: int, shape: list[int]) -> pb.SampleResponse:
+    """What the echo servers answer: n float32 zero samples of the model's output shape (ganserve's reply size)."""
+    return pb.SampleResponse(model=model, seed=1, samples=tensors.from_array(np.zeros((n, *shape), np.float32)))
+
+
 class Echo(pb_grpc.GeneratorServiceServicer):
     def __init__(self, shapes: dict[str, list[int]]):
         self.shapes = shapes
@@ -53,8 +58,7 @@ class Echo(pb_grpc.GeneratorServiceServicer):
         if reply is None:
             if model not in self.shapes:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no model {model!r}")
-            x = np.zeros((key[1], *self.shapes[model]), np.float32)
-            reply = pb.SampleResponse(model=model, seed=1, samples=tensors.from_array(x))
+            reply = prebuilt_reply(model, key[1], self.shapes[model])
             with self.lock:
                 self.replies[key] = reply
         return reply

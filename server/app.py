@@ -191,6 +191,7 @@ class App:
         return Batcher(model.ref, make_runner(model), max_batch=min(c.max_batch_samples, model.max_batch_size),
                        max_queue=c.max_queue_size, max_delay_s=c.max_queue_delay_ms / 1000,
                        queue_timeout_s=c.queue_timeout_ms / 1000, observe=self.telemetry.observe_batch,
+                       halve_s=c.batch_halve_ms / 1000,
                        runners=c.model_runners, inline_when_idle=c.inline_when_idle,
                        run_idle=make_runner(model, model.idle_session) if model.idle_session else None,
                        alone=lambda: self.pool.in_flight + (self.batches.in_flight if self.batches else 0) <= 1)

@@ -49,6 +49,10 @@ class Config:
     # dynamic batcher (Triton's knobs)
     max_batch_samples: int = field(default=256, metadata={"help": "largest batch run at once, in samples"})
     max_queue_delay_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests to batch"})
+    batch_halve_ms: float = field(default=1.0, metadata={
+        "help": "when the requests waiting for a model would take at least this long to run together, a batch "
+                "takes half of them, so the model computes one half while the other is answered and read (no "
+                "convoy of replies and requests); 0 = always take all. Not with a queue delay"})
     inline_when_idle: bool = field(default=True, metadata={
         "help": "a request that finds its model idle runs on its own thread (no hand-off to the batcher's); "
                 "requests arriving meanwhile are batched as usual. Off with a queue delay"})
@@ -99,6 +103,7 @@ class Config:
             (self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1"),
             (self.max_batch_samples >= 1, "max_batch_samples must be >= 1"),
             (self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0"),
+            (self.batch_halve_ms >= 0, "batch_halve_ms must be >= 0"),
             (self.max_queue_size >= 1, "max_queue_size must be >= 1"),
             (self.queue_timeout_ms > 0, "queue_timeout_ms must be > 0"),
             (min(self.max_samples, self.max_stream_samples, self.stream_chunk, self.max_stream_chunk,

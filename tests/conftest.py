@@ -14,8 +14,10 @@ The generator_grad graphs are written analytically for the linear+tanh generator
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,24 @@ if os.environ.get("GANSERVE_CI"):
 LATENT, CLASSES, SIDE = 8, 4, 8
 PIXELS = SIDE * SIDE
 F32 = TensorProto.FLOAT
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = {ROOT / "build" / "ganserve-gateway": ROOT / "gateway", ROOT / "build" / "ganserve-goecho": ROOT / "bench" / "goecho"}
+
+
+def native_binaries() -> list[Path]:
+    """The Go executables (the gateway, the benchmark's grpc-go echo), built with `make gateway` when Go and
+    grpc-go are installed and a binary is missing or older than its sources; else the calling test skips."""
+    go_ok = shutil.which("go") and Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir()
+    stale = [b for b, src in NATIVE.items()
+             if not b.exists() or any(b.stat().st_mtime < p.stat().st_mtime for p in src.glob("*.go"))]
+    if go_ok and stale:
+        subprocess.run(["make", "-s", "gateway"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    if not all(b.exists() for b in NATIVE):
+        pytest.skip("the gateway needs Go: apt-get install golang-go golang-google-grpc-dev "
+                    "golang-google-protobuf-dev golang-google-genproto-dev (README, 'Native front end')")
+    return list(NATIVE)
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:

@@ -165,26 +165,35 @@ def _lat(p50, p99, rate=0.0):
 def test_targets_judge_known_results():
     res = _result(
         latency={"1": {"inproc/t1": _lat(0.5, 0.9), "inproc/t2": _lat(0.6, 1.0), "ganserve": _lat(1.4, 9.0),
-                       "torchserve": _lat(5.0, 9.0)},
+                       "torchserve": _lat(5.0, 9.0), "grpc-go-echo": _lat(0.1, 0.2)},
                  "256": {"inproc/t1": _lat(100, 100, 2000.0), "inproc/t2": _lat(100, 100, 1900.0),
                          "ganserve": _lat(100, 100, 1700.0)}},
         throughput={"32": {"ganserve/on": _lat(10, 40, 1300.0), "ganserve/off": _lat(10, 40, 700.0),
                            "torchserve/off": _lat(10, 40, 400.0), "torchserve/on": _lat(10, 40, 900.0),
                            "inproc-b64/t1": _lat(1, 1, 2000.0), "grpc-echo": _lat(5, 20, 2600.0)}},
         batching_by_model={"g": {"on": _lat(1, 1, 1300.0), "off": _lat(1, 1, 700.0)}},
-        stream={"n": 10, "chunk": 4, "results": {"uint8": {"samples_per_s": 1850.0}},
+        stream={"n": 10, "chunk": 4, "results": {"uint8": {"samples_per_s": 2300.0}},
                 "ceiling_before": {"1": 2000.0}, "ceiling_after": {"1": 1900.0}})
     targets = report.targets(res)
-    got = {t["target"].removeprefix("[Python client] ").split(":")[0]: t for t in targets}
+    got = {t["target"].removeprefix("[Python client] ").split(":")[0]: t for t in targets
+           if "context:" not in t["target"]}
+    context = [t for t in targets if "context:" in t["target"]]
     assert got["n=256 request"]["met"] is False                      # 1700 / 2000 = 85% < 90%
     assert got["n=1, one client"]["met"] is True                     # +0.9 ms, p99 9 ms
     assert got["32 single-sample clients"]["met"] is True            # 1300 / 2000 = 65%, p99 40 ms
     assert got["batching on never worse than off (5% noise allowance)"]["met"] is True
     assert got["vs TorchServe, same loads"]["met"] is False         # 3.25x unbatched but 1.44x batched
     assert got["vs TorchServe"]["met"] is True                       # p50 1.4 / 5.0 = 0.28 <= 1/3
-    assert "batch job (SampleStream 10 samples, uint8) >= 90% of the in-process ceiling" in {
-        t["target"] for t in targets if t["met"] is True}
-    assert got["context"]["measured"] == "c=32: 1,300 vs 2,600/s = 50%" and got["context"]["met"] is None
+    stream = got["batch job (SampleStream 10 samples, uint8) >= 90% of the in-process ceiling"]
+    assert stream["met"] is True  # 2,300 against the best in-process rate anywhere (torch b64 2,500) = 92%
+    assert stream["measured"] == "2,300 vs 2,500 samples/s (section A best, torch-eager/t1 b64) = 92%"
+    res["servers"]["stream"]["results"]["uint8"]["samples_per_s"] = 2200.0  # 110% of the chunk-size figure
+    assert not next(t for t in report.targets(res) if t["target"].startswith("batch job"))["met"]  # 88% of 2,500
+    assert [t["measured"] for t in context] == [
+        "c=32: 1,300 vs 2,600/s = 50%",                          # ganserve against the bare Python gRPC server
+        "c=32: 1,440/s = 58%",                                   # max(3 x 400, 1.6 x 900) against 2,500/s (torch b64)
+        "0.10 + 0.50 = 0.60 ms against 1/3 of TorchServe's p50, 1.67 ms"]  # grpc-go floor + one sample in-process
+    assert all(t["met"] is None for t in context)  # context is information, never a verdict
     picks = got["engine choice for g"]["measured"]
     assert "b1: ORT 1,000 vs torch 400/s -> ORT" in picks and "b256: ORT 2,100 vs torch 900/s -> ORT" in picks
     assert not any(t["target"].startswith("[native client]") for t in targets)  # that client did not run
@@ -293,6 +302,35 @@ def test_echo_server_answers_with_the_model_output_shape(model_store):
         with pytest.raises(grpc.RpcError) as err:
             stub.Sample(pb.SampleRequest(model="nope", n=1), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_go_echo_server_answers_n1_with_the_model_output_shape_and_says_what_it_does_not_serve(model_store):
+    """bench/goecho.py: the bare grpc-go floor answers the real contract for n = 1 with real reply sizes."""
+    import grpc
+
+    from bench.goecho import BINARY
+    from bench.servers import Ganserve
+    from protos import tensors
+    from protos.ganserve.v1 import generator_pb2 as pb
+    from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+    from tests.conftest import native_binaries
+
+    assert BINARY in native_binaries()  # `make gateway` builds it with the gateway, or the test skips
+    with Ganserve(model_store, entry=("-m", "bench.goecho"), ready_timeout=60) as echo, \
+            grpc.insecure_channel(echo.address) as channel:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        reply = stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=4), timeout=10)
+        assert reply.model == "tiny-gan" and tensors.to_array(reply.samples).shape == (1, 1, 8, 8)
+        reply = stub.SampleConditional(pb.SampleConditionalRequest(model="tiny-gan@1"), timeout=10)
+        assert tensors.to_array(reply.samples).shape == (1, 1, 8, 8)
+        for request, code in ((pb.SampleRequest(model="nope", n=1), grpc.StatusCode.NOT_FOUND),
+                              (pb.SampleRequest(model="tiny-gan", n=2), grpc.StatusCode.UNIMPLEMENTED)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Sample(request, timeout=10)
+            assert err.value.code() == code
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_batcher_runs_a_large_batch_in_parallel_parts_and_keeps_row_order():

@@ -9,7 +9,6 @@ through either front end, whatever the batching. Tests that need the gateway exe
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -32,23 +31,11 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.config import Config
 from server.gateway_backend import GatewayBackend
 from server.service import GeneratorService
-from tests.conftest import free_port, sigterm_during_slow_stream
+from tests.conftest import free_port, native_binaries, sigterm_during_slow_stream
 from tests.test_server_workers import _serving, _start
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "build" / "ganserve-gateway"
-
-
-def _gateway_binary() -> Path:
-    """build/ganserve-gateway, built here when Go and grpc-go are installed; else the test skips."""
-    go_ok = shutil.which("go") and Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir()
-    if go_ok and not (BINARY.exists() and all(BINARY.stat().st_mtime >= p.stat().st_mtime
-                                              for p in (ROOT / "gateway").glob("*.go"))):
-        subprocess.run(["make", "-s", "gateway"], cwd=ROOT, check=True, capture_output=True, timeout=600)
-    if not BINARY.exists():
-        pytest.skip("the gateway needs Go: apt-get install golang-go golang-google-grpc-dev "
-                    "golang-google-protobuf-dev golang-google-genproto-dev (README, 'Native front end')")
-    return BINARY
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def native(model_store):
     """A native front end over the tiny store, in this process (the gateway is its child)."""
     from server.frontend import NativeFrontend
 
-    _gateway_binary()
+    native_binaries()
     front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=0,
                                   reload_interval_s=0, drain_s=5)).start()
     yield front
@@ -235,7 +222,7 @@ def test_health_is_relayed(native):
 def test_bearer_token_is_required_on_batched_and_relayed_calls(model_store):
     from server.frontend import NativeFrontend
 
-    _gateway_binary()
+    native_binaries()
     front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1,
                                   reload_interval_s=0, auth_token="s3cret")).start()
     try:
@@ -261,7 +248,7 @@ def test_tls_and_client_certificates_at_the_gateway(model_store, tmp_path):
     from server.frontend import NativeFrontend
     from tests.test_server_reliability import _certificates
 
-    _gateway_binary()
+    native_binaries()
     c = _certificates(tmp_path)
     front = NativeFrontend(Config(address="localhost:0", store=str(model_store), metrics_port=-1, reload_interval_s=0,
                                   tls_cert=str(c["server_cert"]), tls_key=str(c["server_key"]),
@@ -286,7 +273,7 @@ def test_a_full_queue_is_refused_resource_exhausted_at_once(model_store):
     rest are answered."""
     from server.frontend import NativeFrontend
 
-    _gateway_binary()
+    native_binaries()
     front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1, reload_interval_s=0,
                                   max_concurrent_rpcs=2, gateway_inflight=1, gateway_max_batch=1)).start()
     try:
@@ -311,7 +298,7 @@ def test_a_reply_over_max_message_bytes_is_resource_exhausted_as_without_the_gat
     from server.frontend import NativeFrontend
     from tests.conftest import start_server
 
-    _gateway_binary()
+    native_binaries()
     small = dict(metrics_port=-1, reload_interval_s=0, max_message_bytes=4096)
     direct = start_server(model_store, **small)
     front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), **small)).start()
@@ -332,7 +319,7 @@ def test_a_call_that_waited_past_the_queue_timeout_is_refused(model_store, monke
     calls that waited more than 100 ms in the gateway's queue get RESOURCE_EXHAUSTED saying so."""
     from server.frontend import NativeFrontend
 
-    _gateway_binary()
+    native_binaries()
     front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1, reload_interval_s=0,
                                   queue_timeout_ms=100, gateway_inflight=1, gateway_max_batch=1)).start()
     handle = front.app.batches.backend.handle
@@ -368,7 +355,7 @@ def _start_cli(store: Path, port: int, *extra: str) -> subprocess.Popen:
 def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
     import psutil
 
-    _gateway_binary()
+    native_binaries()
     port = free_port()
     proc = _start_cli(model_store, port)
     try:
@@ -395,7 +382,7 @@ def test_cli_restarts_a_dead_gateway_and_sigterm_drains_a_stream(model_store):
 def test_the_gateway_does_not_outlive_a_killed_server(model_store):
     import psutil
 
-    _gateway_binary()
+    native_binaries()
     port = free_port()
     proc = _start_cli(model_store, port)
     try:
@@ -414,7 +401,7 @@ def test_the_gateway_does_not_outlive_a_killed_server(model_store):
 def test_a_busy_metrics_port_costs_the_gateway_its_metrics_not_its_service(model_store):
     from server.frontend import NativeFrontend
 
-    _gateway_binary()
+    native_binaries()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -435,7 +422,7 @@ def test_cli_without_the_gateway_executable_says_how_to_build_it(model_store, tm
 
 
 def test_cli_with_a_busy_address_exits_1_with_the_reason(model_store):
-    _gateway_binary()
+    native_binaries()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -645,3 +645,45 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(model_store):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("halve_s, want", [(0.001, [1, 3, 2, 1]),   # 6 waiting x >= 2 ms each: half, then half
+                                           (30.0, [1, 6]),          # the waiting rows would take < 30 s: all
+                                           (0.0, [1, 6])])          # off: all
+def test_batcher_takes_half_of_a_queue_that_would_run_long(halve_s, want):
+    """halve_s: when the waiting requests would take at least halve_s to run together (rows x the measured
+    seconds per row), a batch takes half of them (rounded up), so their replies and the clients' next requests
+    overlap the model's run instead of waiting for all of it; every request still gets its own rows."""
+    gate = _Gate()
+
+    def run(feeds):
+        out = gate(feeds)
+        time.sleep(0.002 * len(out))  # a model of 2 ms per row
+        return out
+
+    b = Batcher("m", run, max_batch=64, max_queue=8, max_delay_s=0, queue_timeout_s=10, halve_s=halve_s)
+    try:
+        first = b.submit(_feeds(1))
+        _wait(lambda: b.depth() == 0, what="the worker to take the first request")
+        queued = [b.submit(_feeds(1, v)) for v in range(6)]
+        gate.release.set()
+        assert first.result(5)[0, 0] == 2.0 and [q.result(5)[0, 0] for q in queued] == [0, 2, 4, 6, 8, 10]
+        assert gate.calls == want
+    finally:
+        gate.release.set()
+        b.close()
+
+
+def test_batcher_with_a_queue_delay_takes_all():
+    """A queue delay asks for large batches: halving would only make the rest wait another delay."""
+    gate = _Gate()
+    b = Batcher("m", gate, max_batch=64, max_queue=8, max_delay_s=0.001, queue_timeout_s=10, halve_s=1e-9)
+    try:
+        b.submit(_feeds(1))
+        _wait(lambda: b.depth() == 0, what="the worker to take the first request")
+        queued = [b.submit(_feeds(1, v)) for v in range(4)]
+        gate.release.set()
+        assert [q.result(5)[0, 0] for q in queued] == [0, 2, 4, 6] and gate.calls == [1, 4]
+    finally:
+        gate.release.set()
+        b.close()
