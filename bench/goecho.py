@@ -50,5 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     # once it has read it.
     os.execv(BINARY, [str(BINARY), "-listen", args.address, "-replies", name, "-remove-replies"])
 
+
 if __name__ == "__main__":
     main()

@@ -71,10 +71,10 @@ def targets(res: dict) -> list[dict]:
     for sfx, who in CLIENTS:
         _client_targets(res, sfx, who, add)
     st = srv.get("stream", {})
+    ceil, where = stream_ceiling(res) if st.get("results") else (0.0, "")
     for enc, r in st.get("results", {}).items():
         if "samples_per_s" not in r:
             continue
-        ceil, where = stream_ceiling(res)
         add(f"batch job (SampleStream {st['n']:,} samples, {enc}) >= 90% of the in-process ceiling",
             f"{r['samples_per_s']:,.0f} vs {ceil:,.0f} samples/s ({where}) = {r['samples_per_s'] / ceil:.0%}",
             r["samples_per_s"] >= 0.9 * ceil)
@@ -163,8 +163,8 @@ def _client_targets(res: dict, sfx: str, who: str, add) -> None:
                 ok = ok and g >= 3 * a and g >= 1.6 * b
             add(f"[{who}] vs TorchServe, same loads: >= 3x its unbatched, >= 1.6x its batched throughput{note}",
                 "; ".join(parts), ok)
-        ceiling, eng, b = inprocess_best(prim)
-        ceiling = max([ceiling] + [v.get("samples_per_s", 0) for k, v in c32.items() if k.startswith("inproc-b64/")])
+        ceiling = max([inprocess_best(prim)[0]]
+                      + [v.get("samples_per_s", 0) for k, v in c32.items() if k.startswith("inproc-b64/")])
         asks = []
         for c, r in ts_rows:
             need = max(3 * r[ts_off]["samples_per_s"], 1.6 * r.get(ts_on, {}).get("samples_per_s", 0))
@@ -286,8 +286,8 @@ def render(res: dict) -> str:
              "[native] off/s", "[native] on/s", "[native] on/off"], rows))
         st = srv.get("stream", {})
         rows = []
+        ceil, where = stream_ceiling(res) if st.get("results") else (0.0, "")
         for enc, r in st.get("results", {}).items():
-            ceil, where = stream_ceiling(res)
             rows.append([enc, _f(r.get("samples_per_s")), _f(ceil),
                          f"{r['samples_per_s'] / ceil:.0%}" if "samples_per_s" in r else r.get("error", ""),
                          f"{r.get('wall_s', 0):.0f}", _f(r.get("load_cpu_cores"), "{:.2f}"),

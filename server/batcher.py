@@ -34,15 +34,16 @@ but not for ONNX Runtime's intra-op threads (gan-mnist: 0.30 ms against 0.46). W
 second core is busy with their gRPC work, and the 2-thread run cost 6-14% of throughput at 8 clients (measured),
 so it runs on one thread. Larger inline requests keep the split across runners.
 
-Half the queue when a batch is long (`halve_s`, 1 ms in the server, 0 = off): when the interactive requests waiting would take at least
-`halve_s` of model time together (rows x a running mean of seconds per row), a batch takes half of them (rounded
-up). Taking them all makes a convoy: every waiting request is held until the whole batch has run, the replies
-leave in one burst and the clients' next requests come back in one burst, so the per-request Python work (one
-core, under the GIL) and the model (the other core) take turns instead of overlapping. With half, one half runs
-while Python answers and reads the other. Measured with h2load, gan-mnist, paired rounds: at 8 clients taking
-all was 5-9% below batching off (the shortfall every bench run showed), taking half 0-2% above it; at 32 and 64
-clients taking half was +3% over taking all. A cheap model (2-D toys: ~0.01 ms per row) never reaches `halve_s`
-and is batched whole, which measured 2-3% better for it.
+Half the queue when a batch is long (`halve_s`; 1 ms in the server, 0 = off): when the interactive requests
+waiting would take at least `halve_s` of model time together (rows x a running mean of seconds per row), a batch
+takes half of them (rounded up). Taking them all makes a convoy: every waiting request is held until the whole
+batch has run, the replies leave in one burst and the clients' next requests come back in one burst, so the
+per-request Python work (one core, under the GIL) and the model (the other core) take turns instead of
+overlapping. With half, one half runs while Python answers and reads the other. Measured with h2load, gan-mnist,
+paired rounds: at 8 clients taking all was 5-9% below batching off (the shortfall every bench run showed), taking
+half within 2% of it; at 32 and 64 clients taking half was +3% over taking all. A cheap model (2-D toys: ~0.01 ms
+per row) never reaches `halve_s` and is batched whole, which measured 2-3% better for it. Not with a queue delay,
+which asks for large batches.
 
 Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
 sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
@@ -209,7 +210,7 @@ class Batcher:
                 rows = batch[0].rows
             self._bulk_went_first = bool(batch)
             limit = self.max_batch
-            if not batch and self.halve_s > 0 and self.max_delay_s == 0:  # a configured delay asks for big batches
+            if not batch and self.halve_s > 0 and self.max_delay_s == 0:
                 waiting = sum(i.rows for i in self._queue)
                 if waiting > 1 and waiting * self._batch_row_s >= self.halve_s:
                     limit = min(limit, -(-waiting // 2))  # half of them, rounded up (module docstring)

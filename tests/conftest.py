@@ -44,7 +44,8 @@ F32 = TensorProto.FLOAT
 
 
 ROOT = Path(__file__).resolve().parent.parent
-NATIVE = {ROOT / "build" / "ganserve-gateway": ROOT / "gateway", ROOT / "build" / "ganserve-goecho": ROOT / "bench" / "goecho"}
+NATIVE = {ROOT / "build" / "ganserve-gateway": ROOT / "gateway",  # binary -> its Go sources
+          ROOT / "build" / "ganserve-goecho": ROOT / "bench" / "goecho"}
 
 
 def native_binaries() -> list[Path]:

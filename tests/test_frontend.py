@@ -205,7 +205,9 @@ def test_the_gateway_counts_what_only_it_sees(native):
 def test_a_passed_deadline_is_answered_deadline_exceeded_and_the_server_goes_on(native):
     stub = _stub(f"127.0.0.1:{native.port}")
     with pytest.raises(grpc.RpcError) as err:
-        stub.Sample(pb.SampleRequest(model="tiny-gan", n=1024, seed=1), timeout=0.0005)
+        # 1,024 PNGs take tens of ms to encode: the reply cannot beat the deadline (1,024 float samples of the
+        # tiny model could, on a warm machine: the test then saw no error)
+        stub.Sample(pb.SampleRequest(model="tiny-gan", n=1024, seed=1, encoding=pb.ENCODING_PNG), timeout=0.0005)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=10).model
 

@@ -26,6 +26,7 @@ def test_flag_beats_env_beats_default(tmp_path):
     (["--providers", "tpu"], {}),
     (["--max-batch-samples", "0"], {}),
     (["--idle-threads", "0"], {}),
+    (["--batch-halve-ms", "-1"], {}),
     (["--tls-cert", "only-a-cert.pem"], {}),
     ([], {"GANSERVE_MAX_SAMPLES": "many"}),
 ])
