@@ -84,7 +84,9 @@ class _Base:
     def _retry_pause(self, err: grpc.RpcError, attempt: int, deadline: float) -> tuple[float, GanserveError]:
         """(seconds to wait before the next attempt, or -1 to give up; the typed error)."""
         typed = from_rpc_error(err)
-        pause = self._s.backoff(attempt)
-        if err.code() not in RETRYABLE or attempt >= self._s.retries or time.monotonic() + pause >= deadline:
+        left = deadline - time.monotonic()
+        if err.code() not in RETRYABLE or attempt >= self._s.retries or left <= C.MIN_ATTEMPT_S:
             return -1.0, typed
-        return pause, typed
+        # A jittered pause that would cross the deadline is cut to half the time left, so the call keeps trying
+        # until its deadline instead of giving up early on an unlucky draw.
+        return min(self._s.backoff(attempt), left / 2), typed

@@ -7,5 +7,6 @@ DEFAULT_TIMEOUT_S = 60.0               # per call, including retries
 DEFAULT_RETRIES = 3                    # extra attempts on UNAVAILABLE / RESOURCE_EXHAUSTED
 BACKOFF_INITIAL_S = 0.05               # first retry waits up to this (full jitter), doubling each time
 BACKOFF_MAX_S = 2.0
+MIN_ATTEMPT_S = 0.02                   # no retry with less of the deadline left than this
 MAX_MESSAGE_BYTES = 64 << 20           # matches the server's default limit
 REFERENCES = ("mnist-test", "mnist-train", "mnist-valid", "ring8", "grid25")

@@ -132,6 +132,21 @@ def test_unavailable_is_retried_within_the_deadline_then_raised():
     c.close()
 
 
+def test_an_unlucky_backoff_draw_does_not_end_the_retries_before_the_deadline(monkeypatch):
+    """Full jitter can draw a pause past the deadline; the client then waits half the time left and tries
+    again instead of giving up with most of its deadline unused (CI saw a 1 s call give up after 0.24 s)."""
+    from sdk import _base
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(_base.random, "uniform", lambda lo, hi: hi)  # always the longest pause
+    c = Client(f"127.0.0.1:{free_port()}", timeout=1.0, retries=50)
+    t0 = time.monotonic()
+    with pytest.raises((UnavailableError, DeadlineExceededError)):
+        c.list_models()
+    assert 0.9 < time.monotonic() - t0 < 2.0
+    c.close()
+
+
 def test_retry_succeeds_when_the_server_comes_up(model_store):
     from tests.conftest import free_port
 
