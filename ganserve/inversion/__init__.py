@@ -1,0 +1,1 @@
+"""Invert without torch: the gradient graph derived from generator.onnx and the optimisation runtime."""
