@@ -15,7 +15,7 @@ import sdk
 from protos import latents as latent_fn
 from sdk import (AsyncClient, Client, DeadlineExceededError, FailedPreconditionError, GanserveError, InternalError,
                  InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError)
-from sdk import _errors
+from sdk import _errors, _types
 from tests.conftest import CLASSES, LATENT, reference_generator, start_server
 
 
@@ -57,6 +57,17 @@ def test_sample_and_result(client):
     assert client.sample(3, seed=1, model="tiny-gan", encoding="uint8").dtype == np.uint8
     pngs = client.sample(2, seed=1, model="tiny-gan", encoding="png")
     assert isinstance(pngs, list) and pngs[0][:4] == b"\x89PNG"
+
+
+def test_label_zero_round_trips(client):
+    """label=0 is a class, not "no label": it selects SampleConditional with labels [0] (issue 24's mutant
+    `if label:` sent an unconditional Sample to the default model instead)."""
+    method, req = _types.sample_request(2, 0, None, None, 3, None, 0.0, None, "float32", True)
+    assert method == "SampleConditional" and list(req.labels) == [0]
+    r = client.sample_result(2, label=0, seed=3)
+    assert r.model == "tiny-cgan@1"
+    np.testing.assert_array_equal(r.conditions, np.eye(CLASSES, dtype=np.float32)[[0, 0]])
+    np.testing.assert_allclose(r.images, reference_generator(latent_fn.latents(3, 2, LATENT), r.conditions), atol=2e-6)
 
 
 def test_stream_equals_sample(client):
@@ -102,18 +113,45 @@ def test_exceptions_from_statuses(client, call, exc, field):
     assert isinstance(err.value.__cause__, grpc.RpcError)  # raised `from` the grpc error
 
 
-def test_every_status_maps_to_one_exception():
-    expected = {grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError, grpc.StatusCode.NOT_FOUND: NotFoundError,
-                grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-                grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-                grpc.StatusCode.UNAVAILABLE: UnavailableError,
-                grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError, grpc.StatusCode.INTERNAL: InternalError,
-                grpc.StatusCode.UNAUTHENTICATED: sdk.AuthenticationError, grpc.StatusCode.CANCELLED: sdk.CancelledError}
-    for code, cls in expected.items():
+# The whole table, written out: every grpc.StatusCode and the one exception class it raises (issue 24's mutants:
+# PERMISSION_DENIED -> InternalError, OUT_OF_RANGE unmapped).
+STATUS_TABLE = {
+    grpc.StatusCode.OK: GanserveError,  # never raised for a failed call; the base class if it ever were
+    grpc.StatusCode.CANCELLED: sdk.CancelledError,
+    grpc.StatusCode.UNKNOWN: InternalError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: GanserveError,
+    grpc.StatusCode.PERMISSION_DENIED: sdk.AuthenticationError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: InternalError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.UNIMPLEMENTED: InternalError,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DATA_LOSS: InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: sdk.AuthenticationError,
+}
+
+
+def test_status_to_exception_table_is_complete_and_exact():
+    assert set(STATUS_TABLE) == set(grpc.StatusCode)  # a new grpc code fails here until it is placed
+    for code, cls in STATUS_TABLE.items():
         err = _errors.from_status(code, "x")
-        assert type(err) is cls and err.code == code
+        assert type(err) is cls and err.code == code and err.details == "x", code
     assert isinstance(_errors.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, ""), TimeoutError)
     assert isinstance(_errors.from_status(grpc.StatusCode.INVALID_ARGUMENT, ""), ValueError)
+    assert isinstance(_errors.from_status(grpc.StatusCode.OUT_OF_RANGE, ""), ValueError)
+    assert isinstance(_errors.from_status(grpc.StatusCode.NOT_FOUND, ""), LookupError)
+    assert isinstance(_errors.from_status(grpc.StatusCode.UNAVAILABLE, ""), ConnectionError)
+
+
+def test_retryable_set_is_exactly_unavailable_and_resource_exhausted():
+    """Only these two are retried: every call is idempotent (the seed travels in the request), and nothing else
+    is transient (INTERNAL retried would repeat a server bug up to the deadline)."""
+    assert set(_errors.RETRYABLE) == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def test_unavailable_is_retried_within_the_deadline_then_raised():
