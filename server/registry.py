@@ -3,9 +3,10 @@
 A scan (at start-up, then every `reload_interval_s`) looks at model_store/<name>/<version>/ folders:
 1. skips hidden folders (an interrupted publish leaves `.tmp-*`) and non-numeric names;
 2. for a version not yet loaded: reads and validates the manifest (server.manifest), verifies every file's
-   sha256, opens one ONNX Runtime session per graph and checks the manifest's inputs/outputs (names, dtypes,
-   dims without the batch axis) against the session's own; any failure skips the version with a logged
-   reason and leaves what is served untouched (the failure is not retried until the folder changes);
+   sha256, opens one ONNX Runtime session per graph and runs server.load_check (names, dtypes, dims, a dynamic
+   batch axis, a probe at several batch sizes with finite outputs in the declared range); any failure at all
+   marks that version UNAVAILABLE with a one-line reason (logged, shown by GetModel/ListModels and in
+   NOT_FOUND) and leaves everything else untouched (not retried until the folder changes);
 3. a version whose folder disappeared is dropped from the table: requests already holding it finish on its
    sessions (they stay in memory until the last reference goes), later ones see NOT_FOUND or the
    remaining versions.
@@ -29,10 +30,10 @@ from server import manifest as mf
 from server.batcher import Batcher
 from server.config import Config
 from server.errors import InvalidArgument, NotFound, Unavailable
+from server.load_check import check_session, probe
 
 log = logging.getLogger("ganserve.registry")
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
 CONDITIONAL_KINDS = ("cgan", "latent-constraint")
 
 
@@ -69,6 +70,25 @@ def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
     if not version.isdigit() or not version.isascii() or len(version) > 9 or int(version) < 1:
         raise InvalidArgument(f"version must be a positive integer, got {version[:20]!r}", field_name)
     return name, int(version)
+
+
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+
+
+@dataclass(frozen=True, order=True)
+class VersionState:
+    """A version of the store as the repository index shows it: its state and, unless READY, why."""
+
+    name: str
+    version: int
+    state: str
+    reason: str = ""
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying why a version could not be loaded (ManifestError messages already are)."""
+    text = (str(e).strip().splitlines() or [""])[0][:400]
+    return text if isinstance(e, mf.ManifestError) else f"{type(e).__name__}: {text}".rstrip(": ")
 
 
 @dataclass
@@ -152,48 +172,6 @@ class LoadedModel:
         return self._inverter
 
 
-def _check_session(role: str, graph: dict[str, Any], session) -> None:
-    """The manifest's inputs/outputs must be exactly the session's (names, order, dtype, non-batch dims)."""
-    for what, specs, actual in (("inputs", graph["inputs"], session.get_inputs()),
-                                ("outputs", graph["outputs"], session.get_outputs())):
-        names = [a.name for a in actual]
-        wanted = [s["name"] for s in specs]
-        if what == "outputs":  # a graph may have extra outputs the manifest does not use
-            if not set(wanted) <= set(names):
-                raise mf.ManifestError(f"graphs.{role}.outputs {wanted} not all in the ONNX graph's {names}")
-        elif wanted != names:
-            raise mf.ManifestError(f"graphs.{role}.inputs {wanted} != the ONNX graph's inputs {names}")
-        by_name = {a.name: a for a in actual}
-        for s in specs:
-            a = by_name[s["name"]]
-            dtype = _ORT_DTYPES.get(a.type, a.type)
-            if dtype != s["dtype"]:
-                raise mf.ManifestError(f"graphs.{role}.{what} {s['name']}: manifest dtype {s['dtype']}, graph {dtype}")
-            if what == "outputs" and (not a.shape or len(a.shape) != len(s["dims"]) + 1):
-                continue  # rank unknown to shape inference: the probe run in _probe checks the real shape
-            dims = list(a.shape[1:])
-            if len(dims) != len(s["dims"]) or any(isinstance(d, int) and d != w for d, w in zip(dims, s["dims"])):
-                raise mf.ManifestError(f"graphs.{role}.{what} {s['name']}: manifest dims {s['dims']}, "
-                                       f"graph {a.shape} (batch axis first)")
-
-
-def _probe(manifest: dict[str, Any], sessions: dict[str, Any]) -> None:
-    """Run the main graph once on a zero batch of 2: its outputs must have the shapes the manifest says."""
-    import numpy as np
-
-    role = "classifier" if manifest["kind"] == "evaluator" else "generator"
-    graph = manifest["graphs"][role]
-    feeds = {s["name"]: np.zeros((2, *s["dims"]), s["dtype"]) for s in graph["inputs"]}
-    names = [s["name"] for s in graph["outputs"]]
-    for spec, out in zip(graph["outputs"], sessions[role].run(names, feeds)):
-        if tuple(out.shape) != (2, *spec["dims"]):
-            raise mf.ManifestError(f"graphs.{role}.outputs {spec['name']}: manifest dims {spec['dims']}, the graph "
-                                   f"returned {list(out.shape[1:])}")
-    if role == "generator" and tuple(graph["outputs"][0]["dims"]) != tuple(manifest["output"]["shape"]):
-        raise mf.ManifestError(f"output.shape {manifest['output']['shape']} != graphs.generator.outputs[0].dims "
-                               f"{graph['outputs'][0]['dims']}")
-
-
 def _signature(folder: Path) -> tuple:
     st = (folder / "manifest.json").stat() if (folder / "manifest.json").exists() else None
     return (folder.stat().st_ino, st.st_mtime_ns if st else 0, st.st_size if st else 0)
@@ -209,7 +187,8 @@ class Registry:
         self._make_batcher = make_batcher
         self._on_change = on_change or (lambda models: None)
         self._table: dict[str, dict[int, LoadedModel]] = {}
-        self._failed: dict[Path, tuple] = {}
+        self._failed: dict[Path, tuple[tuple, VersionState]] = {}  # folder -> (signature, why it failed)
+        self._states: dict[tuple[str, int], VersionState] = {}
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -254,8 +233,8 @@ class Registry:
                 sessions[role] = self._session(model)
             except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
                 raise mf.ManifestError(f"{where}: ONNX Runtime cannot load it ({e})") from e
-            _check_session(role, graph, sessions[role])
-        _probe(manifest, sessions)
+            check_session(role, graph, sessions[role])
+        probe(manifest, sessions)
         model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)
         if "generator" in sessions and self._make_batcher is not None:
             model.idle_session = self._idle_session(graphs["generator"])
@@ -267,6 +246,7 @@ class Registry:
         with self._scan_lock:
             old = self._table
             new: dict[str, dict[int, LoadedModel]] = {}
+            states: dict[tuple[str, int], VersionState] = {}  # the versions that are not served, and why
             found: set[Path] = set()
             try:
                 names = sorted(os.listdir(self.store)) if self.store.is_dir() else []
@@ -294,13 +274,18 @@ class Registry:
                     if current is not None and current.signature == sig:
                         new.setdefault(name, {})[int(v)] = current
                         continue
-                    if self._failed.get(folder) == sig:
+                    failed = self._failed.get(folder)
+                    if failed is not None and failed[0] == sig:
+                        states[(name, int(v))] = failed[1]
                         continue
                     try:
                         model = self._load(folder, sig)
-                    except (mf.ManifestError, OSError, KeyError, TypeError, ValueError) as e:
-                        self._failed[folder] = sig
-                        log.error("skipping %s@%s: %s", name, v, e)
+                    except Exception as e:  # noqa: BLE001 - whatever fails, only this version is skipped
+                        reason = _reason(e)
+                        self._failed[folder] = (sig, VersionState(name, int(v), UNAVAILABLE, reason))
+                        states[(name, int(v))] = self._failed[folder][1]
+                        log.error("skipping %s@%s: %s", name, v, reason,
+                                  exc_info=not isinstance(e, (mf.ManifestError, OSError)))
                         if current is not None:  # keep serving what was loaded before
                             new.setdefault(name, {})[int(v)] = current
                         continue
@@ -318,7 +303,7 @@ class Registry:
                             model.batcher.close()
             self._failed = {k: s for k, s in self._failed.items() if k in found}
             changed = {(n, v) for n, vs in new.items() for v in vs} != {(n, v) for n, vs in old.items() for v in vs}
-            self._table = new
+            self._table, self._states = new, states
             self.ready = True
             if changed or old is not new:
                 self._on_change(self.models(all_versions=True))
@@ -356,6 +341,12 @@ class Registry:
     def versions(self, name: str) -> list[int]:
         return sorted(self._table.get(name, {}))
 
+    def states(self) -> list[VersionState]:
+        """Every version in the store with its state: READY (served) or UNAVAILABLE with the reason."""
+        table, skipped = self._table, self._states
+        ready = [VersionState(n, v, READY) for n, vs in table.items() for v in vs]
+        return sorted([*ready, *(st for key, st in skipped.items() if key[0] not in table or key[1] not in table[key[0]])])
+
     def _check_ready(self) -> None:
         if not self.ready:
             raise Unavailable("the server is still loading its models; retry shortly")
@@ -364,7 +355,14 @@ class Registry:
         name, version = parse_ref(ref, field_name)
         self._check_ready()
         versions = self._table.get(name)
+        if version is not None and (versions or {}).get(version) is None and (name, version) in self._states:
+            st = self._states[(name, version)]
+            raise NotFound(f"{name}@{version} is {st.state}: {st.reason}", field_name)
         if not versions:
+            skipped = sorted(st for key, st in self._states.items() if key[0] == name)
+            if skipped:
+                raise NotFound(f"no version of {name!r} can be served: "
+                               + "; ".join(f"@{st.version} {st.state}: {st.reason}" for st in skipped), field_name)
             raise NotFound(f"no model named {name!r} is served", field_name)
         if version is None:
             return versions[max(versions)]
