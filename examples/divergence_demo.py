@@ -1,11 +1,11 @@
-"""The theory behind GAN objectives, reproduced with the project's estimators (training.metrics).
+"""The theory behind GAN objectives, reproduced with the project's estimators (ganserve.metrics).
 
 1. Two 1-D blobs moving apart: JS saturates at log 2 once they stop overlapping (the original GAN's
    vanishing signal), while W1 keeps growing with the distance (WGAN's argument).
 2. A bimodal P against a unimodal Q placed on one mode or between the modes: KL(P||Q) prefers "between"
    (it punishes missing real modes), KL(Q||P) prefers "on one mode" (it punishes inventing mass where P has none).
 
-Every number comes from `training.metrics.estimate` (samples or known densities), next to the closed form
+Every number comes from `ganserve.metrics.estimate` (samples or known densities), next to the closed form
 where there is one. Prints two tables, writes docs/divergence_demo.png and docs/divergence_demo.json.
 
     python examples/divergence_demo.py [--out docs] [--n 10000] [--seed 0]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.metrics import Gaussian, estimate
+from ganserve.metrics import Gaussian, estimate
 
 LOG2 = math.log(2)
 

@@ -1,5 +1,5 @@
 """EvaluateDivergence: turn P and Q (uploaded samples, named references, or models) into what each metric
-needs, then call training/metrics.py (the one implementation of every estimator; no estimator lives here).
+needs, then call ganserve.metrics (the one implementation of every estimator; no estimator lives here).
 
 What a side becomes, by metric input:
     histogram  class counts: images -> the evaluator's predicted classes; INT64 [N] uploads are class labels;
@@ -10,7 +10,7 @@ What a side becomes, by metric input:
     critic     scores of the critic/discriminator shipped with a model side, on both sides' samples; the
                manifest's critic graph says what it estimates ("js": a GAN discriminator, for js_critic;
                "wasserstein": a WGAN critic, for w1_critic), and a metric that does not match it is refused
-The default metric set follows the data kind (training.metrics.DATA_KINDS) plus the critic-based estimate of
+The default metric set follows the data kind (ganserve.metrics.DATA_KINDS) plus the critic-based estimate of
 each model side that ships a critic. Histogram metrics end their note with the two histograms they were
 computed on, "histograms: P [c0, c1, ...]; Q [c0, c1, ...]" (counts; `python -m sdk evaluate --plot` draws them).
 Model and reference sides draw with the request's seed for P and seed + 1 for Q, so a model against itself
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ganserve import metrics
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine, validate
 from server.config import Config
@@ -223,7 +224,6 @@ def _default_kind(p: Side, q: Side, registry: Registry) -> str:
 
 
 def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Config, call: Call, *, sample) -> Outcome:
-    from training import metrics  # torch-free; imported on first use to keep server start-up light
     n = request.n or cfg.default_eval_n
     require(n <= cfg.max_eval_n, "n", f"must be at most {cfg.max_eval_n} (the server's limit), got {n}")
     require(request.bootstrap <= cfg.max_bootstrap, "bootstrap",

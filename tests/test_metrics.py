@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from training import metrics as M
+from ganserve import metrics as M
 from training.data import grid25, load_mnist, ring8
-from training.metrics import Estimate, Gaussian, MetricError, estimate
+from ganserve.metrics import Estimate, Gaussian, MetricError, estimate
 
 LOG2, LOG8, LOG10 = math.log(2), math.log(8), math.log(10)
 
@@ -467,7 +467,7 @@ def test_every_metric_is_documented_and_estimates_are_never_nan():
 
 
 def test_metrics_never_import_torch():
-    code = ("import sys, numpy as np; from training import metrics as M; "
+    code = ("import sys, numpy as np; from ganserve import metrics as M; "
             "x = np.random.default_rng(0).standard_normal((50, 2)); "
             "[M.estimate(m, x, x + 1) for m in ('w1_exact', 'sliced_w', 'knn_kl_pq', 'frechet')]; "
             "print('torch' in sys.modules, 'onnxruntime' in sys.modules)")

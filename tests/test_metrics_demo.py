@@ -39,7 +39,7 @@ def test_demo_js_saturates_w1_grows_and_kls_disagree(tmp_path, capsys):
 
 def test_docs_metrics_table_is_the_registry():
     """docs/divergence_evaluation.md carries metrics_table_markdown() verbatim (regenerate it when a metric changes)."""
-    from training.metrics import metrics_table_markdown
+    from ganserve.metrics import metrics_table_markdown
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "divergence_evaluation.md").read_text()
     assert metrics_table_markdown() in doc

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from training.metrics import METRICS as METRIC_NAMES
+from ganserve.metrics import METRICS as METRIC_NAMES
 
 IA, NF, FP, RE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
                   grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -3,7 +3,7 @@
     python -m training.evaluate all --docs docs/models   # every model: metrics, issue-3 bars, README table
 
 Samples the model's generator.onnx with onnxruntime (latents from protos.latents, seed 0), classifies images
-with the mnist-evaluator's ONNX graph, and computes with training.metrics (torch-free):
+with the mnist-evaluator's ONNX graph, and computes with ganserve.metrics (torch-free):
   images (MNIST), against the MNIST test split (10k):
     classes_covered, kl_uniform = KL(class histogram || uniform), class_hist,
     conditional models: conditional_accuracy (overall, per class) with labels 0..9 cycled,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import metrics as M
+from ganserve import metrics as M
 
 EVALUATOR = "mnist-evaluator"
 PR_K = 3

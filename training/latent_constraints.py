@@ -453,7 +453,7 @@ def latent_report(result: dict, evaluator, n: int = 10000, seed: int = 0) -> dic
     """
     from protos.latents import latents
     from training import evaluate
-    from training import metrics as M
+    from ganserve import metrics as M
 
     mods = result["modules"]
     dec = mods["vae"].decoder
