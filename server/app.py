@@ -55,6 +55,8 @@ from server.batcher import Batcher
 from server.config import Config
 from server.engine import make_runner
 from server.gateway_backend import BatchSocket, GatewayBackend
+from server.health import Health
+from server.limits import return_large_buffers
 from server.registry import Registry
 from server.service import GeneratorService
 from server.telemetry import Telemetry, setup_logging
@@ -165,6 +167,7 @@ class App:
         """`batch_socket`: behind the native front end (server/frontend.py), also serve its batches on this Unix
         socket path (server/gateway_backend.py)."""
         self.config = config
+        return_large_buffers()  # a large request's buffers go back to the system after it (issue 25)
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
         self.pool = CountingPool(config.max_concurrent_rpcs)  # GeneratorService calls only
@@ -176,7 +179,7 @@ class App:
                    ("grpc.so_reuseport", int(reuse_port))]  # only workers of one supervisor share a port
         self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),
                                   interceptors=interceptors, options=options)
-        self.health = health.HealthServicer()
+        self.health = Health()  # answers for the names _set_health sets, keeps nothing for others (issue 25)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         service = GeneratorService(self.registry, config, self.telemetry)
         pb_grpc.add_GeneratorServiceServicer_to_server(service, self.server)
@@ -242,6 +245,7 @@ class App:
         self.server.stop(self.config.drain_s if grace is None else grace).wait()
         if self.batches is not None:
             self.batches.close()
+        self.health.close()
         self.registry.close()
         self.telemetry.close()
         self.pool.shutdown(wait=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -217,6 +218,31 @@ def test_health_is_relayed(native):
     reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="ganserve.v1.GeneratorService"),
                                                  timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_on_huge_unknown_names_keeps_nothing_behind_the_gateway(native):
+    """Issue 25, F1: the relayed Check and Watch on 100 distinct 1 MiB names end NOT_FOUND; neither the
+    backend's health table nor the gateway's memory keeps them."""
+    gateway = psutil.Process(native.proc.pid)
+    with grpc.insecure_channel(f"127.0.0.1:{native.port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+
+        def ask(i: int):
+            name = f"{i:04d}" + "x" * (1 << 20)
+            for call in (health.Check, lambda r, timeout: next(health.Watch(r, timeout=timeout))):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(health_pb2.HealthCheckRequest(service=name), timeout=20)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+
+        for i in range(5):
+            ask(i)
+        before = gateway.memory_info().rss
+        for i in range(5, 105):
+            ask(i)
+        grown = (gateway.memory_info().rss - before) / (1 << 20)
+    assert set(native.app.health._status) == {"", "ganserve.v1.GeneratorService"}
+    assert all(len(name) < 64 for name in native.app.health._watchers)
+    assert grown < 40, f"the gateway grew {grown:.0f} MB"  # (Go frees lazily: a loose bound, 200 MB went through)
 
 
 # -- access, overload, process ------------------------------------------------------------------------------
