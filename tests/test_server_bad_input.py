@@ -1,13 +1,16 @@
-"""Bad input: every mistake gets a chosen status and a message naming the field (issue 8, items 1-3).
+"""Bad input: every mistake gets a chosen status and a message naming the field.
 
-The table below is also the README's table (input -> status -> message); `python -m tests.test_server_bad_input
-> docs/bad_input.md` writes it as markdown from a live server over the tiny test models. The hypothesis test throws random and malformed requests at every RPC:
-never UNKNOWN or INTERNAL, and the server stays healthy.
+The cases below are also docs/bad_input.md (input -> status -> message): `python -m tests.test_server_bad_input
+> docs/bad_input.md` writes the page from a live server over the tiny test models, and a test fails when the
+committed page differs. The hypothesis test throws random and malformed requests at every RPC: never UNKNOWN or
+INTERNAL, and the server stays healthy.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,10 +21,11 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ganserve.metrics import METRICS as METRIC_NAMES
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from ganserve.metrics import METRICS as METRIC_NAMES
+from tests.conftest import publish_cgan, publish_evaluator, publish_gan, publish_points, start_server
 
 IA, NF, FP, RE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
                   grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -316,7 +320,7 @@ def test_server_healthy_after_the_property_test(server):
 
 
 def markdown_table(target: str) -> str:
-    """The README table, from a live server: input -> status -> message."""
+    """The table of docs/bad_input.md, from a live server: input -> status -> message."""
     rows = ["| input | RPC | status | message |", "| --- | --- | --- | --- |"]
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GeneratorServiceStub(channel)
@@ -330,28 +334,61 @@ def markdown_table(target: str) -> str:
     return "\n".join(rows)
 
 
+PAGE_HEAD = """# Bad input: what the server answers
+
+Every client mistake gets a specific status and a message naming the field; the SDK raises the typed exception
+for each status, and the CLI exits 1 with the one-line message. Generated from the cases
+`tests/test_server_bad_input.py` checks, answered by a live server over the tiny test models: `python -m
+tests.test_server_bad_input > docs/bad_input.md` (a test fails when this page is stale). The same test file throws
+random and malformed requests at every RPC (hypothesis): never UNKNOWN or INTERNAL, and the server stays healthy.
+
+"""
+
+PAGE_TAIL = """
+Behind the native front end (`--frontend native`) the same inputs get the same status, message and BadRequest
+details (tests/test_frontend.py compares them call by call); only the transport's own messages are worded by
+grpc-go instead (an over-size message is RESOURCE_EXHAUSTED either way). The gateway adds one answer of its own:
+more than `--max-concurrent-rpcs` Sample calls waiting → RESOURCE_EXHAUSTED `server busy: 128 calls waiting
+for the model (gateway max_queue); retry with backoff`, at once.
+"""
+
+
+def oversize_row(target: str) -> str:
+    """The size limit's row: a server started with --max-message-bytes 1 MiB refuses a 1.2 MB message."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            pb_grpc.GeneratorServiceStub(channel).Invert(INV(images=T(np.zeros((300_000,), np.float32))))
+            status, message = "OK", ""
+        except grpc.RpcError as e:
+            status, message = e.code().name, e.details()
+    return f"| message of 1.2 MB over a 1 MiB limit (`--max-message-bytes`) | Invert | {status} | `{message}` |"
+
+
+def page(target: str) -> str:
+    """docs/bad_input.md, from a live server whose message limit is 1 MiB."""
+    return f"{PAGE_HEAD}{markdown_table(target)}\n{oversize_row(target)}\n{PAGE_TAIL}"
+
+
+def test_docs_bad_input_page_is_current(model_store):
+    """docs/bad_input.md is what the server answers now (regenerate it with the command in the module docstring)."""
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
+    try:
+        expected = page(running.target)
+    finally:
+        running.app.stop(0)
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "bad_input.md").read_text()
+    assert committed == expected, "docs/bad_input.md is stale: python -m tests.test_server_bad_input > docs/bad_input.md"
+
+
 def main() -> int:
-    """Print the table from a server over a fresh tiny store (the same models the tests use)."""
-    import tempfile
-    from pathlib import Path
-
-    from tests.conftest import publish_cgan, publish_evaluator, publish_gan, publish_points, start_server
-
+    """Print docs/bad_input.md from a server over a fresh tiny store (the same models the tests use)."""
     with tempfile.TemporaryDirectory() as tmp:
         store, build = Path(tmp) / "store", Path(tmp) / "build"
         for publish in (publish_gan, publish_cgan, publish_points, publish_evaluator):
             publish(store, build)
         running = start_server(store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
         try:
-            table = markdown_table(running.target)
-            with grpc.insecure_channel(running.target) as channel:  # the size limit (1 MiB for this table)
-                try:
-                    pb_grpc.GeneratorServiceStub(channel).Invert(INV(images=T(np.zeros((300_000,), np.float32))))
-                    status, message = "OK", ""
-                except grpc.RpcError as e:
-                    status, message = e.code().name, e.details()
-            print(f"{table}\n| message of 1.2 MB over a 1 MiB limit (`--max-message-bytes`) | Invert | {status} | "
-                  f"`{message}` |")
+            print(page(running.target), end="")
         finally:
             running.app.stop(0)
     return 0

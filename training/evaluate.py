@@ -363,9 +363,10 @@ def write_docs(results: list[dict], store: Path, docs: Path, command: str) -> No
         "# Shipped models\n\nMNIST models: 10,000 samples (latents seed 0) against the MNIST test split, "
         "scored with the shipped `mnist-evaluator`; \"× real\" divides by the figure of 10,000 real training "
         "images against the same test split. Mixtures: 2,500 samples per training seed (VEEGAN/PacGAN protocol), "
-        "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars are issue 3's. "
+        "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars: the quality bars of "
+        "`training/evaluate.py` (`quality_bars`). "
         "Training wall time is the wall clock each manifest records, on the 2-core development machine while "
-        "other jobs often shared it (one to ten at a time; see the README), so it can overstate a dedicated run.\n\n"
+        "other jobs often shared it (one to ten at a time), so it can overstate a dedicated run.\n\n"
         f"{markdown_table(rows)}\n\n| model | samples | training curves |\n| --- | --- | --- |\n{pics}\n")
 
 

@@ -1,0 +1,84 @@
+"""The front door and the docs pages: generated blocks are current, links resolve, the README stays short.
+
+Regenerate stale blocks with `python -m docs.generate` (docs/generate.py says where each one comes from).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from docs import generate
+from server.config import from_args
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_generated_blocks_are_current():
+    assert generate.stale() == [], "generated blocks are stale: run `python -m docs.generate`"
+
+
+def test_render_replaces_only_the_block_and_needs_its_markers():
+    text = "hand\n<!-- BEGIN GENERATED x (note) -->\nold\n<!-- END GENERATED x -->\nhand again\n"
+    assert generate.render(text, {"x": lambda root: "new"}) == (
+        "hand\n<!-- BEGIN GENERATED x (note) -->\nnew\n<!-- END GENERATED x -->\nhand again\n")
+    with pytest.raises(ValueError, match="GENERATED y"):
+        generate.render(text, {"y": lambda root: "new"})
+
+
+def test_flags_table_has_every_server_flag(capsys):
+    """Every flag `python -m server --help` prints, in its order, with its environment variable."""
+    with pytest.raises(SystemExit):
+        from_args(["--help"], env={})
+    helped = [f for f in re.findall(r"^  (--[a-z-]+)", capsys.readouterr().out, re.M) if f != "--help"]
+    table = generate.flags_block()
+    assert re.findall(r"^\| `(--[a-z-]+)` \|", table, re.M) == helped
+    assert len(helped) > 40
+    assert "| `--address` | `GANSERVE_ADDRESS` | `localhost:50051` |" in table
+    assert "| `--inline-when-idle` | `GANSERVE_INLINE_WHEN_IDLE` | `true` |" in table
+
+
+def test_models_block_is_the_summary_table():
+    block = generate.models_block()
+    assert block.startswith("| model | kind | generator params |")
+    assert "| `cgan-mnist@11` | cgan |" in block
+
+
+def test_readme_is_short():
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert 50 <= lines <= 300, lines
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    """Every relative link of every page points at a file or folder in the repository (anchors aside)."""
+    missing = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        if not path.exists():
+            missing.append(target)
+    assert missing == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_reference_outside_the_repository(page):
+    """Pages cite what a reader of the repository can open: no design notes kept elsewhere, no issue tracker."""
+    text = page.read_text()
+    assert not re.findall(r"DESIGN\.md|\.\./shared|/work/|\bissues? \d+|\bissue-\d+", text)
+
+
+def test_readme_links_every_docs_page():
+    """A page nobody links is a page nobody finds: every docs/ page is linked from the README or another page."""
+    linked = set()
+    for page in PAGES:
+        for target in LINK.findall(page.read_text()):
+            if not re.match(r"[a-z]+:", target) and not target.startswith("#"):
+                linked.add((page.parent / target.split("#")[0]).resolve())
+    orphans = [str(p.relative_to(ROOT)) for p in PAGES[1:] if p.resolve() not in linked]
+    assert orphans == []
