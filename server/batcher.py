@@ -1,52 +1,14 @@
 """A dynamic batcher per model version, after Triton's: requests are rows of one graph's inputs, coalesced
 into one ONNX Runtime call of at most `max_batch` rows.
 
-Knobs (server/config.py): max batch in samples, max queue delay (0 = run what is already waiting, never
-wait for more), max queue size in requests (a full queue rejects at once with RESOURCE_EXHAUSTED, so
-overload is answered in microseconds rather than by timeouts), queue timeout (a request that waited longer
-is rejected). A request whose client cancelled or whose deadline passed is dropped before it costs a run.
+Knobs (server/config.py): max batch, max queue delay (0: run what is waiting, never wait for more), max queue
+size (a full queue refuses at once with RESOURCE_EXHAUSTED) and queue timeout; cancelled and expired requests
+are dropped before they cost a run. On top of them: large batches split across `runners` 1-thread calls (two
+cores without a 2-thread intra-op pool), bulk work (stream chunks) queued behind interactive requests, an idle
+request run inline on its caller's thread, and half of a long queue per batch (no convoy of replies and
+requests). Why each rule exists and what it measured: docs/design.md#the-dynamic-batcher.
 
-Large batches: with `runners` > 1, a batch of at least `split_rows` rows whose run is expected to take at
-least `split_s` is cut into `runners` contiguous parts run at the same time, each an ONNX Runtime call on its
-own thread (Run is thread-safe; with one intra-op thread a call computes on its caller's thread). So one
-n=256 request or a stream chunk of an image generator uses both cores of a 2-core machine without a
-2-thread intra-op pool, which collapses when another process takes a core (DESIGN.md section 8). The
-expected time is rows x a running mean of the measured seconds per row: a cheap model (a 2-D toy generator
-runs 256 rows in ~1 ms) is not split, because the hand-off to a second thread costs about as much as it
-saves. Small coalesced batches stay on the worker thread: at high request rates the other core is busy with
-the per-request Python work of gRPC, and splitting would only add hand-offs.
-
-Bulk work (SampleStream chunks, `bulk=True`) waits in a queue of its own: a batch takes interactive requests
-first and fills the rows left with bulk ones, so a Sample from a notebook waits for at most the run in
-progress, not for every queued chunk of a batch job. One bulk request that has waited `bulk_max_wait_s` goes
-first in a batch, so streams keep moving under a steady interactive load, and interactive requests wait at
-most one chunk behind them when the streams alone saturate the model.
-
-Idle fast path (`inline_when_idle`, on in the server): a request that finds the model idle - nothing running,
-nothing queued - and no queue delay configured runs at once on its caller's thread instead of being handed to
-the worker thread and back, which saves two thread wake-ups (~0.1-0.3 ms of a single-sample request under the
-GIL). While it runs the model counts as busy, so requests arriving meanwhile queue and the worker takes them as
-one batch when it ends: batching under load is unchanged. Bulk work always goes through the queue.
-A small inline request (fewer than `split_rows` rows) runs on `run_idle` when one is given and `alone()` says
-nothing else is in progress: the server passes a second session on the same graph with two intra-op threads
-(server/registry.py) and "this is the only RPC in flight", since a one-sample run is too small to split by rows
-but not for ONNX Runtime's intra-op threads (gan-mnist: 0.30 ms against 0.46). With other requests in flight the
-second core is busy with their gRPC work, and the 2-thread run cost 6-14% of throughput at 8 clients (measured),
-so it runs on one thread. Larger inline requests keep the split across runners.
-
-Half the queue when a batch is long (`halve_s`; 1 ms in the server, 0 = off): when the interactive requests
-waiting would take at least `halve_s` of model time together (rows x a running mean of seconds per row), a batch
-takes half of them (rounded up). Taking them all makes a convoy: every waiting request is held until the whole
-batch has run, the replies leave in one burst and the clients' next requests come back in one burst, so the
-per-request Python work (one core, under the GIL) and the model (the other core) take turns instead of
-overlapping. With half, one half runs while Python answers and reads the other. Measured with h2load, gan-mnist,
-paired rounds: at 8 clients taking all was 5-9% below batching off (the shortfall every bench run showed), taking
-half within 2% of it; at 32 and 64 clients taking half was +3% over taking all. A cheap model (2-D toys: ~0.01 ms
-per row) never reaches `halve_s` and is batched whole, which measured 2-3% better for it. Not with a queue delay,
-which asks for large batches.
-
-Determinism: rows are concatenated and split back, and each row's output depends only on that row, so a
-sample is the same whether it ran alone or batched with others (tests/test_server.py checks it bit for bit).
+A row's output depends only on that row, so a sample is the same alone or batched (tests/test_server.py).
 """
 
 from __future__ import annotations

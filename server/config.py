@@ -3,8 +3,9 @@ the defaults below (a flag beats the environment, the environment beats the defa
 
 Every field has a flag `--field-name` and an environment variable `GANSERVE_FIELD_NAME`; `python -m server
 --help` lists them. Defaults are chosen for this project's 2-core machine: one intra-op thread per ONNX
-Runtime session (2-thread pools collapsed under contention, DESIGN.md section 8) and a max queue delay of 0
-(batch what is already waiting, never wait for more).
+Runtime session (2-thread pools collapsed under contention: docs/design.md#facts-measured-on-this-machine) and a
+max queue delay of 0 (batch what is already waiting, never wait for more). docs/operations.md lists every
+setting (generated from this class: `python -m docs.generate`).
 """
 
 from __future__ import annotations
