@@ -1,4 +1,4 @@
-"""Tables (markdown) and the issue-7 target checks from a benchmark result (the JSON written by
+"""Tables (markdown) and the performance target checks from a benchmark result (the JSON written by
 `python -m bench`, keys as strings). `python -m bench.report result.json` prints them again."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (`python -m server`) and TorchServe (the JVM frontend plus its Python workers). Both are context managers
 that always stop what they started, and report their process tree's RSS and CPU time.
 
-TorchServe notes (DESIGN.md section 8): its stdout goes to a file, never a pipe (the launcher hands it to
+TorchServe notes (docs/design.md#facts-measured-on-this-machine): its stdout goes to a file, never a pipe (the launcher hands it to
 the JVM, which blocks when nobody reads); token auth is disabled for these loopback-only instances; logs
 are lowered from DEBUG to WARN with our own log4j2 config; TMPDIR and the working directory point into a
 private folder, because the launcher keeps its pid file in the temp dir and key_file.json in the working

@@ -167,7 +167,7 @@ class App:
         """`batch_socket`: behind the native front end (server/frontend.py), also serve its batches on this Unix
         socket path (server/gateway_backend.py)."""
         self.config = config
-        return_large_buffers()  # a large request's buffers go back to the system after it (issue 25)
+        return_large_buffers()  # a large request's buffers go back to the system after it
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
         self.pool = CountingPool(config.max_concurrent_rpcs)  # GeneratorService calls only
@@ -179,7 +179,7 @@ class App:
                    ("grpc.so_reuseport", int(reuse_port))]  # only workers of one supervisor share a port
         self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),
                                   interceptors=interceptors, options=options)
-        self.health = Health()  # answers for the names _set_health sets, keeps nothing for others (issue 25)
+        self.health = Health()  # answers for the names _set_health sets, keeps nothing for others
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         service = GeneratorService(self.registry, config, self.telemetry)
         pb_grpc.add_GeneratorServiceServicer_to_server(service, self.server)

@@ -2,7 +2,7 @@
 
 The stock servicer (grpc_health.v1.health.HealthServicer) keeps an entry for every name a client ever asks
 to Watch and never drops it: a client without a token could grow the server's memory for good with huge
-names (issue 25, F1). This one answers from a table that only the server writes (`set`): the server ("")
+names. This one answers from a table that only the server writes (`set`): the server ("")
 and its own services. A name not in it is answered at once and nothing about it is kept: Check and Watch
 both end with NOT_FOUND. (The standard keeps a Watch on an unknown name open in case the name becomes known;
 here names are fixed at start-up, so there is nothing to wait for, and an open call would be held for

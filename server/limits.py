@@ -1,4 +1,4 @@
-"""Process-level limits of a server (issue 25): what one request or one client can make the process hold.
+"""Process-level limits of a server: what one request or one client can make the process hold.
 
 `return_large_buffers()`: glibc serves an allocation of at least M_MMAP_THRESHOLD bytes with its own mmap and
 unmaps it when freed, but by default it raises that threshold to the size of any such block once it is freed

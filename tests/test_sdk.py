@@ -60,7 +60,7 @@ def test_sample_and_result(client):
 
 
 def test_label_zero_round_trips(client):
-    """label=0 is a class, not "no label": it selects SampleConditional with labels [0] (issue 24's mutant
+    """label=0 is a class, not "no label": it selects SampleConditional with labels [0] (a mutant
     `if label:` sent an unconditional Sample to the default model instead)."""
     method, req = _types.sample_request(2, 0, None, None, 3, None, 0.0, None, "float32", True)
     assert method == "SampleConditional" and list(req.labels) == [0]
@@ -113,8 +113,8 @@ def test_exceptions_from_statuses(client, call, exc, field):
     assert isinstance(err.value.__cause__, grpc.RpcError)  # raised `from` the grpc error
 
 
-# The whole table, written out: every grpc.StatusCode and the one exception class it raises (issue 24's mutants:
-# PERMISSION_DENIED -> InternalError, OUT_OF_RANGE unmapped).
+# The whole table, written out: every grpc.StatusCode and the one exception class it raises (mutants that once
+# survived: PERMISSION_DENIED -> InternalError, OUT_OF_RANGE unmapped).
 STATUS_TABLE = {
     grpc.StatusCode.OK: GanserveError,  # never raised for a failed call; the base class if it ever were
     grpc.StatusCode.CANCELLED: sdk.CancelledError,

@@ -31,7 +31,7 @@ const call = (method, request) => new Promise((resolve, reject) => {
   client[method](request, metadata, { deadline: deadline() }, (err, reply) => (err ? reject(err) : resolve(reply)));
 });
 
-// Tensor <-> typed array (row-major, little-endian; DESIGN.md section 3).
+// Tensor <-> typed array (row-major, little-endian; protos/ganserve/v1/generator.proto, message Tensor).
 function float32Tensor(values, shape) {
   const buf = Buffer.alloc(values.length * 4);
   values.forEach((v, i) => buf.writeFloatLE(v, i * 4));
