@@ -233,7 +233,8 @@ class App:
         self.registry.scan()
         self.registry.start_polling()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        served = [m.ref for m in self.registry.models()]
+        served = [f"{e.ref}{'' if e.state == 'READY' else ' ' + e.state}" for e in self.registry.entries()
+                  if e.version == self.registry.default_version(e.name) or e.state != "READY"]
         where = c.address if c.address.startswith("unix:") else f"port {self.port}"
         log.info("serving %d model(s) on %s%s: %s", len(served), where,
                  " with TLS" if c.tls_cert else "", ", ".join(served) or "(store is empty)")

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ganserve.store import policy
+
 ENV_PREFIX = "GANSERVE_"
 
 
@@ -26,6 +28,19 @@ class Config:
     reload_interval_s: float = field(default=2.0, metadata={"help": "store polling period for hot reload; 0 = off"})
     default_model: str = field(default="", metadata={"help": "default unconditional model (empty: first by name)"})
     default_conditional_model: str = field(default="", metadata={"help": "default conditional model"})
+    # the repository: which versions are served, which are in memory (docs/model_store.md)
+    version_policy: str = field(default="", metadata={
+        "help": "per model: 'name=latest', 'name=pinned:V' or 'name=specific:V,W', ';'-separated (default latest); "
+                "a policy.json in the model's store folder beats this (python -m ganserve.store writes it)"})
+    quality_gate: bool = field(default=True, metadata={
+        "help": "a new version becomes the default only if its judged figures are not worse than the serving "
+                "version's beyond the stated tolerances (ganserve/store/policy.py); else it is a CANDIDATE"})
+    warm_models: str = field(default="defaults", metadata={
+        "help": "versions loaded at start and never evicted: 'defaults' (each model's default version), 'all' "
+                "(every version), 'none', and/or names or name@version, comma-separated; the rest load on first use"})
+    model_memory_mb: float = field(default=0.0, metadata={
+        "help": "budget for resident model graphs (their ONNX files' size); beyond it the least recently used "
+                "versions outside the warm set are evicted. 0 = no limit"})
     # ONNX Runtime
     providers: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU) | cpu | cuda"})
     intra_op_threads: int = field(default=1, metadata={"help": "intra-op threads per ONNX Runtime session"})
@@ -118,10 +133,15 @@ class Config:
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),
             (not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca needs tls_cert and tls_key"),
             (self.metrics_port >= -1, "metrics_port must be -1 (off), 0 (any) or a port"),
+            (self.model_memory_mb >= 0, "model_memory_mb must be >= 0 (0 = no limit)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        try:
+            policy.parse_flag(self.version_policy)
+        except policy.PolicyError as e:
+            raise ValueError(f"version_policy: {e}") from e
 
     def token(self) -> str:
         """The bearer token: auth_token, else the content of auth_token_file, else '' (auth off)."""

@@ -1,20 +1,23 @@
-"""The model registry: what the store holds, loaded, checked and swapped in atomically while serving.
+"""The model registry: the repository index of the store, versions loaded on first use, the version policy.
 
 A scan (at start-up, then every `reload_interval_s`) looks at model_store/<name>/<version>/ folders:
 1. skips hidden folders (an interrupted publish leaves `.tmp-*`) and non-numeric names;
-2. for a version not yet loaded: reads and validates the manifest (server.manifest), verifies every file's
-   sha256, opens one ONNX Runtime session per graph and runs server.load_check (names, dtypes, dims, a dynamic
-   batch axis, a probe at several batch sizes with finite outputs in the declared range); any failure at all
-   marks that version UNAVAILABLE with a one-line reason (logged, shown by GetModel/ListModels and in
-   NOT_FOUND) and leaves everything else untouched (not retried until the folder changes);
-3. a version whose folder disappeared is dropped from the table: requests already holding it finish on its
-   sessions (they stay in memory until the last reference goes), later ones see NOT_FOUND or the
-   remaining versions.
-The table is rebuilt and swapped with one assignment, so a request sees either the old or the new table.
+2. reads each new version's manifest and checks its files' sha256 (no sessions yet); a bad one is UNAVAILABLE;
+3. applies the model's version policy and quality gate (ganserve.store.policy.decide: READY, CANDIDATE,
+   RETIRED, and the default version "name" resolves to) from <store>/<name>/policy.json, else --version-policy;
+4. loads the warm set (`warm_models`: each model's default version by default; "all" = every version) and
+   swaps the index in one assignment, so a request sees either the old or the new index.
+A version outside the warm set is loaded on first use. Loading verifies every file's sha256, opens one ONNX
+Runtime session per graph and runs server.load_check (names, dtypes, dims, a dynamic batch axis, a probe at
+several batch sizes with finite outputs in the declared range). Any failure at all marks that version
+UNAVAILABLE with a one-line reason (logged, shown by GetModel/ListModels and in NOT_FOUND), not retried until
+its folder changes; a default that fails hands "name" to the next version the policy allows.
+Beyond `model_memory_mb`, the least recently used resident versions outside the warm set are evicted: their
+batchers close, requests already holding them finish on their sessions (freed with the last reference).
 
-Model references are "name" (newest valid version) or "name@version". A name is checked against the
+Model references are "name" (the default version) or "name@version". A name is checked against the
 manifest's name pattern before anything else, so "../x", absolute paths or NUL bytes are INVALID_ARGUMENT
-and never reach the file system (lookups go to the in-memory table only).
+and never reach the file system (lookups go to the in-memory index only).
 """
 
 from __future__ import annotations
@@ -22,67 +25,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ganserve.store import policy as pol
 from server import manifest as mf
-from server.batcher import Batcher
 from server.config import Config
-from server.errors import InvalidArgument, NotFound, Unavailable
-from server.load_check import check_session, probe
+from server.errors import NotFound, Unavailable
+from server.model import LoadedModel, Loader, is_conditional, parse_ref  # noqa: F401 - parse_ref re-exported
 
 log = logging.getLogger("ganserve.registry")
 
-CONDITIONAL_KINDS = ("cgan", "latent-constraint")
-
-
-def choose_providers(setting: str) -> list[str]:
-    """ONNX Runtime providers for `setting` (auto | cpu | cuda), CUDA first when it is wanted and present."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if setting == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if setting == "cuda":
-        raise RuntimeError(f"providers=cuda but onnxruntime offers only {available} "
-                           "(install onnxruntime-gpu on a machine with a GPU)")
-    return ["CPUExecutionProvider"]
-
-
-def _available() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
-
-
-def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
-    """'name' or 'name@version' -> (name, version or None); INVALID_ARGUMENT for anything else."""
-    name, sep, version = ref.partition("@")
-    if not mf.NAME_RE.match(name):
-        shown = ref if len(ref) <= 80 else ref[:77] + "..."
-        raise InvalidArgument(f"model name must match {mf.NAME_RE.pattern} (optionally @version), got {shown!r}",
-                              field_name)
-    if not sep:
-        return name, None
-    if not version.isdigit() or not version.isascii() or len(version) > 9 or int(version) < 1:
-        raise InvalidArgument(f"version must be a positive integer, got {version[:20]!r}", field_name)
-    return name, int(version)
-
-
-READY, UNAVAILABLE = "READY", "UNAVAILABLE"
-
-
-@dataclass(frozen=True, order=True)
-class VersionState:
-    """A version of the store as the repository index shows it: its state and, unless READY, why."""
-
-    name: str
-    version: int
-    state: str
-    reason: str = ""
+READY, UNAVAILABLE, CANDIDATE, RETIRED = pol.READY, pol.UNAVAILABLE, pol.CANDIDATE, pol.RETIRED
+CALLABLE = (READY, CANDIDATE)
 
 
 def _reason(e: BaseException) -> str:
@@ -91,163 +48,116 @@ def _reason(e: BaseException) -> str:
     return text if isinstance(e, mf.ManifestError) else f"{type(e).__name__}: {text}".rstrip(": ")
 
 
-@dataclass
-class LoadedModel:
-    """One served model version: its manifest, its ONNX sessions and its batcher."""
-
-    name: str
-    version: int
-    folder: Path
-    manifest: dict[str, Any]
-    sessions: dict[str, Any]  # role -> onnxruntime.InferenceSession
-    signature: tuple
-    batcher: Batcher | None = None
-    idle_session: Any = None  # the generator with config.idle_threads intra-op threads (Batcher's idle path)
-    _inverter: Any = field(default=None, repr=False)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    @property
-    def is_evaluator(self) -> bool:
-        return self.kind == "evaluator"
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.manifest["latent_dim"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.manifest["num_classes"])
-
-    @property
-    def conditional(self) -> bool:
-        gen = self.manifest["graphs"].get("generator")
-        return (self.kind in CONDITIONAL_KINDS and gen is not None and len(gen["inputs"]) >= 2
-                and self.num_classes > 0)
-
-    @property
-    def data_kind(self) -> str:
-        return self.manifest["data_kind"]
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest["output"]["shape"])
-
-    @property
-    def value_range(self) -> tuple[float, float] | None:
-        vr = self.manifest["output"].get("value_range")
-        return (float(vr[0]), float(vr[1])) if vr else None
-
-    @property
-    def max_batch_size(self) -> int:
-        return int(self.manifest["max_batch_size"])
-
-    def graph(self, role: str) -> dict[str, Any] | None:
-        return self.manifest["graphs"].get(role)
-
-    def capabilities(self) -> dict[str, bool]:
-        """What the model can do, from its kind and files only (never its name)."""
-        conditional = self.conditional
-        return {"conditional": conditional,
-                # y is a class-probability vector for every conditional kind of this project
-                "soft_labels": conditional,
-                "invertible": "encoder" in self.sessions and "generator" in self.sessions,
-                "optimizable": "generator_grad" in self.sessions and "generator" in self.sessions,
-                "has_critic": "critic" in self.sessions}
-
-    def inverter(self):
-        """The torch-free inversion runtime over this version's sessions (training/inversion_runtime.py)."""
-        if self._inverter is None:
-            from training.inversion_runtime import Inverter
-
-            self._inverter = Inverter(generator_grad=self.sessions.get("generator_grad"),
-                                      encoder=self.sessions.get("encoder"), generator=self.sessions.get("generator"),
-                                      latent_code=self.manifest.get("latent_code"))
-        return self._inverter
-
-
 def _signature(folder: Path) -> tuple:
     st = (folder / "manifest.json").stat() if (folder / "manifest.json").exists() else None
     return (folder.stat().st_ino, st.st_mtime_ns if st else 0, st.st_size if st else 0)
 
 
+@dataclass(eq=False)
+class Entry:
+    """One version folder in the index: its manifest, state, and its LoadedModel while resident."""
+
+    name: str
+    version: int
+    folder: Path
+    signature: tuple
+    manifest: dict[str, Any] | None
+    failure: str = ""          # why it cannot be loaded (sticky until the folder changes)
+    state: str = READY
+    reason: str = ""
+    model: LoadedModel | None = None
+    cost: int = 0              # bytes of its graphs (the model-memory budget counts these)
+    last_used: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Index:
+    entries: dict[str, dict[int, Entry]]
+    defaults: dict[str, int]
+
+
+def _cost(folder: Path, manifest: dict[str, Any]) -> int:
+    """Bytes of the version's graphs on disk (a derived gradient graph holds the generator's weights again)."""
+    sizes = {f: (folder / f).stat().st_size for f in manifest["files"] if f.endswith(".onnx")}  # verified: exist
+    derived = sum(sizes.get(manifest["graphs"]["generator"]["file"], 0)
+                  for g in manifest["graphs"].values() if "derive" in g)
+    return sum(sizes.values()) + derived
+
+
 class Registry:
-    """Loaded model versions, hot-reloaded from `config.store`."""
+    """The repository index of `config.store`, hot-reloaded, with versions resident on demand."""
 
     def __init__(self, config: Config, *, make_batcher=None, on_change=None):
         self.config = config
         self.store = Path(config.store)
-        self.providers = choose_providers(config.providers)
-        self._make_batcher = make_batcher
-        self._on_change = on_change or (lambda models: None)
-        self._table: dict[str, dict[int, LoadedModel]] = {}
-        self._failed: dict[Path, tuple[tuple, VersionState]] = {}  # folder -> (signature, why it failed)
-        self._states: dict[tuple[str, int], VersionState] = {}
-        self._scan_lock = threading.Lock()
+        self.loader = Loader(config, make_batcher)
+        self._on_change = on_change or (lambda registry: None)
+        self._index = Index({}, {})
+        self._flag_policies = pol.parse_flag(config.version_policy)
+        self._failed: dict[Path, tuple[tuple, str]] = {}  # folder -> (signature, why it failed)
+        self._warm: set[tuple[str, int]] = set()
+        self._scan_lock = threading.RLock()
+        self._budget_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ready = False  # True after the first scan; until then model lookups answer UNAVAILABLE
-        log.info("ONNX Runtime providers: %s (available: %s)", self.providers, _available())
 
-    # -- loading ------------------------------------------------------------------------------------------
-    def _session(self, model: str | bytes, threads: int | None = None):
-        """A session on an ONNX file path or serialized model bytes (a derived graph). Intra-op threads
-        beyond the caller's sleep between runs instead of spinning: a spinning pool fights whatever else
-        runs on the machine for the cores (DESIGN.md section 8)."""
-        import onnxruntime as ort
+    # -- the scan -----------------------------------------------------------------------------------------
+    def _entry(self, name: str, version: int, folder: Path, sig: tuple) -> Entry:
+        failed = self._failed.get(folder)
+        if failed is not None and failed[0] == sig:
+            return Entry(name, version, folder, sig, None, failure=failed[1])
+        try:
+            manifest = mf.read_manifest(folder)
+            mf.verify_files(folder, manifest)  # cheap next to sessions; the sessions wait for the first use
+            return Entry(name, version, folder, sig, manifest, cost=_cost(folder, manifest))
+        except Exception as e:  # noqa: BLE001 - whatever fails, only this version is skipped
+            return self._fail(Entry(name, version, folder, sig, None), e)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or self.config.intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if opts.intra_op_num_threads > 1:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+    def _fail(self, entry: Entry, e: BaseException) -> Entry:
+        entry.failure = _reason(e)
+        self._failed[entry.folder] = (entry.signature, entry.failure)
+        log.error("skipping %s: %s", entry.ref, entry.failure, exc_info=not isinstance(e, (mf.ManifestError, OSError)))
+        return entry
 
-    def _idle_session(self, generator: str | bytes):
-        """The generator again with `idle_threads` intra-op threads, for a small request that finds the model
-        idle: one sample of gan-mnist takes 0.30 ms on two threads against 0.46 on one, and both cores are
-        free when nothing else is running on the model. None when it would add nothing or never be used (CUDA,
-        no more threads than the batcher's sessions, or no idle path: inline_when_idle off or a queue delay).
-        Same kernels, same rows: outputs are bit-identical (tested)."""
-        c = self.config
-        if (not c.inline_when_idle or c.max_queue_delay_ms > 0 or c.idle_threads <= c.intra_op_threads
-                or self.providers != ["CPUExecutionProvider"]):
-            return None
-        return self._session(generator, threads=c.idle_threads)
+    def _policy(self, name: str) -> pol.Policy:
+        try:
+            found = pol.read(self.store / name)
+        except pol.PolicyError as e:
+            log.error("%s: %s; using the server's policy for %s", name, e, name)
+            found = None
+        return found or self._flag_policies.get(name) or pol.Policy()
 
-    def _load(self, folder: Path, signature: tuple) -> LoadedModel:
-        manifest = mf.read_manifest(folder)
-        mf.verify_files(folder, manifest)
-        sessions, graphs = {}, {}
-        for role, graph in manifest["graphs"].items():
-            model = graphs[role] = mf.graph_model(folder, manifest, role)
-            where = f"{folder}/{graph['file']}" if "file" in graph else f"{folder}: {role} (derived)"
-            try:
-                sessions[role] = self._session(model)
-            except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
-                raise mf.ManifestError(f"{where}: ONNX Runtime cannot load it ({e})") from e
-            check_session(role, graph, sessions[role])
-        probe(manifest, sessions)
-        model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)
-        if "generator" in sessions and self._make_batcher is not None:
-            model.idle_session = self._idle_session(graphs["generator"])
-            model.batcher = self._make_batcher(model)
-        return model
+    def _decide(self, name: str, versions: dict[int, Entry]) -> int | None:
+        """Set each version's state from the policy and the gate; return the default version."""
+        decision = pol.decide({v: e.manifest for v, e in versions.items() if not e.failure}, self._policy(name),
+                              gate=self.config.quality_gate)
+        for v, e in versions.items():
+            e.state, e.reason = (UNAVAILABLE, e.failure) if e.failure else decision.states[v]
+        return decision.default
+
+    def _warm_set(self, entries: dict[str, dict[int, Entry]], defaults: dict[str, int]) -> set[tuple[str, int]]:
+        words = {w.strip() for w in self.config.warm_models.split(",") if w.strip()}
+        warm = set()
+        for name, versions in entries.items():
+            for v, e in versions.items():
+                if e.state not in CALLABLE:
+                    continue
+                if ("all" in words or name in words or e.ref in words
+                        or (v == defaults.get(name) and "defaults" in words)):
+                    warm.add((name, v))
+        return warm
 
     def scan(self) -> None:
-        """One pass over the store (see the module docstring); swaps the table in one assignment."""
+        """One pass over the store (see the module docstring); swaps the index in one assignment."""
         with self._scan_lock:
-            old = self._table
-            new: dict[str, dict[int, LoadedModel]] = {}
-            states: dict[tuple[str, int], VersionState] = {}  # the versions that are not served, and why
-            found: set[Path] = set()
+            old = self._index
+            entries: dict[str, dict[int, Entry]] = {}
             try:
                 names = sorted(os.listdir(self.store)) if self.store.is_dir() else []
             except OSError as e:
@@ -258,56 +168,101 @@ class Registry:
                 if name.startswith(".") or not mf.NAME_RE.match(name) or not model_dir.is_dir():
                     continue
                 try:
-                    versions = sorted(v for v in os.listdir(model_dir) if v.isdigit() and not v.startswith("0"))
+                    found = sorted(int(v) for v in os.listdir(model_dir)
+                                   if v.isascii() and v.isdigit() and not v.startswith("0"))
                 except OSError:
                     continue
-                for v in versions:
-                    folder = model_dir / v
-                    if not folder.is_dir():
-                        continue
-                    found.add(folder)
+                for v in found:
+                    folder = model_dir / str(v)
                     try:
                         sig = _signature(folder)
                     except OSError:
                         continue
-                    current = old.get(name, {}).get(int(v))
-                    if current is not None and current.signature == sig:
-                        new.setdefault(name, {})[int(v)] = current
-                        continue
-                    failed = self._failed.get(folder)
-                    if failed is not None and failed[0] == sig:
-                        states[(name, int(v))] = failed[1]
-                        continue
-                    try:
-                        model = self._load(folder, sig)
-                    except Exception as e:  # noqa: BLE001 - whatever fails, only this version is skipped
-                        reason = _reason(e)
-                        self._failed[folder] = (sig, VersionState(name, int(v), UNAVAILABLE, reason))
-                        states[(name, int(v))] = self._failed[folder][1]
-                        log.error("skipping %s@%s: %s", name, v, reason,
-                                  exc_info=not isinstance(e, (mf.ManifestError, OSError)))
-                        if current is not None:  # keep serving what was loaded before
-                            new.setdefault(name, {})[int(v)] = current
-                        continue
-                    self._failed.pop(folder, None)
-                    if current is not None and current.batcher is not None:
-                        current.batcher.close()
-                    new.setdefault(name, {})[int(v)] = model
-                    log.info("loaded %s (kind %s, graphs %s, providers %s) from %s", model.ref, model.kind,
-                             sorted(model.sessions), next(iter(model.sessions.values())).get_providers(), folder)
-            for name, versions in old.items():
-                for v, model in versions.items():
-                    if new.get(name, {}).get(v) is not model and model.folder not in found:
-                        log.warning("%s removed from the store: no longer served", model.ref)
-                        if model.batcher is not None:
-                            model.batcher.close()
-            self._failed = {k: s for k, s in self._failed.items() if k in found}
-            changed = {(n, v) for n, vs in new.items() for v in vs} != {(n, v) for n, vs in old.items() for v in vs}
-            self._table, self._states = new, states
+                    current = old.entries.get(name, {}).get(v)
+                    keep = current is not None and current.signature == sig
+                    entries.setdefault(name, {})[v] = current if keep else self._entry(name, v, folder, sig)
+            defaults = {name: self._decide(name, versions) for name, versions in entries.items()}
+            seen = {e.folder for versions in entries.values() for e in versions.values()}
+            self._failed = {k: f for k, f in self._failed.items() if k in seen}
+            for name in sorted(entries):  # load the warm set; a default that fails hands over to the next one
+                for _ in range(len(entries[name]) + 1):
+                    warm = sorted(self._warm_set({name: entries[name]}, defaults))
+                    if all([self._resident(entries[n][v], after_failure=None) is not None for n, v in warm]):
+                        break
+                    defaults[name] = self._decide(name, entries[name])
+            self._warm = self._warm_set(entries, defaults)
+            self._index = Index(entries, defaults)
             self.ready = True
-            if changed or old is not new:
-                self._on_change(self.models(all_versions=True))
+            for name, versions in old.entries.items():
+                for v, e in versions.items():
+                    if entries.get(name, {}).get(v) is not e and e.model is not None:
+                        log.warning("%s changed or removed from the store: no longer served", e.ref)
+                        self._drop(e)
+            self._evict()
+            self._on_change(self)
 
+    def _redecide(self, name: str) -> None:
+        """After a version of `name` failed to load on first use: its states and default again."""
+        with self._scan_lock:
+            index = self._index
+            if name in index.entries:
+                defaults = dict(index.defaults)
+                defaults[name] = self._decide(name, index.entries[name])
+                self._index = Index(index.entries, defaults)
+        self._on_change(self)
+
+    # -- residency ----------------------------------------------------------------------------------------
+    def _resident(self, e: Entry, *, after_failure: Any = "redecide") -> LoadedModel | None:
+        """The entry's LoadedModel, loading it first if needed; None (and the entry UNAVAILABLE) if it fails.
+        Outside a scan, a failure re-decides the model's default and a load may evict others."""
+        model = e.model
+        if model is None:
+            with e.lock:
+                if e.model is None and not e.failure:
+                    started = time.perf_counter()
+                    try:
+                        e.model = self.loader.load(e.folder, e.signature)
+                    except Exception as ex:  # noqa: BLE001 - whatever fails, only this version is skipped
+                        self._fail(e, ex)
+                    else:
+                        log.info("loaded %s (kind %s, graphs %s) in %.0f ms", e.ref, e.manifest["kind"],
+                                 sorted(e.model.sessions), 1000 * (time.perf_counter() - started))
+                model = e.model
+            if model is None:
+                if after_failure:
+                    self._redecide(e.name)
+                return None
+            if after_failure:
+                self._evict(keep=e)
+        e.last_used = time.monotonic()
+        return model
+
+    def _drop(self, e: Entry) -> None:
+        model, e.model = e.model, None
+        if model is not None and model.batcher is not None:
+            model.batcher.close()  # requests holding the model finish on the caller's thread
+
+    def _evict(self, keep: Entry | None = None) -> None:
+        """Evict least recently used versions outside the warm set until the resident graphs fit the budget."""
+        budget = int(self.config.model_memory_mb * 2**20)
+        if budget <= 0:
+            return
+        with self._budget_lock:
+            resident = [e for vs in self._index.entries.values() for e in vs.values() if e.model is not None]
+            if keep is not None and keep not in resident:
+                resident.append(keep)
+            total = sum(e.cost for e in resident)
+            for e in sorted(resident, key=lambda e: e.last_used):
+                if total <= budget:
+                    break
+                if e is keep or (e.name, e.version) in self._warm:
+                    continue
+                self._drop(e)
+                total -= e.cost
+                log.info("evicted %s (least recently used; %d MiB resident of %d MiB)", e.ref, total >> 20,
+                         budget >> 20)
+
+    # -- polling ------------------------------------------------------------------------------------------
     def start_polling(self) -> None:
         if self.config.reload_interval_s <= 0 or self._thread is not None:
             return
@@ -324,51 +279,67 @@ class Registry:
 
     def close(self) -> None:
         self._stop.set()
-        for versions in self._table.values():
-            for model in versions.values():
-                if model.batcher is not None:
-                    model.batcher.close()
+        for versions in self._index.entries.values():
+            for e in versions.values():
+                self._drop(e)
 
-    # -- lookups (memory only) ----------------------------------------------------------------------------
+    # -- lookups (memory only, but a lookup of a version that is not resident loads it) ---------------------
+    def entries(self, name: str | None = None) -> list[Entry]:
+        """Every version in the store (the repository index), or of one model, by name then version."""
+        index = self._index
+        names = sorted(index.entries) if name is None else [name] if name in index.entries else []
+        return [index.entries[n][v] for n in names for v in sorted(index.entries[n])]
+
+    def default_version(self, name: str) -> int | None:
+        return self._index.defaults.get(name)
+
+    def is_warm(self, e: Entry) -> bool:
+        return (e.name, e.version) in self._warm
+
     def models(self, *, all_versions: bool = False) -> list[LoadedModel]:
-        table = self._table
-        out = []
-        for name in sorted(table):
-            versions = sorted(table[name])
-            out += [table[name][v] for v in (versions if all_versions else versions[-1:])]
-        return out
+        """Resident models: each model's default version, or every resident version."""
+        index = self._index
+        return [e.model for e in self.entries() if e.model is not None
+                and (all_versions or index.defaults.get(e.name) == e.version)]
 
     def versions(self, name: str) -> list[int]:
-        return sorted(self._table.get(name, {}))
-
-    def states(self) -> list[VersionState]:
-        """Every version in the store with its state: READY (served) or UNAVAILABLE with the reason."""
-        table, skipped = self._table, self._states
-        ready = [VersionState(n, v, READY) for n, vs in table.items() for v in vs]
-        return sorted([*ready, *(st for key, st in skipped.items() if key[0] not in table or key[1] not in table[key[0]])])
+        """Versions of `name` that can be called (READY or CANDIDATE)."""
+        return [v for v, e in sorted(self._index.entries.get(name, {}).items()) if e.state in CALLABLE]
 
     def _check_ready(self) -> None:
         if not self.ready:
             raise Unavailable("the server is still loading its models; retry shortly")
 
-    def resolve(self, ref: str, field_name: str = "model") -> LoadedModel:
+    def lookup(self, ref: str, field_name: str = "model") -> Entry:
+        """The index entry `ref` names, without loading it; NOT_FOUND with the reason when it cannot be called."""
         name, version = parse_ref(ref, field_name)
         self._check_ready()
-        versions = self._table.get(name)
-        if version is not None and (versions or {}).get(version) is None and (name, version) in self._states:
-            st = self._states[(name, version)]
-            raise NotFound(f"{name}@{version} is {st.state}: {st.reason}", field_name)
+        index = self._index
+        versions = index.entries.get(name)
         if not versions:
-            skipped = sorted(st for key, st in self._states.items() if key[0] == name)
-            if skipped:
-                raise NotFound(f"no version of {name!r} can be served: "
-                               + "; ".join(f"@{st.version} {st.state}: {st.reason}" for st in skipped), field_name)
             raise NotFound(f"no model named {name!r} is served", field_name)
-        if version is None:
-            return versions[max(versions)]
-        if version not in versions:
-            raise NotFound(f"{name} has no version {version}; served: {sorted(versions)}", field_name)
-        return versions[version]
+        v = version if version is not None else index.defaults.get(name)
+        if v is None:
+            raise NotFound(f"no version of {name!r} can be served: "
+                           + "; ".join(f"@{e.version} {e.state}: {e.reason}" for _, e in sorted(versions.items())),
+                           field_name)
+        e = versions.get(v)
+        if e is None:
+            raise NotFound(f"{name} has no version {v}; served: {self.versions(name)}", field_name)
+        if e.state not in CALLABLE:
+            raise NotFound(f"{e.ref} is {e.state}: {e.reason}", field_name)
+        return e
+
+    def resolve(self, ref: str, field_name: str = "model") -> LoadedModel:
+        """The LoadedModel `ref` names, loaded now if it is not resident."""
+        for _ in range(8):  # an unversioned ref whose default fails to load moves to the next default
+            e = self.lookup(ref, field_name)
+            model = self._resident(e)
+            if model is not None:
+                return model
+            if "@" in ref:
+                break
+        raise NotFound(f"{e.ref} is UNAVAILABLE: {e.failure}", field_name)
 
     def default(self, *, conditional: bool, data_kind: str | None = "image") -> LoadedModel:
         """The model an empty `model` field means: the configured default, else the first eligible by name."""
@@ -376,16 +347,25 @@ class Registry:
         configured = self.config.default_conditional_model if conditional else self.config.default_model
         if configured:
             return self.resolve(configured)
-        for model in self.models():
-            if (not model.is_evaluator and model.conditional == conditional
-                    and (data_kind is None or model.data_kind == data_kind)):
-                return model
+        index = self._index
+        for name in sorted(index.entries):
+            v = index.defaults.get(name)
+            m = index.entries[name][v].manifest if v is not None else None
+            if (m is not None and m["kind"] != "evaluator" and is_conditional(m) == conditional
+                    and (data_kind is None or m["data_kind"] == data_kind)):
+                return self.resolve(name)
         what = "conditional" if conditional else "unconditional"
         raise NotFound(f"no {what} {data_kind or ''} model is served; name one in `model`".replace("  ", " "),
                        "model")
 
     def evaluator(self) -> LoadedModel | None:
-        """The newest evaluator classifier in the store (kind 'evaluator'), if any."""
-        found = [m for m in self.models() if m.is_evaluator and "classifier" in m.sessions]
-        return found[0] if found else None
-
+        """The first evaluator classifier in the store (kind 'evaluator'), if any."""
+        index = self._index
+        for name in sorted(index.entries):
+            v = index.defaults.get(name)
+            if v is not None and (index.entries[name][v].manifest or {}).get("kind") == "evaluator":
+                try:
+                    return self.resolve(name)
+                except NotFound:
+                    continue
+        return None

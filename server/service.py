@@ -23,7 +23,8 @@ from server import divergence, engine, validate
 from server.config import Config
 from server.engine import Call
 from server.errors import InvalidArgument, ServiceError, require, to_status
-from server.registry import LoadedModel, Registry
+from server.model import capabilities
+from server.registry import Entry, LoadedModel, Registry
 from server.telemetry import Telemetry
 
 log = logging.getLogger("ganserve.service")
@@ -114,22 +115,37 @@ def _tensor(array: np.ndarray | None) -> pb.Tensor | None:
     return None if array is None else tensors.from_array(array)
 
 
-def model_info(model: LoadedModel, versions: list[int]) -> pb.ModelInfo:
-    m = model.manifest
-    role = "classifier" if model.is_evaluator else "generator"
-    vr = model.value_range or (0.0, 0.0)
-    caps = model.capabilities()
+_STATE = {"READY": pb.VERSION_STATE_READY, "UNAVAILABLE": pb.VERSION_STATE_UNAVAILABLE,
+          "CANDIDATE": pb.VERSION_STATE_CANDIDATE, "RETIRED": pb.VERSION_STATE_RETIRED}
+
+
+def model_info(entry: Entry, registry: Registry) -> pb.ModelInfo:
+    """A version's ModelInfo from the index (no load needed); only name, version and state when it has no
+    valid manifest."""
+    siblings = registry.entries(entry.name)
+    default = registry.default_version(entry.name)
+    index = dict(state=_STATE[entry.state], state_reason=entry.reason, is_default=entry.version == default,
+                 resident=entry.model is not None,
+                 versions=[pb.VersionStatus(version=e.version, state=_STATE[e.state], reason=e.reason,
+                                            resident=e.model is not None, is_default=e.version == default)
+                           for e in siblings],
+                 available_versions=[e.version for e in siblings if e.state in ("READY", "CANDIDATE")])
+    m = entry.manifest
+    if m is None:
+        return pb.ModelInfo(name=entry.name, version=entry.version, **index)
+    role = "classifier" if m["kind"] == "evaluator" else "generator"
+    vr = m["output"].get("value_range") or (0.0, 0.0)
     return pb.ModelInfo(
-        name=model.name, version=model.version, kind=model.kind, description=str(m.get("description", "")),
-        data_kind=pb.IMAGE if model.data_kind == "image" else pb.POINTS, latent_dim=model.latent_dim,
-        num_classes=model.num_classes, class_names=[str(c) for c in m.get("class_names", [])],
-        output_shape=list(model.output_shape), value_min=vr[0], value_max=vr[1],
-        capabilities=pb.Capabilities(**caps),
+        name=entry.name, version=entry.version, kind=m["kind"], description=str(m.get("description", "")),
+        data_kind=pb.IMAGE if m["data_kind"] == "image" else pb.POINTS, latent_dim=int(m["latent_dim"]),
+        num_classes=int(m["num_classes"]), class_names=[str(c) for c in m.get("class_names", [])],
+        output_shape=list(m["output"]["shape"]), value_min=vr[0], value_max=vr[1],
+        capabilities=pb.Capabilities(**capabilities(m)),
         metrics={k: float(v) for k, v in (m.get("metrics") or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        available_versions=versions, created=str(m.get("created", "")),
+        created=str(m.get("created", "")),
         inputs=[pb.TensorSpec(name=s["name"], dtype=_DTYPE[s["dtype"]], dims=s["dims"]) for s in m["graphs"][role]["inputs"]],
-        max_batch_size=model.max_batch_size)
+        max_batch_size=int(m["max_batch_size"]), **index)
 
 
 class GeneratorService(pb_grpc.GeneratorServiceServicer):
@@ -165,15 +181,23 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
     # -- RPCs ---------------------------------------------------------------------------------------------
     @_rpc
     def ListModels(self, request, rpc):
-        return pb.ListModelsResponse(models=[model_info(m, self.registry.versions(m.name))
-                                             for m in self.registry.models(all_versions=request.all_versions)])
+        """The default version of each model; every callable version (all_versions); or every version in the
+        store whatever its state (index)."""
+        entries = self.registry.entries()
+        if request.index:
+            chosen = entries
+        elif request.all_versions:
+            chosen = [e for e in entries if e.state in ("READY", "CANDIDATE")]
+        else:
+            chosen = [e for e in entries if e.version == self.registry.default_version(e.name)]
+        return pb.ListModelsResponse(models=[model_info(e, self.registry) for e in chosen])
 
     @_rpc
     def GetModel(self, request, rpc):
         require(bool(request.model), "model", "name a model (name or name@version)")
-        model = self.registry.resolve(request.model)
-        rpc.model = model.ref
-        return model_info(model, self.registry.versions(model.name))
+        entry = self.registry.lookup(request.model)
+        rpc.model = entry.ref
+        return model_info(entry, self.registry)
 
     def prepare_sample(self, request, rpc: CallState, *, conditional: bool) -> SampleJob:
         """A Sample (or SampleConditional) request checked and turned into the model's inputs."""

@@ -7,7 +7,11 @@ One CollectorRegistry per server instance, so several servers in one process (te
     ganserve_batch_samples{model}                    rows per ONNX Runtime generator call
     ganserve_queue_depth{model}                      requests waiting in the model's batcher
     ganserve_stream_chunks_total{model}              SampleStream chunks produced
-    ganserve_model_loaded{model, version, kind}      1 per served model version
+    ganserve_model_loaded{model, version, kind}      1 per callable model version (READY or CANDIDATE)
+    ganserve_model_version_state{model, version, state, reason}  1 per version of the store, in its state
+    ganserve_model_resident{model, version}          1 when the version's sessions are in memory, else 0
+    ganserve_model_default_version{model}            the version "name" resolves to
+    ganserve_model_quality{model, version, figure}   judged figures of each callable version (quality gate)
     ganserve_calls_in_progress                       RPCs holding a handler thread (queued or running)
 Calls refused by admission control (server busy) count in ganserve_requests_total with model "-" and code
 RESOURCE_EXHAUSTED.
@@ -20,6 +24,8 @@ import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ganserve.store.policy import TOLERANCES as GATED
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -38,6 +44,15 @@ class Telemetry:
         self.queue = Gauge("ganserve_queue_depth", "requests waiting in the batcher", ["model"], registry=r)
         self.chunks = Counter("ganserve_stream_chunks", "SampleStream chunks produced", ["model"], registry=r)
         self.loaded = Gauge("ganserve_model_loaded", "served model versions", ["model", "version", "kind"], registry=r)
+        self.state = Gauge("ganserve_model_version_state", "1 for each version of the store in its state "
+                           "(READY, UNAVAILABLE, CANDIDATE, RETIRED), with the reason", ["model", "version", "state",
+                                                                                         "reason"], registry=r)
+        self.resident = Gauge("ganserve_model_resident", "1 when the version's sessions are in memory",
+                              ["model", "version"], registry=r)
+        self.default = Gauge("ganserve_model_default_version", "the version 'name' resolves to", ["model"],
+                             registry=r)
+        self.quality = Gauge("ganserve_model_quality", "judged figures of each callable version (the quality "
+                             "gate's inputs, from its manifest)", ["model", "version", "figure"], registry=r)
         self.in_progress = Gauge("ganserve_calls_in_progress", "RPCs holding a handler thread", registry=r)
         self.http = None
         self.port: int | None = None
@@ -66,10 +81,23 @@ class Telemetry:
     def refused(self, method: str) -> None:
         self.requests.labels(method, "-", "RESOURCE_EXHAUSTED").inc()
 
-    def set_models(self, models) -> None:
-        self.loaded.clear()
-        for m in models:
-            self.loaded.labels(m.name, str(m.version), m.kind).set(1)
+    def set_models(self, registry) -> None:
+        """The repository index as gauges (called after each scan and each load failure)."""
+        for gauge in (self.loaded, self.state, self.resident, self.default, self.quality):
+            gauge.clear()
+        for e in registry.entries():
+            v = str(e.version)
+            self.state.labels(e.name, v, e.state, e.reason[:200]).set(1)
+            self.resident.labels(e.name, v).set(1 if e.model is not None else 0)
+            if e.state not in ("READY", "CANDIDATE"):
+                continue
+            self.loaded.labels(e.name, v, e.manifest["kind"]).set(1)
+            for figure in GATED:
+                value = (e.manifest.get("metrics") or {}).get(figure)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.quality.labels(e.name, v, figure).set(value)
+            if registry.default_version(e.name) == e.version:
+                self.default.labels(e.name).set(e.version)
 
     def serve(self, address: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""

@@ -28,6 +28,14 @@ class DataKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE: _ClassVar[DataKind]
     POINTS: _ClassVar[DataKind]
 
+class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERSION_STATE_UNSPECIFIED: _ClassVar[VersionState]
+    VERSION_STATE_READY: _ClassVar[VersionState]
+    VERSION_STATE_UNAVAILABLE: _ClassVar[VersionState]
+    VERSION_STATE_CANDIDATE: _ClassVar[VersionState]
+    VERSION_STATE_RETIRED: _ClassVar[VersionState]
+
 class InterpolationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INTERPOLATION_METHOD_UNSPECIFIED: _ClassVar[InterpolationMethod]
@@ -51,6 +59,11 @@ ENCODING_PNG: Encoding
 DATA_KIND_UNSPECIFIED: DataKind
 IMAGE: DataKind
 POINTS: DataKind
+VERSION_STATE_UNSPECIFIED: VersionState
+VERSION_STATE_READY: VersionState
+VERSION_STATE_UNAVAILABLE: VersionState
+VERSION_STATE_CANDIDATE: VersionState
+VERSION_STATE_RETIRED: VersionState
 INTERPOLATION_METHOD_UNSPECIFIED: InterpolationMethod
 LINEAR: InterpolationMethod
 SLERP: InterpolationMethod
@@ -94,7 +107,7 @@ class Capabilities(_message.Message):
     def __init__(self, conditional: _Optional[bool] = ..., soft_labels: _Optional[bool] = ..., invertible: _Optional[bool] = ..., optimizable: _Optional[bool] = ..., has_critic: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "description", "data_kind", "latent_dim", "num_classes", "class_names", "output_shape", "value_min", "value_max", "capabilities", "metrics", "available_versions", "created", "inputs", "max_batch_size")
+    __slots__ = ("name", "version", "kind", "description", "data_kind", "latent_dim", "num_classes", "class_names", "output_shape", "value_min", "value_max", "capabilities", "metrics", "available_versions", "created", "inputs", "max_batch_size", "state", "state_reason", "is_default", "resident", "versions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +132,11 @@ class ModelInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -136,13 +154,34 @@ class ModelInfo(_message.Message):
     created: str
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    state: VersionState
+    state_reason: str
+    is_default: bool
+    resident: bool
+    versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., state_reason: _Optional[str] = ..., is_default: _Optional[bool] = ..., resident: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+
+class VersionStatus(_message.Message):
+    __slots__ = ("version", "state", "reason", "resident", "is_default")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: VersionState
+    reason: str
+    resident: bool
+    is_default: bool
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., reason: _Optional[str] = ..., resident: _Optional[bool] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("all_versions",)
+    __slots__ = ("all_versions", "index")
     ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     all_versions: bool
-    def __init__(self, all_versions: _Optional[bool] = ...) -> None: ...
+    index: bool
+    def __init__(self, all_versions: _Optional[bool] = ..., index: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
