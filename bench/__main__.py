@@ -45,6 +45,7 @@ import numpy as np
 from bench import report
 from bench.inprocess import bench_model
 from bench.servers import ROOT, Ganserve, TorchServe, tree_usage
+from ganserve.store.sessions import newest_valid
 
 OFF_ARGS = ("--max-batch-samples", "1")
 
@@ -112,19 +113,14 @@ def machine() -> dict:
 
 def generators(store: Path, only: list[str] | None) -> dict[str, tuple[Path, dict]]:
     """name -> (newest valid version folder, manifest) for every generator in the store."""
-    from server.manifest import ManifestError, read_manifest, verify_files
-
     found = {}
     for folder in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for v in sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True):
-            try:
-                m = read_manifest(folder / str(v))
-                verify_files(folder / str(v), m)
-            except ManifestError:
-                continue
-            if m["kind"] != "evaluator" and "generator" in m["graphs"]:
-                found[folder.name] = (folder / str(v), m)
-            break
+        try:
+            vdir, m = newest_valid(store, folder.name)
+        except FileNotFoundError:
+            continue
+        if m["kind"] != "evaluator" and "generator" in m["graphs"]:
+            found[folder.name] = (vdir, m)
     if only:
         missing = [n for n in only if n not in found]
         if missing:

@@ -55,6 +55,7 @@ def interleave(contenders: list[Contender], batch: int, *, rounds: int, round_s:
 
 
 def ort_session(path: str, threads: int):
+    """The engine measured on its own (not ganserve.store.sessions): the bench sets every option itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -55,7 +55,7 @@ def export_onnx(path: Path, seed: int = 0) -> Path:
 
 def publish_reference(store: Path, name: str = "dcgan-reference", seed: int = 0) -> Path:
     """Export and publish the reference generator as `name` into `store`; returns the version folder."""
-    from server.manifest import publish
+    from ganserve.store.manifest import publish
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(Path(tmp) / "generator.onnx", seed)

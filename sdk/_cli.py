@@ -114,7 +114,7 @@ def _summary(ev, metrics: tuple[str, ...]) -> str:
 
 def _plot_mixture(c: Client, evals: list, reference: str, out: Path, plt) -> None:
     """Each Q's evaluated samples (the same seed and n as the evaluation) over the true density's contours."""
-    from training import data  # torch-free; the mixture definitions (one implementation)
+    from ganserve import data  # torch-free; the mixture definitions (one implementation)
 
     mixture = data.MIXTURES[reference]()
     lo, hi = mixture.means.min() - 0.5, mixture.means.max() + 0.5

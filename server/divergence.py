@@ -48,7 +48,7 @@ class Side:
     requested: np.ndarray | None = None    # labels a conditional model was asked for (N,)
     counts: np.ndarray | None = None       # histogram upload (K,)
     model: LoadedModel | None = None
-    mixture: object | None = None          # training.data.Mixture of a reference
+    mixture: object | None = None          # ganserve.data.Mixture of a reference
     _cache: dict = field(default_factory=dict)
 
 
@@ -64,7 +64,7 @@ def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, 
     if which is None:
         raise InvalidArgument("give samples, a reference or a model", name)
     if which == "reference":
-        from training import data
+        from ganserve import data
 
         ref = src.reference
         require(ref in MIXTURE_REFERENCES + IMAGE_REFERENCES, f"{name}.reference",

@@ -207,7 +207,7 @@ def invert(model: LoadedModel, x: np.ndarray, y: np.ndarray | None, method: str,
     """Images (N, *shape) in the model's value range -> latents, with the shared torch-free runtime."""
     from dataclasses import replace
 
-    from training.inversion_runtime import DEFAULTS, pixel_mse01
+    from ganserve.inversion.runtime import DEFAULTS, pixel_mse01
 
     settings = replace(DEFAULTS, **{k: v for k, v in (("steps", steps), ("lr", lr), ("prior_weight", prior_weight))
                                     if v is not None})

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from server.manifest import ManifestError
+from ganserve.store.manifest import ManifestError
 
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
 PROBE_BATCHES = (1, 2, 5)  # 1 and more than 1 (a fixed batch of either fails), and an odd size

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server import manifest as mf
+from ganserve.inversion.runtime import Inverter
+from ganserve.store import manifest as mf
+from ganserve.store import sessions as stores
 from server.batcher import Batcher
 from server.config import Config
 from server.errors import InvalidArgument
@@ -116,55 +118,26 @@ class LoadedModel:
         return capabilities(self.manifest)
 
     def inverter(self):
-        """The torch-free inversion runtime over this version's sessions (training/inversion_runtime.py)."""
+        """The torch-free inversion runtime over this version's sessions (ganserve/inversion/runtime.py)."""
         if self._inverter is None:
-            from training.inversion_runtime import Inverter
-
             self._inverter = Inverter(generator_grad=self.sessions.get("generator_grad"),
                                       encoder=self.sessions.get("encoder"), generator=self.sessions.get("generator"),
                                       latent_code=self.manifest.get("latent_code"))
         return self._inverter
 
 
-def choose_providers(setting: str) -> list[str]:
-    """ONNX Runtime providers for `setting` (auto | cpu | cuda), CUDA first when it is wanted and present."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if setting == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if setting == "cuda":
-        raise RuntimeError(f"providers=cuda but onnxruntime offers only {available} "
-                           "(install onnxruntime-gpu on a machine with a GPU)")
-    return ["CPUExecutionProvider"]
-
-
 class Loader:
     """Turns a version folder into a checked LoadedModel (sessions, probe, batcher); raises on any problem."""
 
     def __init__(self, config: Config, make_batcher=None):
-        import onnxruntime as ort
-
         self.config = config
-        self.providers = choose_providers(config.providers)
+        self.providers = stores.choose_providers(config.providers)
         self._make_batcher = make_batcher
-        log.info("ONNX Runtime providers: %s (available: %s)", self.providers, ort.get_available_providers())
+        log.info("ONNX Runtime providers: %s (available: %s)", self.providers, stores.available_providers())
 
     def session(self, model: str | bytes, threads: int | None = None):
-        """A session on an ONNX file path or serialized model bytes (a derived graph). Intra-op threads
-        beyond the caller's sleep between runs instead of spinning: a spinning pool fights whatever else
-        runs on the machine for the cores (DESIGN.md section 8)."""
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or self.config.intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if opts.intra_op_num_threads > 1:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+        """A session on an ONNX file path or serialized model bytes (a derived graph)."""
+        return stores.open_session(model, threads=threads or self.config.intra_op_threads, providers=self.providers)
 
     def _idle_session(self, generator: str | bytes):
         """The generator again with `idle_threads` intra-op threads, for a small request that finds the model

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ganserve.store import policy as pol
-from server import manifest as mf
+from ganserve.store import manifest as mf
+from ganserve.store import sessions as stores
 from server.config import Config
 from server.errors import NotFound, Unavailable
 from server.model import LoadedModel, Loader, is_conditional, parse_ref  # noqa: F401 - parse_ref re-exported
@@ -167,12 +168,7 @@ class Registry:
                 model_dir = self.store / name
                 if name.startswith(".") or not mf.NAME_RE.match(name) or not model_dir.is_dir():
                     continue
-                try:
-                    found = sorted(int(v) for v in os.listdir(model_dir)
-                                   if v.isascii() and v.isdigit() and not v.startswith("0"))
-                except OSError:
-                    continue
-                for v in found:
+                for v in stores.versions(self.store, name):
                     folder = model_dir / str(v)
                     try:
                         sig = _signature(folder)

@@ -28,7 +28,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from protos.ganserve.v1 import generator_pb2 as pb
-from server import manifest as mf
+from ganserve.store import manifest as mf
 
 # Property tests: a developer's `make test` draws new random cases every run (that is how they find bugs); CI
 # (.ci/run sets GANSERVE_CI=1) runs hypothesis's "ci" profile: derandomized, the same cases every run, no

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from training import data
-from training.data import grid25, load_digits, load_mnist, ring8
+from ganserve import data
+from ganserve.data import grid25, load_digits, load_mnist, ring8
 
 
 @pytest.mark.parametrize("split,n", [("train", 50000), ("valid", 10000), ("test", 10000)])

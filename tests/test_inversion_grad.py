@@ -1,4 +1,4 @@
-"""The gradient graph (training/grad_graph.py) against torch autograd, on the generator shapes we ship."""
+"""The gradient graph (ganserve/inversion/grad_graph.py) against torch autograd, on the generator shapes we ship."""
 
 import io
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training.grad_graph import GradGraphError, build_grad_graph
+from ganserve.inversion.grad_graph import GradGraphError, build_grad_graph
 
 
 class DCGAN(nn.Module):

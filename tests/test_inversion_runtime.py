@@ -1,4 +1,4 @@
-"""The torch-free inversion runtime (training/inversion_runtime.py) on a tiny ONNX generator, and the
+"""The torch-free inversion runtime (ganserve/inversion/runtime.py) on a tiny ONNX generator, and the
 encoder training step (training/inversion.py)."""
 
 import io
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training import inversion_runtime as rt
-from training.grad_graph import build_grad_graph
+from ganserve.inversion import runtime as rt
+from ganserve.inversion.grad_graph import build_grad_graph
 
 
 class Tiny(nn.Module):
@@ -235,7 +235,7 @@ def test_discrete_code_is_found_by_search_and_kept_fixed():
 
 
 def test_manifest_latent_code_is_validated():
-    from server.manifest import ManifestError, _check_latent_code
+    from ganserve.store.manifest import ManifestError, _check_latent_code
 
     _check_latent_code({"dim": 0, "edges": [-0.5, 0.5], "values": [-1.0, 0.0, 1.0]}, 4)
     for bad, why in [({"dim": 4, "edges": [0.0], "values": [-1.0, 1.0]}, "dim"),
@@ -249,7 +249,7 @@ def test_manifest_latent_code_is_validated():
 def test_republish_with_derived_grad_keeps_everything_else(tmp_path):
     """--derive-grad: a new version without generator_grad.onnx whose derived graph is the stored one, byte for
     byte; the old version stays; a stored graph that differs from the derivation is refused."""
-    from server.manifest import ManifestError, publish, read_manifest
+    from ganserve.store.manifest import ManifestError, publish, read_manifest
     from training.export import graph_spec
     from training.inversion import republish_derived_grad
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ganserve import metrics as M
-from training.data import grid25, load_mnist, ring8
+from ganserve.data import grid25, load_mnist, ring8
 from ganserve.metrics import Estimate, Gaussian, MetricError, estimate
 
 LOG2, LOG8, LOG10 = math.log(2), math.log(8), math.log(10)

@@ -16,7 +16,7 @@ from protos import latents as latent_fn
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from server import manifest as mf
+from ganserve.store import manifest as mf
 from tests.conftest import IMG, LATENT, _spec, _weights, build_critic, build_generator, manifest, \
     reference_generator, start_server
 
@@ -108,7 +108,7 @@ def test_identical_uploads_give_zero_and_intervals_everywhere(stub):
 
 def test_ring8_reference_against_exact_samples_of_it(stub):
     """Q = exact ring8 samples uploaded: the mode protocol's perfect-sampler values, through the RPC."""
-    from training import data
+    from ganserve import data
 
     x, _ = data.reference("ring8", 2500, 7)
     res = evaluate(stub, DS(reference="ring8"), DS(samples=T(np.asarray(x, np.float32))), [], n=2500, seed=0,

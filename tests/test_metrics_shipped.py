@@ -37,7 +37,7 @@ def client():
 
 
 def _reference(name: str, n: int, seed: int):
-    from training import data
+    from ganserve import data
 
     try:
         return data.reference(name, n, seed)

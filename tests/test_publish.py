@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.manifest import ManifestError, graph_model, read_manifest, sha256_file, validate, verify_files
+from ganserve.store.manifest import ManifestError, graph_model, read_manifest, sha256_file, validate, verify_files
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 SHIPPED = ["mnist-evaluator", "gan-mnist", "wgan-gp-mnist", "cgan-mnist", "gan-ring8", "gan-r1-ring8", "gan-sc-ring8",

@@ -17,7 +17,7 @@ from ganserve.store import policy as P
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from server import manifest as mf
+from ganserve.store import manifest as mf
 from tests.conftest import publish_gan, start_server
 from tests.test_server_reliability import _wait
 from tests.test_store_faults import _bad_generator

@@ -185,7 +185,7 @@ def test_idle_session_is_bit_identical_to_the_batched_one(shipped):
 def test_invert_with_each_method(shipped):
     """Every method each shipped MNIST generator supports (ENCODER needs encoder.onnx, OPTIMIZE generator_grad.onnx,
     HYBRID both), on images the generator made and on real test digits."""
-    from training import data
+    from ganserve import data
 
     with Client(shipped.target) as c:
         infos = [c.get_model(n) for n in (*IMAGE_MODELS, "latent-constraint-mnist") if _present(n)]

@@ -1,6 +1,5 @@
 """`python -m server` starts, answers the standard health check, and stops cleanly on SIGTERM."""
 
-import os
 import signal
 import socket
 import subprocess

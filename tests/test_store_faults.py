@@ -8,7 +8,6 @@ broken JSON)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from server import manifest as mf
+from ganserve.store import manifest as mf
 from tests.conftest import _weights, build_generator, publish_gan, publish_points, start_server
 from tests.test_server_reliability import _corrupt_copy, _wait
 

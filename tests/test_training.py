@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from training import losses  # noqa: E402
 from training.config import ConfigError, build, config_path  # noqa: E402
-from training.data import Split  # noqa: E402
+from ganserve.data import Split  # noqa: E402
 from training.dcgan import Discriminator, Generator  # noqa: E402
 from training.evaluator import EvaluatorConfig, MnistClassifier, random_shift  # noqa: E402
 from training.gan import GANConfig, build_networks  # noqa: E402
@@ -105,7 +105,7 @@ def test_coded_generator_draws_clusters_at_their_prior():
 
 
 def test_cluster_data_is_unsupervised_and_deterministic():
-    from training.data import load_digits
+    from ganserve.data import load_digits
     from training.gan import cluster_data
 
     d = load_digits("train")
@@ -215,7 +215,7 @@ def test_clip_weights():
 # --- one tiny training step per family; resume ---------------------------------------------------------
 
 def _digits():
-    from training.data import load_digits
+    from ganserve.data import load_digits
 
     return load_digits("train")
 
@@ -276,7 +276,7 @@ def test_self_conditioned_tiny_step_exports_unconditional_graphs(tmp_path, loss)
     import onnxruntime as ort
 
     from training.gan import export, train
-    from training.grad_graph import build_grad_graph
+    from ganserve.inversion.grad_graph import build_grad_graph
 
     cfg = GANConfig(name="t", loss=loss, clusters=6, n_critic=2 if "wgan" in loss else 1, **TINY_GAN)
     res = train(cfg, tmp_path, log=lambda *a: None, data=_digits())
@@ -309,7 +309,7 @@ def test_self_conditioned_points_tiny_step(tmp_path):
     latent_code."""
     import onnxruntime as ort
 
-    from training.data import ring8
+    from ganserve.data import ring8
     from training.gan import RealData, export, manifest_fields, train
 
     cfg = GANConfig(name="t", data="ring8", clusters=16, latent_dim=5, g_width=16, d_width=16, layers=2,
@@ -461,7 +461,7 @@ def test_sigkill_mid_run_then_resume_publishes(tmp_path):
 # --- mixture metrics through training.evaluate (known answers) ------------------------------------------
 
 def test_point_metrics_known_answers_ring8():
-    from training.data import ring8
+    from ganserve.data import ring8
     from training.evaluate import point_metrics
 
     r = ring8()

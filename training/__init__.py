@@ -1,5 +1,5 @@
-"""ganserve training: data, models, losses, trainers, evaluator, export and publish.
+"""ganserve training: networks, losses, trainers, evaluator, export and publish (torch lives here).
 
-`python -m training.run <config>` trains a model. This package's torch-free module `training.data` is
-also used by the server (estimators live in `ganserve.metrics`); importing `training` itself imports nothing heavy.
+`python -m training.run <config>` trains a model. What serving shares with training (data, metrics, the store,
+the inversion runtime) lives in the torch-free floor, `ganserve/`; importing `training` itself imports nothing heavy.
 """

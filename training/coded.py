@@ -44,7 +44,7 @@ class CodedGenerator(nn.Module):
         self.inner = inner
 
     def latent_code(self) -> dict:
-        """The manifest's `latent_code` (server/manifest.py): z_0's cells and a representative value of each
+        """The manifest's `latent_code` (ganserve/store/manifest.py): z_0's cells and a representative value of each
         (its median under N(0, 1)), so inversion can choose the cell by search and keep it fixed."""
         probs = self.probs.double()
         values = normal_quantile(torch.cumsum(probs, 0) - probs / 2)  # each cell's median

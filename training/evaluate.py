@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ganserve import metrics as M
+from ganserve.data import MIXTURES, load_mnist, reference
+from ganserve.inversion.runtime import measure
+from ganserve.store import sessions as stores
+from ganserve.store.manifest import generator_names, read_manifest, verify_files
+from protos.latents import latents
 
 EVALUATOR = "mnist-evaluator"
 PR_K = 3
@@ -35,21 +41,18 @@ PR_K = 3
 # --- the evaluator classifier -------------------------------------------------------------------------
 
 class Evaluator:
-    """The mnist-evaluator ONNX graph: images (N, 1, 28, 28) in [0, 1] -> (logits (N, 10), features (N, F))."""
+    """The mnist-evaluator ONNX graph: images (N, 1, 28, 28) in [0, 1] -> (logits (N, 10), features (N, F)).
+
+    Graph input/output names come from the manifest's classifier graph (input, then logits and features)."""
 
     def __init__(self, version_dir: Path, threads: int = 1):
-        import onnxruntime as ort
-
-        from server.manifest import read_manifest, verify_files
-
         self.dir = Path(version_dir)
         self.manifest = read_manifest(self.dir)
         verify_files(self.dir, self.manifest)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
         graph = self.manifest["graphs"]["classifier"]
-        self.session = ort.InferenceSession(str(self.dir / graph["file"]), so, providers=["CPUExecutionProvider"])
+        self.input = graph["inputs"][0]["name"]
+        self.outputs = [o["name"] for o in graph["outputs"][:2]]
+        self.session = stores.open_session(self.dir / graph["file"], threads=threads)
         self.id = f"{self.manifest['name']}@{self.manifest['version']}"
 
     def __call__(self, x01: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -58,30 +61,14 @@ class Evaluator:
             raise ValueError(f"evaluator input must be (N, 1, 28, 28), got {x01.shape}")
         logits, feats = [], []
         for i in range(0, len(x01), batch):
-            lo, fe = self.session.run(["logits", "features"], {"x": np.ascontiguousarray(x01[i:i + batch])})
+            lo, fe = self.session.run(self.outputs, {self.input: np.ascontiguousarray(x01[i:i + batch])})
             logits.append(lo)
             feats.append(fe)
         return np.concatenate(logits), np.concatenate(feats).astype(np.float64)
 
 
-def latest_version(store: Path, name: str) -> Path | None:
-    folder = Path(store) / name
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
-                      reverse=True) if folder.is_dir() else []
-    return folder / str(versions[0]) if versions else None
-
-
-def resolve(store: Path, spec: str) -> Path:
-    """`name` (newest version) or `name@version` -> the version folder."""
-    name, _, version = spec.partition("@")
-    path = Path(store) / name / version if version else latest_version(store, name)
-    if path is None or not path.is_dir():
-        raise FileNotFoundError(f"model {spec!r} not found in {store}")
-    return path
-
-
 def find_evaluator(store: str | Path = "model_store", required: bool = True) -> Evaluator | None:
-    path = latest_version(Path(store), EVALUATOR)
+    path = stores.latest(Path(store), EVALUATOR)
     if path is None:
         if required:
             raise FileNotFoundError(f"no {EVALUATOR} in {store}: train it with python -m training.run {EVALUATOR}")
@@ -95,8 +82,6 @@ def find_evaluator(store: str | Path = "model_store", required: bool = True) -> 
 def _real_reference(evaluator_dir: str, n: int) -> dict:
     """Evaluator features of the MNIST test split (n images) and of n training images, and the real-data
     figures (train vs test) every generator is compared with."""
-    from training.data import reference
-
     ev = Evaluator(Path(evaluator_dir))
     x_test, _ = reference("mnist-test", n=n, seed=0)
     x_train, _ = reference("mnist-train", n=n, seed=0)
@@ -159,45 +144,39 @@ def summarize_seeds(per_seed: list[dict], seeds: list[int]) -> dict:
 # --- sampling a published model ---------------------------------------------------------------------------
 
 def sample_onnx(path: Path, latent_dim: int, num_classes: int, n: int, seed: int = 0, batch: int = 1000,
-                threads: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples, requested labels or None) from a generator ONNX file; labels cycle 0..K-1 (one-hot y)."""
-    import onnxruntime as ort
+                threads: int = 2, names: tuple[str, str | None, str] = ("z", "y", "x"),
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples, requested labels or None) from a generator ONNX file; labels cycle 0..K-1 (one-hot y).
 
-    from protos.latents import latents
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    `names` are the graph's latent input, class input and sample output (a published model's come from its
+    manifest: manifest.generator_names; our exports use z, y, x)."""
+    z_name, y_name, x_name = names
+    sess = stores.open_session(path, threads=threads)
     z = latents(seed, n, latent_dim)
     labels = np.arange(n) % num_classes if num_classes else None
     out = []
     for i in range(0, n, batch):
-        feeds = {"z": z[i:i + batch]}
+        feeds = {z_name: z[i:i + batch]}
         if num_classes:
-            feeds["y"] = np.eye(num_classes, dtype=np.float32)[labels[i:i + batch]]
-        out.append(sess.run(["x"], feeds)[0])
+            feeds[y_name] = np.eye(num_classes, dtype=np.float32)[labels[i:i + batch]]
+        out.append(sess.run([x_name], feeds)[0])
     return np.concatenate(out), labels
 
 
 def evaluate_generator_onnx(path: Path, latent_dim: int, num_classes: int, evaluator: Evaluator,
-                            n: int = 10000, seed: int = 0) -> dict:
-    x, labels = sample_onnx(path, latent_dim, num_classes, n, seed)
+                            n: int = 10000, seed: int = 0, names: tuple[str, str | None, str] = ("z", "y", "x"),
+                            ) -> dict:
+    x, labels = sample_onnx(path, latent_dim, num_classes, n, seed, names=names)
     return image_metrics(evaluator, (x + 1) / 2, labels, real_reference(evaluator, n))
 
 
 def evaluate_model(version_dir: Path, store: Path, n: int | None = None, seed: int = 0,
                    inversion: bool = True) -> dict:
     """Metrics of one published version (verifying its files first)."""
-    from server.manifest import read_manifest, verify_files
-
-    from training.data import MIXTURES
-
     m = read_manifest(version_dir)
     verify_files(version_dir, m)
     result = {"model": f"{m['name']}@{m['version']}", "kind": m["kind"], "n": n, "seed": seed}
     if m["kind"] == "evaluator":
-        from training.data import load_mnist
-
         ev = Evaluator(version_dir)
         test = load_mnist("test")
         logits, _ = ev(test.images)
@@ -210,7 +189,7 @@ def evaluate_model(version_dir: Path, store: Path, n: int | None = None, seed: i
     gen = m["graphs"]["generator"]
     if m["data_kind"] == "points":
         n = n or 2500
-        x, _ = sample_onnx(version_dir / gen["file"], m["latent_dim"], 0, n, seed)
+        x, _ = sample_onnx(version_dir / gen["file"], m["latent_dim"], 0, n, seed, names=generator_names(m))
         data = m.get("training", {}).get("config", {}).get("data")  # our manifests say; else the name must
         mixture = MIXTURES[data]() if data in MIXTURES else next(
             (mk() for name, mk in MIXTURES.items() if name in m["name"]), None)
@@ -220,11 +199,9 @@ def evaluate_model(version_dir: Path, store: Path, n: int | None = None, seed: i
         return result
     n = n or 10000
     ev = find_evaluator(store)
-    result.update(evaluate_generator_onnx(version_dir / gen["file"], m["latent_dim"], m["num_classes"], ev, n, seed),
-                  evaluator=ev.id)
-    if inversion and "generator_grad" in m["graphs"]:  # issue 4, item 7 (training/inversion_runtime.py)
-        from training.inversion_runtime import measure
-
+    result.update(evaluate_generator_onnx(version_dir / gen["file"], m["latent_dim"], m["num_classes"], ev, n, seed,
+                                          names=generator_names(m)), evaluator=ev.id)
+    if inversion and "generator_grad" in m["graphs"]:  # issue 4, item 7 (ganserve/inversion/runtime.py)
         result.update(measure(version_dir, ev, log=lambda *_: None))
     return result
 
@@ -337,10 +314,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_docs(results: list[dict], store: Path, docs: Path, command: str) -> None:
     """docs/<name>/{samples,curves}.png, summary.json and README.md (generated; never edited by hand)."""
-    import shutil
-
-    from server.manifest import read_manifest
-
     docs.mkdir(parents=True, exist_ok=True)
     rows = []
     for res in results:
@@ -363,8 +336,7 @@ def write_docs(results: list[dict], store: Path, docs: Path, command: str) -> No
         "# Shipped models\n\nMNIST models: 10,000 samples (latents seed 0) against the MNIST test split, "
         "scored with the shipped `mnist-evaluator`; \"× real\" divides by the figure of 10,000 real training "
         "images against the same test split. Mixtures: 2,500 samples per training seed (VEEGAN/PacGAN protocol), "
-        "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars: the quality bars of "
-        "`training/evaluate.py` (`quality_bars`). "
+        "mean ± standard deviation over the seeds; the shipped generator is seed 0. Bars are issue 3's. "
         "Training wall time is the wall clock each manifest records, on the 2-core development machine while "
         "other jobs often shared it (one to ten at a time), so it can overstate a dedicated run.\n\n"
         f"{markdown_table(rows)}\n\n| model | samples | training curves |\n| --- | --- | --- |\n{pics}\n")
@@ -389,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for spec in specs:
         try:
-            res = evaluate_model(resolve(args.store, spec), args.store, args.n, args.seed, not args.no_inversion)
+            res = evaluate_model(stores.resolve(args.store, spec), args.store, args.n, args.seed, not args.no_inversion)
         except (FileNotFoundError, ValueError) as e:
             print(f"{spec}: {e}", file=sys.stderr)
             return 1

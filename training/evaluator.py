@@ -104,7 +104,7 @@ def train(cfg: EvaluatorConfig, out: Path, resume: bool = False, log=print, data
     from tqdm import tqdm
 
     from training.common import Curves, checkpoint_meta, load_checkpoint, save_checkpoint, seed_all
-    from training.data import load_mnist
+    from ganserve.data import load_mnist
 
     torch.set_num_threads(cfg.threads)
     gen = seed_all(cfg.seed)

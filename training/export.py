@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ganserve.store.sessions import open_session
+
 OPSET = 17
 
 
@@ -24,8 +26,6 @@ def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], output_name
     `probe(n, gen)` draws those inputs (default: standard normal of each example's shape); the caller passes
     one when inputs have a domain, e.g. class-probability vectors or images in [0, 1].
     """
-    import onnxruntime as ort
-
     module.eval()
     names = list(example)
     buf = io.BytesIO()
@@ -43,7 +43,7 @@ def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], output_name
     with torch.no_grad():
         ref = module(**inputs)
     ref = ref if isinstance(ref, tuple) else (ref,)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path)
     got = sess.run(output_names, {n: t.numpy() for n, t in inputs.items()})
     return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
 
@@ -54,11 +54,9 @@ def graph_spec(path: Path) -> dict:
     Input dims come from the graph; output dims from running it once on a batch of 2 (static shape
     inference loses them after a reshape with a dynamic batch).
     """
-    import onnxruntime as ort
-
     dtypes = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
     np_types = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path)
     inputs = [{"name": i.name, "dtype": dtypes[i.type], "dims": [int(d) for d in i.shape[1:]]}
               for i in sess.get_inputs()]
     feeds = {i["name"]: np.zeros((2, *i["dims"]), np_types[i["dtype"]]) for i in inputs}
@@ -71,12 +69,7 @@ def graph_spec(path: Path) -> dict:
 def ort_samples_per_s(path: Path, make_feeds: Callable[[int], dict[str, np.ndarray]], batch: int,
                       threads: int = 2, min_time: float = 1.0) -> float:
     """In-process ONNX Runtime throughput (samples/s) at a fixed batch size, after a warm-up."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = open_session(path, threads=threads)
     feeds = make_feeds(batch)
     for _ in range(3):
         sess.run(None, feeds)

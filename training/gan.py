@@ -15,7 +15,6 @@ before evaluation and export (the training G's running statistics belong to othe
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +127,7 @@ def build_networks(cfg: GANConfig, cluster_probs=None) -> tuple[nn.Module, nn.Mo
     if cfg.clusters:
         probs = np.full(cfg.clusters, 1 / cfg.clusters) if cluster_probs is None else cluster_probs
     if cfg.points:
-        from training.data import MIXTURES
+        from ganserve.data import MIXTURES
         from training.toy import PointDiscriminator, PointGenerator
 
         scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
@@ -160,10 +159,10 @@ class RealData:
         self.cfg, self.gen = cfg, gen
         self.cluster_probs, self.cluster_info, self.centroids = None, {}, None
         if cfg.points:
-            from training.data import MIXTURES
+            from ganserve.data import MIXTURES
 
             self.mixture = MIXTURES[cfg.data]()
-            self.source, self.sha256 = f"training.data.{cfg.data}()", "analytic"
+            self.source, self.sha256 = f"ganserve.data.{cfg.data}()", "analytic"
             if cfg.clusters:
                 x, modes = self.mixture.sample(self.cluster_sample, cfg.seed, return_modes=True)
                 assign, self.cluster_probs, self.cluster_info = cluster_data(x, cfg.clusters, cfg.seed, labels=modes)
@@ -171,7 +170,7 @@ class RealData:
                     np.stack([x[assign == j].mean(0) for j in range(cfg.clusters)])).float()  # (K, 2)
             return
         if data is None:
-            from training.data import load_digits, load_mnist
+            from ganserve.data import load_digits, load_mnist
 
             data = load_mnist("train", cfg.data_path or None) if cfg.data == "mnist" else load_digits("train")
         images, labels = np.array(data.images), np.array(data.labels)
@@ -273,7 +272,7 @@ def quality(g: nn.Module, cfg: GANConfig, evaluator, n: int, seed: int = 0) -> d
     from training import evaluate
 
     if cfg.points:
-        from training.data import MIXTURES
+        from ganserve.data import MIXTURES
 
         return evaluate.point_metrics(sample(g, cfg, n, seed), MIXTURES[cfg.data]())
     if evaluator is None or cfg.data != "mnist":
@@ -287,7 +286,7 @@ def save_preview(g: nn.Module, cfg: GANConfig, path: Path, title: str = "") -> N
     from training.common import image_grid, scatter_png
 
     if cfg.points:
-        from training.data import MIXTURES
+        from ganserve.data import MIXTURES
 
         mix = MIXTURES[cfg.data]()
         scatter_png(sample(g, cfg, 2500, seed=12345), mix.means, path, title)
@@ -458,7 +457,7 @@ def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None)
     res = train_one(cfg, out, resume, log, data)
     wall_all = res["wall_time_s"]
     if cfg.points:
-        from training.data import MIXTURES
+        from ganserve.data import MIXTURES
 
         from training import evaluate
 

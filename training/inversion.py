@@ -1,14 +1,14 @@
 """Inversion encoders for published generators, their gradient graphs, measurement, and publication.
 
 For a published image generator (any kind, including foreign ONNX generators) this module:
-1. builds generator_grad.onnx from its generator.onnx (training/grad_graph.py: an ONNX-level VJP; no torch);
+1. builds generator_grad.onnx from its generator.onnx (ganserve/inversion/grad_graph.py: an ONNX-level VJP; no torch);
 2. trains an encoder E(x[, y]) -> z (torch) on two sources, with the generator only ever run in ONNX Runtime:
      (G(z), z) pairs:  L_pair = ||E(G(z)) - z||^2 / d                         (latent regression)
      real images x:    L_real = w_real ||G(E(x)) - x||^2 / P                   (reconstruction through G)
    The gradient of L_real w.r.t. the encoder's weights is (dL/dz)^T dE/dtheta; dL/dz at z = E(x) comes from
    generator_grad.onnx, so G needs no torch re-implementation and no checkpoint - only its published graph;
 3. exports encoder.onnx (dynamic batch, parity checked against torch);
-4. measures ENCODER / OPTIMIZE / HYBRID with training/inversion_runtime.py (the server's implementation) on
+4. measures ENCODER / OPTIMIZE / HYBRID with ganserve/inversion/runtime.py (the server's implementation) on
    1,000 real MNIST test digits and 1,000 of the generator's own samples (issue 4, item 7);
 5. publishes a NEW version of the model: its files copied unchanged plus encoder.onnx, the manifest extended
    with the encoder graph, generator_grad as {"derive": "vjp"} (rebuilt from generator.onnx by the loader, which
@@ -33,12 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from server.manifest import DERIVE_VJP, ManifestError, graph_model, publish
-from training import inversion_runtime as rt
+from ganserve.data import load_mnist
+from ganserve.inversion import runtime as rt
+from ganserve.inversion.grad_graph import grad_graph_bytes
+from ganserve.store.manifest import DERIVE_VJP, ManifestError, graph_model, publish
+from ganserve.store.sessions import open_session, resolve
 from training.config import build, config_path, parse_overrides, read_toml
-from training.evaluate import find_evaluator, resolve
-from training.export import graph_spec
-from training.grad_graph import grad_graph_bytes
+from training.evaluate import find_evaluator
+from training.export import export_onnx, graph_spec
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
 
@@ -106,8 +108,8 @@ def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num
     Returns the max over n samples of |fd - <grad, u>| / ||grad|| (float32 losses limit it to ~1e-3). (Against
     torch autograd in the tests; here the check needs only the published graphs, so it also covers foreign
     generators.)"""
-    g = rt.make_session(generator_onnx)
-    gg = rt.make_session(grad_onnx)
+    g = open_session(generator_onnx)
+    gg = open_session(grad_onnx)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, latent_dim)).astype(np.float32)
     u = rng.standard_normal((n, latent_dim)).astype(np.float32)
@@ -125,14 +127,13 @@ def check_grad_graph(grad_onnx: Path, generator_onnx: Path, latent_dim: int, num
 
 def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=print) -> tuple[InversionEncoder, dict]:
     """Train E on (G(z), z) pairs and real MNIST training images; G runs only in ONNX Runtime."""
-    from training.data import load_mnist
 
     m = read(version_dir)
     d, k = m["latent_dim"], m["num_classes"]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    gen = rt.make_session(version_dir / m["graphs"]["generator"]["file"], cfg.threads)
-    grad = rt.make_session(grad_onnx, cfg.threads)
+    gen = open_session(version_dir / m["graphs"]["generator"]["file"], threads=cfg.threads)
+    grad = open_session(grad_onnx, threads=cfg.threads)
     train = load_mnist("train", cfg.data_path or None)
     x_real = np.asarray(train.images) * 2.0 - 1.0  # (N, 1, 28, 28) in [-1, 1]
     y_real = np.eye(10, dtype=np.float32)[np.asarray(train.labels)]
@@ -198,7 +199,6 @@ def train_encoder(version_dir: Path, grad_onnx: Path, cfg: EncoderConfig, log=pr
 
 def export_encoder(enc: InversionEncoder, path: Path) -> float:
     """encoder.onnx: x (N, 1, 28, 28) [, y (N, K)] -> z (N, d); returns the parity max abs diff vs torch."""
-    from training.export import export_onnx
 
     k = enc.num_classes
 
@@ -224,8 +224,8 @@ def grad_cost(version_dir: Path, batch: int = 256, threads: int = 2, repeats: in
     """
     m = read(version_dir)
     d, k = m["latent_dim"], m["num_classes"]
-    gen = rt.make_session(version_dir / m["graphs"]["generator"]["file"], threads)
-    grad = rt.make_session(graph_model(version_dir, m, "generator_grad"), threads)
+    gen = open_session(version_dir / m["graphs"]["generator"]["file"], threads=threads)
+    grad = open_session(graph_model(version_dir, m, "generator_grad"), threads=threads)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((batch, d)).astype(np.float32)
     yb = {"y": np.eye(k, dtype=np.float32)[rng.integers(0, k, batch)]} if k else {}
@@ -268,7 +268,7 @@ def jacobian_spectrum(version_dir: Path, n: int = 8, h: float = 1e-2, seed: int 
     """
     m = read(version_dir)
     d, k = m["latent_dim"], m["num_classes"]
-    g = rt.make_session(version_dir / m["graphs"]["generator"]["file"], 1)
+    g = open_session(version_dir / m["graphs"]["generator"]["file"], threads=1)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, d)).astype(np.float32)
     eye = h * np.eye(d, dtype=np.float32)
@@ -290,7 +290,6 @@ def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
               settings: rt.InversionSettings = rt.DEFAULTS) -> None:
     """Rows: n real test digits (one per class), then their HYBRID inversions by each model version given."""
     from training.common import image_grid
-    from training.data import load_mnist
 
     dirs = version_dir if isinstance(version_dir, list) else [version_dir]
     test = load_mnist("test")
@@ -308,7 +307,7 @@ def strip_png(version_dir: Path | list[Path], path: Path, n: int = 10,
 
 def inversion_graphs(m: dict, encoder_onnx: Path, grad_onnx: Path) -> dict:
     """`m`'s graphs + encoder.onnx + generator_grad, the latter derived from the generator at load time (not stored:
-    it would repeat the generator's weights; server/manifest.py graph_model)."""
+    it would repeat the generator's weights; ganserve/store/manifest.py graph_model)."""
     graphs = {r: g for r, g in m["graphs"].items() if r not in ("encoder", "generator_grad")}
     return dict(graphs, encoder=graph_spec(encoder_onnx), generator_grad=_derived(graph_spec(grad_onnx)))
 

@@ -373,8 +373,8 @@ def _modules(cfg: LatentConstraintConfig) -> dict[str, nn.Module]:
 def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=print) -> dict:
     """1. VAE; 2. conditional actor-critic; 3. realism actor-critic. A checkpoint after each stage; --resume
     skips the finished stages (a killed stage restarts from its beginning)."""
-    from training.common import Curves, checkpoint_meta, load_checkpoint, save_checkpoint, seed_all
-    from training.data import load_mnist
+    from training.common import Curves, load_checkpoint, save_checkpoint, seed_all
+    from ganserve.data import load_mnist
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

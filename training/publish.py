@@ -1,4 +1,4 @@
-"""Publish a trained model into the store: manifest (server/manifest.py's schema) + files, atomically."""
+"""Publish a trained model into the store: manifest (ganserve/store/manifest.py's schema) + files, atomically."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from server.manifest import publish as store_publish
+from ganserve.store.manifest import publish as store_publish
 
 
 def build_manifest(name: str, fields: dict[str, Any], graphs: dict, training: dict, metrics: dict,

@@ -45,6 +45,7 @@ THREADS_ENV = "GANSERVE_TS_INTRA_OP_THREADS"
 
 
 def _session(path: str, threads: int):
+    """The handler's own session (inside a .mar the ganserve package is absent; same options as its open_session)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -171,26 +172,13 @@ class GeneratorHandler:
 
 def resolve_version(store: Path, model: str, version: int | None) -> Path:
     """The version folder to export: `version`, or the newest valid one (manifest and sha256 checked)."""
-    from server.manifest import ManifestError, read_manifest, verify_files
+    # Imported here, not at the top: this file is also the handler inside a .mar, where ganserve is absent.
+    from ganserve.store.sessions import newest_valid
 
-    folder = Path(store) / model
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model {model!r} not found in {store}")
-    candidates = [version] if version else sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()),
-                                                  reverse=True)
-    errors = []
-    for v in candidates:
-        vdir = folder / str(v)
-        try:
-            manifest = read_manifest(vdir)
-            verify_files(vdir, manifest)
-        except (ManifestError, FileNotFoundError) as e:
-            errors.append(str(e))
-            continue
-        if manifest["kind"] == "evaluator" or "generator" not in manifest["graphs"]:
-            raise ValueError(f"{model}@{v} has no generator graph (kind {manifest['kind']})")
-        return vdir
-    raise FileNotFoundError(f"no valid version of {model!r} in {store}: {'; '.join(errors) or 'none published'}")
+    vdir, manifest = newest_valid(store, model, version)
+    if manifest["kind"] == "evaluator" or "generator" not in manifest["graphs"]:
+        raise ValueError(f"{model}@{manifest['version']} has no generator graph (kind {manifest['kind']})")
+    return vdir
 
 
 def export_mar(store: Path, model: str, out: Path, *, version: int | None = None, name: str | None = None,

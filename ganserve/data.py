@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
 import os
 import pickle
 import struct
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.manifest import sha256_file
+from ganserve.store.manifest import sha256_file
 
 MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_ENV = "GANSERVE_MNIST"

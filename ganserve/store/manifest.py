@@ -35,7 +35,7 @@ manifest.json (format 1):
                   probabilities; output x), encoder (x[, y] -> z), generator_grad, critic (x[, y] -> score),
                   classifier (evaluator: x in [0, 1] -> logits [num_classes], features [F])
                   generator_grad may say {"derive": "vjp", "inputs", "outputs"} instead of a file: the loader
-                  builds it from the generator graph (training/grad_graph.py, an ONNX-level vector-Jacobian
+                  builds it from the generator graph (ganserve/inversion/grad_graph.py, an ONNX-level vector-Jacobian
                   product; deterministic, ~0.1 s), so the store does not hold the generator's weights twice.
     files         {file name: sha256 hex}
     training      {config, seed, steps, wall_time_s, data {source, sha256}, ...}   free-form
@@ -54,10 +54,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from ganserve.inversion.grad_graph import GradGraphError, grad_graph_bytes
+
 FORMAT = 1
 KINDS = ("gan", "wgan-gp", "cgan", "latent-constraint", "evaluator")
 ROLES = ("generator", "encoder", "generator_grad", "critic", "classifier")
-DERIVE_VJP = "vjp"  # graphs.generator_grad.derive: built from the generator at load (training/grad_graph.py)
+DERIVE_VJP = "vjp"  # graphs.generator_grad.derive: built from the generator at load (ganserve/inversion/grad_graph.py)
 DTYPES = ("float32", "uint8", "int64")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -178,22 +182,25 @@ def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
 def graph_model(version_dir: Path, manifest: dict[str, Any], role: str) -> str | bytes:
     """What ONNX Runtime should load for `role`: the file's path, or the bytes of a derived graph.
 
-    A derived generator_grad is rebuilt from the (sha256-checked) generator file by training.grad_graph, the
+    A derived generator_grad is rebuilt from the (sha256-checked) generator file by ganserve.inversion.grad_graph, the
     same code that built and finite-difference-checked it at publish time (onnx and numpy only, no torch).
     Raises ManifestError if the generator cannot be differentiated.
     """
     graph = manifest["graphs"][role]
     if "derive" not in graph:
         return str(Path(version_dir) / graph["file"])
-    import onnx
-
-    from training.grad_graph import GradGraphError, grad_graph_bytes
-
     source = Path(version_dir) / manifest["graphs"]["generator"]["file"]
     try:
         return grad_graph_bytes(source)
     except (GradGraphError, onnx.checker.ValidationError, ValueError) as e:
         raise ManifestError(f"{version_dir}: cannot derive generator_grad from {source.name} ({e})") from e
+
+
+def generator_names(manifest: dict[str, Any]) -> tuple[str, str | None, str]:
+    """The generator graph's latent input, class input (None when unconditional) and sample output names."""
+    graph = manifest["graphs"]["generator"]
+    inputs = [s["name"] for s in graph["inputs"]]
+    return inputs[0], inputs[1] if len(inputs) > 1 else None, graph["outputs"][0]["name"]
 
 
 def next_version(store: Path, name: str) -> int:

@@ -13,7 +13,7 @@ Methods:
     OPTIMIZE  from a start point z0 (default: zeros, the prior's mode), K steps of Adam on
               f(z) = ||G(z) - x||^2 + prior_weight * ||z||^2   (the prior term is a Gaussian log-prior up to a
               constant: -log N(z; 0, I/(2 prior_weight))). The gradient of the first term comes from
-              generator_grad (training/grad_graph.py); the prior's is added here.
+              generator_grad (ganserve/inversion/grad_graph.py); the prior's is added here.
     HYBRID    OPTIMIZE started from the encoder's z.
 Discrete latent codes (manifest `latent_code`, a self-conditioned generator's cluster read off z_i): the
 generator is piecewise constant along z_i, so no gradient can move it between cells, and Adam would drift it
@@ -32,11 +32,17 @@ for the shipped generators: docs/inversion/results.json (the defaults) and the m
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from ganserve.data import load_mnist
+from ganserve.store.manifest import graph_model
+from ganserve.store.sessions import open_session
+from protos.latents import latents
 
 METHODS = ("ENCODER", "OPTIMIZE", "HYBRID")
 
@@ -83,18 +89,6 @@ class InversionResult:
     history: list[float] = field(default_factory=list)  # mean objective per step (OPTIMIZE/HYBRID)
 
 
-def make_session(model: str | Path | bytes, threads: int = 1):
-    """An ONNX Runtime CPU session on a file or serialized model, with `threads` intra-op threads (1 stays
-    stable on shared cores)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
-
-
 class Inverter:
     """Inversion for one model version. Sessions are onnxruntime.InferenceSession (thread-safe Run)."""
 
@@ -117,13 +111,9 @@ class Inverter:
     @classmethod
     def from_version_dir(cls, version_dir: str | Path, threads: int = 1) -> "Inverter":
         """The graphs its manifest lists (a derived generator_grad is built from the generator)."""
-        import json
-
-        from server.manifest import graph_model
-
         d = Path(version_dir)
         m = json.loads((d / "manifest.json").read_text())
-        get = lambda role: make_session(graph_model(d, m, role), threads) if role in m["graphs"] else None  # noqa: E731
+        get = lambda role: open_session(graph_model(d, m, role), threads=threads) if role in m["graphs"] else None  # noqa: E731
         return cls(generator_grad=get("generator_grad"), encoder=get("encoder"), generator=get("generator"),
                    latent_code=m.get("latent_code"))
 
@@ -304,11 +294,6 @@ def measure(version_dir: str | Path, evaluator, *, n: int = 1000, settings: Inve
     Own samples (latents of `seed` from protos.latents, labels i mod K): MSE and cosine(z_recovered, z_true).
     Time: wall seconds of the whole batch (ONNX Runtime, `threads` intra-op threads) per image.
     """
-    import json
-
-    from protos.latents import latents
-    from training.data import load_mnist
-
     d = Path(version_dir)
     m = json.loads((d / "manifest.json").read_text())
     dim, k = m["latent_dim"], m["num_classes"]

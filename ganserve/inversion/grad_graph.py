@@ -31,7 +31,7 @@ export.generator_grad_fd_max_rel_err).
 Output graph: inputs z (N, latent_dim), target (N, *image) [, y (N, classes)] ->
     loss   (N,)              per-sample sum of squared error ||G(z[, y]) - target||^2
     grad_z (N, latent_dim)   dloss/dz
-The prior term (prior_weight * ||z||^2) is added by the caller in numpy (training/inversion_runtime.py).
+The prior term (prior_weight * ||z||^2) is added by the caller in numpy (ganserve/inversion/runtime.py).
 
 No torch here: onnx and numpy only.
 """
@@ -356,5 +356,5 @@ def build_grad_graph(model: onnx.ModelProto, *, z_name: str = "z", x_name: str =
 
 def grad_graph_bytes(generator_onnx) -> bytes:
     """The serialized gradient graph of a generator file: what the server loads for a derived generator_grad
-    (server/manifest.py graph_model) and what training.inversion checks and measures. Deterministic."""
+    (ganserve/store/manifest.py graph_model) and what training.inversion checks and measures. Deterministic."""
     return build_grad_graph(onnx.load(str(generator_onnx))).SerializeToString()
