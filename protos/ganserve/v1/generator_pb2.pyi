@@ -3,8 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -104,7 +103,7 @@ class Capabilities(_message.Message):
     invertible: bool
     optimizable: bool
     has_critic: bool
-    def __init__(self, conditional: _Optional[bool] = ..., soft_labels: _Optional[bool] = ..., invertible: _Optional[bool] = ..., optimizable: _Optional[bool] = ..., has_critic: _Optional[bool] = ...) -> None: ...
+    def __init__(self, conditional: bool = ..., soft_labels: bool = ..., invertible: bool = ..., optimizable: bool = ..., has_critic: bool = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "kind", "description", "data_kind", "latent_dim", "num_classes", "class_names", "output_shape", "value_min", "value_max", "capabilities", "metrics", "available_versions", "created", "inputs", "max_batch_size", "state", "state_reason", "is_default", "resident", "versions")
@@ -159,7 +158,7 @@ class ModelInfo(_message.Message):
     is_default: bool
     resident: bool
     versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., state_reason: _Optional[str] = ..., is_default: _Optional[bool] = ..., resident: _Optional[bool] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., state_reason: _Optional[str] = ..., is_default: bool = ..., resident: bool = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
     __slots__ = ("version", "state", "reason", "resident", "is_default")
@@ -173,7 +172,7 @@ class VersionStatus(_message.Message):
     reason: str
     resident: bool
     is_default: bool
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., reason: _Optional[str] = ..., resident: _Optional[bool] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., reason: _Optional[str] = ..., resident: bool = ..., is_default: bool = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("all_versions", "index")
@@ -181,7 +180,7 @@ class ListModelsRequest(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     all_versions: bool
     index: bool
-    def __init__(self, all_versions: _Optional[bool] = ..., index: _Optional[bool] = ...) -> None: ...
+    def __init__(self, all_versions: bool = ..., index: bool = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -211,7 +210,7 @@ class SampleRequest(_message.Message):
     truncation: float
     encoding: Encoding
     return_latents: bool
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., truncation: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., return_latents: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., truncation: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., return_latents: bool = ...) -> None: ...
 
 class SampleConditionalRequest(_message.Message):
     __slots__ = ("model", "n", "seed", "latents", "truncation", "encoding", "return_latents", "labels", "soft_labels")
@@ -233,7 +232,7 @@ class SampleConditionalRequest(_message.Message):
     return_latents: bool
     labels: _containers.RepeatedScalarFieldContainer[int]
     soft_labels: Tensor
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., truncation: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., return_latents: _Optional[bool] = ..., labels: _Optional[_Iterable[int]] = ..., soft_labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., truncation: _Optional[float] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., return_latents: bool = ..., labels: _Optional[_Iterable[int]] = ..., soft_labels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("model", "seed", "samples", "png", "latents", "conditions")
@@ -273,7 +272,7 @@ class SampleStreamRequest(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     soft_labels: Tensor
     return_latents: bool
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[float] = ..., labels: _Optional[_Iterable[int]] = ..., soft_labels: _Optional[_Union[Tensor, _Mapping]] = ..., return_latents: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[float] = ..., labels: _Optional[_Iterable[int]] = ..., soft_labels: _Optional[_Union[Tensor, _Mapping]] = ..., return_latents: bool = ...) -> None: ...
 
 class SampleChunk(_message.Message):
     __slots__ = ("model", "seed", "start", "samples", "png", "latents", "conditions")
@@ -395,7 +394,7 @@ class DataSource(_message.Message):
     reference: str
     model: ModelSource
     histogram: bool
-    def __init__(self, samples: _Optional[_Union[Tensor, _Mapping]] = ..., reference: _Optional[str] = ..., model: _Optional[_Union[ModelSource, _Mapping]] = ..., histogram: _Optional[bool] = ...) -> None: ...
+    def __init__(self, samples: _Optional[_Union[Tensor, _Mapping]] = ..., reference: _Optional[str] = ..., model: _Optional[_Union[ModelSource, _Mapping]] = ..., histogram: bool = ...) -> None: ...
 
 class EvaluateDivergenceRequest(_message.Message):
     __slots__ = ("p", "q", "metrics", "n", "seed", "bootstrap", "confidence")
@@ -439,7 +438,7 @@ class DivergenceResult(_message.Message):
     unit: str
     lower_bound: bool
     note: str
-    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., confidence: _Optional[float] = ..., n_p: _Optional[int] = ..., n_q: _Optional[int] = ..., estimator: _Optional[str] = ..., unit: _Optional[str] = ..., lower_bound: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., confidence: _Optional[float] = ..., n_p: _Optional[int] = ..., n_q: _Optional[int] = ..., estimator: _Optional[str] = ..., unit: _Optional[str] = ..., lower_bound: bool = ..., note: _Optional[str] = ...) -> None: ...
 
 class EvaluateDivergenceResponse(_message.Message):
     __slots__ = ("results", "p_description", "q_description", "seed")

@@ -6,8 +6,10 @@ import warnings
 
 from protos.ganserve.v1 import generator_pb2 as protos_dot_ganserve_dot_v1_dot_generator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -17,16 +19,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/ganserve/v1/generator_pb2_grpc.py depends on'
+        + f' but the generated code in protos/ganserve/v1/generator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class GeneratorServiceStub:
+class GeneratorServiceStub(object):
     """The service. Every method is idempotent: the seed travels in the request.
     """
 
@@ -78,7 +83,7 @@ class GeneratorServiceStub:
                 _registered_method=True)
 
 
-class GeneratorServiceServicer:
+class GeneratorServiceServicer(object):
     """The service. Every method is idempotent: the seed travels in the request.
     """
 
@@ -186,11 +191,10 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'ganserve.v1.GeneratorService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ganserve.v1.GeneratorService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class GeneratorService:
+class GeneratorService(object):
     """The service. Every method is idempotent: the seed travels in the request.
     """
 
