@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 
 class GanserveError(Exception):
@@ -90,30 +92,54 @@ _BY_CODE: dict[grpc.StatusCode, type[GanserveError]] = {
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-def _violations(code, details, trailing) -> list[tuple[str, str]]:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
+def _rpc_messages():
+    """google.rpc.Status and BadRequest, wire-identical, in a private descriptor pool: the thin SDK reads the
+    server's field violations without googleapis-common-protos/grpcio-status (and cannot clash with them)."""
+    S, M, R = (descriptor_pb2.FieldDescriptorProto.TYPE_STRING, descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+               descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
 
-    class _Call:  # rpc_status.from_call reads these three
-        def __init__(self):
-            self.code, self.details, self.trailing_metadata = (lambda: code), (lambda: details), (lambda: trailing)
+    def msg(name, *fields):
+        m = descriptor_pb2.DescriptorProto(name=name)
+        for number, (fname, ftype, *rest) in enumerate(fields, 1):
+            f = m.field.add(name=fname, number=number, type=ftype, label=rest[1] if len(rest) > 1 else 1)
+            if rest and rest[0]:
+                f.type_name = rest[0]
+        return m
 
-    try:
-        status = rpc_status.from_call(_Call())
-    except ValueError:
+    file = descriptor_pb2.FileDescriptorProto(name="ganserve_sdk/rpc_status.proto", package="ganserve_sdk.rpc",
+                                              syntax="proto3")
+    file.message_type.extend([
+        msg("Any", ("type_url", S), ("value", descriptor_pb2.FieldDescriptorProto.TYPE_BYTES)),
+        msg("Status", ("code", descriptor_pb2.FieldDescriptorProto.TYPE_INT32), ("message", S),
+            ("details", M, ".ganserve_sdk.rpc.Any", R)),
+        msg("FieldViolation", ("field", S), ("description", S)),
+        msg("BadRequest", ("field_violations", M, ".ganserve_sdk.rpc.FieldViolation", R)),
+    ])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ganserve_sdk.rpc.{n}"))
+            for n in ("Status", "BadRequest"))
+
+
+_Status, _BadRequest = _rpc_messages()
+
+
+def _violations(trailing) -> list[tuple[str, str]]:
+    """BadRequest field violations from the `grpc-status-details-bin` trailer (a serialized google.rpc.Status)."""
+    blob = next((v for k, v in trailing if k == "grpc-status-details-bin"), None)
+    if not isinstance(blob, bytes):
         return []
-    out = []
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out += [(v.field, v.description) for v in bad.field_violations]
-    return out
+    try:
+        status = _Status.FromString(blob)
+        return [(v.field, v.description) for d in status.details if d.type_url.endswith("/google.rpc.BadRequest")
+                for v in _BadRequest.FromString(d.value).field_violations]
+    except DecodeError:
+        return []
 
 
 def from_status(code: grpc.StatusCode, details: str, trailing_metadata=()) -> GanserveError:
     cls = _BY_CODE.get(code, GanserveError)
-    return cls(code, details or "", _violations(code, details, trailing_metadata or ()))
+    return cls(code, details or "", _violations(trailing_metadata or ()))
 
 
 def from_rpc_error(err: grpc.RpcError) -> GanserveError:

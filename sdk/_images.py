@@ -1,4 +1,5 @@
-"""See samples: numpy arrays -> PIL images and a saved grid. Pillow only."""
+"""See samples: numpy arrays -> PIL images and a saved grid. Needs Pillow, the thin SDK's optional `images` extra
+(`pip install './sdk[images]'`); everything else in the SDK works without it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+try:
+    from PIL import Image
+except ImportError:  # the optional extra: the helpers below say how to get it
+    Image = None
+
+
+def _require_pillow() -> None:
+    if Image is None:
+        raise ImportError("the image helpers need Pillow: pip install pillow (or the SDK's extra: './sdk[images]')")
 
 
 def _to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
@@ -18,7 +28,7 @@ def _to_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarra
     return np.round(np.clip((images.astype(np.float64) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def _pil(chw: np.ndarray) -> Image.Image:
+def _pil(chw: np.ndarray) -> "Image.Image":
     if chw.shape[0] == 1:
         return Image.fromarray(chw[0], "L")
     return Image.fromarray(np.moveaxis(chw[:3], 0, -1), "RGB")
@@ -35,6 +45,7 @@ def to_pil(images, value_range: tuple[float, float] = (-1.0, 1.0), scale: int = 
 
     Float images are mapped from `value_range` (the model's, [-1, 1] for the shipped MNIST models); uint8 as is.
     """
+    _require_pillow()
     if isinstance(images, (bytes, bytearray)):
         return Image.open(io.BytesIO(images))
     if isinstance(images, list) and images and isinstance(images[0], (bytes, bytearray)):
@@ -49,8 +60,9 @@ def to_pil(images, value_range: tuple[float, float] = (-1.0, 1.0), scale: int = 
 
 
 def grid(images, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2,
-         scale: int = 1) -> Image.Image:
+         scale: int = 1) -> "Image.Image":
     """A batch (N, C, H, W) as one image, `nrow` per row (default: about square)."""
+    _require_pillow()
     if isinstance(images, list) and images and isinstance(images[0], (bytes, bytearray)):
         images = _decode_pngs(images)
     arr = _to_uint8(images, value_range)

@@ -30,6 +30,7 @@ import numpy as np
 
 from sdk._client import Client
 from sdk._errors import GanserveError, ResourceExhaustedError, UnavailableError
+from sdk._progress import progress as progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -118,11 +119,8 @@ def run(args) -> int:
         skipped = sum(shards[str(i)]["count"] for i in done)
         if manifest_path.exists() and shards:
             print(f"resuming: {len(done)} of {total} shards already done and verified", file=sys.stderr)
-        from tqdm import tqdm
-
         t0 = time.monotonic()
-        with tqdm(total=job["n"], initial=skipped, unit="sample", unit_scale=True, dynamic_ncols=True,
-                  desc=job["model"], disable=args.quiet) as progress:
+        with progress_bar(job["n"], job["model"], skipped, args.quiet) as progress:
             for index in range(total):
                 if index in done:
                     continue

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from sdk import Client
-from sdk._cli import _histograms, main
+from sdk._cli import main
+from sdk._plot import MIXTURES, _histograms, log_density
+from ganserve import data
 
 
 @pytest.fixture()
@@ -66,3 +68,15 @@ def test_histograms_in_the_note_are_the_counts(server):
     np.testing.assert_array_equal(hp, [2, 1, 3])
     np.testing.assert_array_equal(hq, [0, 2, 2])
     assert ev["tv"].value == pytest.approx(0.5 * (2 / 6 + abs(1 / 6 - 0.5) + abs(0.5 - 0.5)))
+
+
+def test_the_cli_mixture_constants_match_the_datasets():
+    """sdk/_plot.py keeps its own (means, std) of the 2-D references (the SDK imports only protos): they must be
+    the datasets' own, and so must the log-density drawn from them."""
+    x = np.random.default_rng(0).normal(size=(50, 2)) * 2
+    for name, definition in MIXTURES.items():
+        means, std = definition()
+        ref = data.MIXTURES[name]()
+        np.testing.assert_array_equal(means, ref.means)
+        assert std == ref.std
+        np.testing.assert_allclose(log_density(x, means, std), ref.log_density(x), rtol=1e-12)
