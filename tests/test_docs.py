@@ -82,3 +82,52 @@ def test_readme_links_every_docs_page():
                 linked.add((page.parent / target.split("#")[0]).resolve())
     orphans = [str(p.relative_to(ROOT)) for p in PAGES[1:] if p.resolve() not in linked]
     assert orphans == []
+
+
+# --- the README's tour, run as written against a server over the shipped store ----------------------------
+
+STORE = ROOT / "model_store"
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+def _same_up_to_rounding(printed: str, shown: str) -> None:
+    """The same words, and numbers within what the last printed digit (or float rounding) can move."""
+    assert NUMBER.sub("#", printed) == NUMBER.sub("#", shown), (printed, shown)
+    for got, want in zip(NUMBER.findall(printed), NUMBER.findall(shown), strict=True):
+        assert float(got) == pytest.approx(float(want), rel=1e-3, abs=2e-4), (got, want)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from tests.conftest import start_server
+
+    if not all((STORE / name).is_dir() for name in ("cgan-mnist", "gan-mnist", "mnist-evaluator")):
+        pytest.skip("model_store/ lacks the models the README's tour uses")
+    running = start_server(STORE, reload_interval_s=0, metrics_port=-1)
+    yield running
+    running.app.stop(0)
+
+
+@pytest.mark.slow
+def test_readme_sdk_tour_prints_what_the_readme_shows(shipped, tmp_path, monkeypatch, capsys):
+    """The README's first Python block, run as written (Client() finds the server through $GANSERVE_TARGET),
+    prints the text block under it: update the README when a shipped model's version or figures change."""
+    readme = (ROOT / "README.md").read_text()
+    code, shown = _blocks(readme, "python")[0], _blocks(readme, "text")[0]
+    monkeypatch.setenv("GANSERVE_TARGET", shipped.target)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (SDK tour)", "exec"), {"__name__": "__readme__"})
+    _same_up_to_rounding(capsys.readouterr().out, shown)
+    assert (tmp_path / "seven.png").is_file() and (tmp_path / "four.png").is_file()
+
+
+def test_readme_grpc_stub_example_prints_its_comment(shipped, capsys):
+    """The README's plain-stubs block against the server (its address swapped for the test server's)."""
+    code = _blocks((ROOT / "README.md").read_text(), "python")[1]
+    exec(compile(code.replace("localhost:50051", shipped.target), "README.md (stubs)", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed == re.search(r"# (cgan-mnist@\d+ \(2, 1, 28, 28\))", code).group(1)
