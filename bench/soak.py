@@ -1,4 +1,4 @@
-"""Soak and overload of a real `python -m server` over loopback (issue 8, items 4-5). Bounded in time: every
+"""Soak and overload of a real `python -m server` over loopback. Bounded in time: every
 phase has a fixed length, a watchdog stops everything after --max-seconds, and the server is stopped with
 SIGTERM at the end (its exit status is reported).
 

@@ -1,7 +1,7 @@
 """Image -> latent inversion over ONNX Runtime sessions, without torch: the one implementation of Invert.
 
 The server's Invert RPC and `python -m training.evaluate` both use this module. It needs a model version's
-graphs (DESIGN.md section 4):
+graphs (ganserve/store/manifest.py describes them):
 
     encoder         x (N, 1, 28, 28) in the generator's value range [-1, 1] [, y (N, K)]  ->  z (N, d)
     generator_grad  z (N, d), target (N, 1, 28, 28) [, y (N, K)]  ->  loss (N,) = ||G(z[, y]) - target||^2,
