@@ -84,6 +84,9 @@ class Config:
     stream_chunk: int = field(default=256, metadata={"help": "default SampleStream chunk size"})
     max_stream_chunk: int = field(default=4096, metadata={"help": "largest SampleStream chunk size"})
     max_steps: int = field(default=256, metadata={"help": "largest Interpolate steps per segment"})
+    max_latent_abs: float = field(default=1e4, metadata={
+        "help": "explicit latents (Sample, SampleConditional, Interpolate endpoints) must be within +-this; "
+                "larger ones overflow float32 inside a generator"})
     max_endpoints: int = field(default=16, metadata={"help": "most Interpolate endpoints"})
     max_invert_steps: int = field(default=500, metadata={"help": "largest Invert optimisation steps"})
     max_images: int = field(default=256, metadata={"help": "most images in one Invert request"})
@@ -126,6 +129,7 @@ class Config:
                  self.max_steps, self.max_images, self.max_eval_n, self.default_eval_n) >= 1,
              "limits must be >= 1"),
             (self.max_endpoints >= 2, "max_endpoints must be >= 2"),
+            (0 < self.max_latent_abs < 1e30, "max_latent_abs must be in (0, 1e30)"),
             (self.max_invert_steps >= 0 and self.max_bootstrap >= 0, "limits must be >= 0"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),

@@ -21,6 +21,7 @@ model samples are mapped from their value range.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,7 @@ from server.engine import Call
 from server.errors import FailedPrecondition, InvalidArgument, require
 from server.registry import LoadedModel, Registry
 
+log = logging.getLogger("ganserve.divergence")
 MIXTURE_REFERENCES = ("ring8", "grid25")
 IMAGE_REFERENCES = ("mnist-test", "mnist-train", "mnist-valid")
 DEFAULT_BOOTSTRAP = 100
@@ -223,6 +225,21 @@ def _default_kind(p: Side, q: Side, registry: Registry) -> str:
     return "samples-1d" if p.x.reshape(len(p.x), -1).shape[1] == 1 else "samples"
 
 
+def _estimate(metrics, name: str, pa, qa, field: str, **options):
+    """metrics.estimate, with any failure of the estimator on these inputs answered INVALID_ARGUMENT naming the
+    metric (the inputs are the client's or its choice of sources: an estimator that cannot handle them - a
+    dynamic range beyond float64, say - is a property of the request, never INTERNAL). Failures other than
+    MetricError are logged with their traceback: the estimator should have refused them with a reason."""
+    try:
+        return metrics.estimate(name, pa, qa, **options)
+    except metrics.MetricError as e:
+        raise InvalidArgument(str(e), field) from e
+    except Exception as e:  # noqa: BLE001 - a residual estimator failure: the client gets a reason, we the trace
+        log.warning("estimator %s failed on the request's data; answering INVALID_ARGUMENT", name, exc_info=e)
+        raise InvalidArgument(f"metric {name} cannot be estimated on these samples ({type(e).__name__}: "
+                              f"{str(e)[:200]}); check their scale and spread", field) from e
+
+
 def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Config, call: Call, *, sample) -> Outcome:
     n = request.n or cfg.default_eval_n
     require(n <= cfg.max_eval_n, "n", f"must be at most {cfg.max_eval_n} (the server's limit), got {n}")
@@ -261,9 +278,10 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
         try:
             pa = _input(metrics, metric, p, q, registry, num_classes, "p")
             qa = _input(metrics, metric, q, p, registry, num_classes, "q")
-            est = metrics.estimate(name, pa, qa, seed=seed, bootstrap=bootstrap, confidence=confidence)
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
+        est = _estimate(metrics, name, pa, qa, f"metrics[{i}]", seed=seed, bootstrap=bootstrap,
+                        confidence=confidence)
         note = est.note or ""
         if metric.input == "histogram":
             note += ("; " if note else "") + f"histograms: P {_counts_text(pa)}; Q {_counts_text(qa)}"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from protos import latents as latent_fn
 from protos.ganserve.v1 import generator_pb2 as pb
-from server.errors import Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from server.errors import BadModelOutput, Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
 from server.registry import LoadedModel, Registry
 
 
@@ -35,6 +35,10 @@ class Call:
             raise DeadlineExceeded("deadline exceeded")
         if not self.is_active():
             raise Cancelled("request cancelled by the client")
+
+    def stopped(self) -> bool:
+        """True once the deadline passed or the client went away (a `should_stop` for long loops)."""
+        return (self.deadline is not None and time.monotonic() > self.deadline) or not self.is_active()
 
 
 # -- generator runs -------------------------------------------------------------------------------------
@@ -88,6 +92,29 @@ def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call
 
 # -- encodings ------------------------------------------------------------------------------------------
 
+OUTPUT_TOLERANCE = 1e-3  # of the value range: ONNX Runtime's tanh may overshoot by an ulp, a broken model more
+
+
+def check_output(model: LoadedModel, x: np.ndarray, what: str = "samples") -> np.ndarray:
+    """`x` when every value is finite and (for images) within the model's value range up to OUTPUT_TOLERANCE;
+    else BadModelOutput (INTERNAL, naming the model): a wrong answer is never encoded and sent as OK.
+    Two reductions (min, max): NaN propagates into both, so this also catches NaN and +-Inf."""
+    if x.size == 0:
+        return x
+    lo_seen, hi_seen = float(x.min()), float(x.max())
+    if not (np.isfinite(lo_seen) and np.isfinite(hi_seen)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise BadModelOutput(f"{model.ref} produced {bad} non-finite value(s) (NaN/Inf) out of {x.size} in its "
+                             f"{what}; not answered", model.ref)
+    vr = model.value_range if what == "samples" else None
+    if vr is not None:
+        tol = OUTPUT_TOLERANCE * (vr[1] - vr[0])
+        if lo_seen < vr[0] - tol or hi_seen > vr[1] + tol:
+            raise BadModelOutput(f"{model.ref} produced {what} in [{lo_seen:g}, {hi_seen:g}], outside its declared "
+                                 f"value range [{vr[0]:g}, {vr[1]:g}]; not answered", model.ref)
+    return x
+
+
 def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
     lo, hi = model.value_range
     return np.round(np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -103,7 +130,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray | None, list[bytes]]:
-    """(array for `samples`, PNGs) in the requested encoding (validated beforehand)."""
+    """(array for `samples`, PNGs) in the requested encoding (validated beforehand), after check_output."""
+    check_output(model, x)
     if encoding == pb.ENCODING_UINT8:
         return to_uint8(model, x), []
     if encoding == pb.ENCODING_PNG:
@@ -207,17 +235,22 @@ def invert(model: LoadedModel, x: np.ndarray, y: np.ndarray | None, method: str,
     """Images (N, *shape) in the model's value range -> latents, with the shared torch-free runtime."""
     from dataclasses import replace
 
-    from ganserve.inversion.runtime import DEFAULTS, pixel_mse01
+    from ganserve.inversion.runtime import DEFAULTS, Stopped, pixel_mse01
 
     settings = replace(DEFAULTS, **{k: v for k, v in (("steps", steps), ("lr", lr), ("prior_weight", prior_weight))
                                     if v is not None})
     zs, steps = [], 0
-    for lo in range(0, len(x), INVERT_SLICE):  # the deadline and cancellation are checked between slices
+    for lo in range(0, len(x), INVERT_SLICE):  # slices keep one step's ONNX Runtime call short (tens of ms)
         call.check()
-        part = model.inverter().invert(x[lo:lo + INVERT_SLICE], method, None if y is None else y[lo:lo + INVERT_SLICE],
-                                       settings=settings, reconstruct=False)
+        try:  # the deadline and cancellation are checked before every step
+            part = model.inverter().invert(x[lo:lo + INVERT_SLICE], method,
+                                           None if y is None else y[lo:lo + INVERT_SLICE], settings=settings,
+                                           reconstruct=False, should_stop=call.stopped)
+        except Stopped:
+            call.check()
+            raise Cancelled("request cancelled by the client") from None
         zs.append(part.z)
         steps = part.steps
-    z = np.concatenate(zs)
+    z = check_output(model, np.concatenate(zs), "latents")
     rec = generate(model, z, y, call)
     return Inversion(z, rec, pixel_mse01(rec, x, model.value_range).astype(np.float32), method, steps)

@@ -53,6 +53,17 @@ class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
+class BadModelOutput(ServiceError):
+    """A model produced non-finite or out-of-range values from valid inputs: the server's failure (INTERNAL),
+    never answered OK. `model` names it (for the log and ganserve_bad_model_outputs_total)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, model: str):
+        super().__init__(message)
+        self.model = model
+
+
 def require(cond: bool, field: str, message: str) -> None:
     """Raise InvalidArgument(field: message) unless cond."""
     if not cond:

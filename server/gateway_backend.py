@@ -114,9 +114,8 @@ class GatewayBackend:
                 results[i], codes[i] = self._failure(method, e)
             lo += rows
 
-    @staticmethod
-    def _failure(method: str, err: Exception) -> tuple[gw.BatchResult, grpc.StatusCode]:
-        err = chosen_error(method, err)
+    def _failure(self, method: str, err: Exception) -> tuple[gw.BatchResult, grpc.StatusCode]:
+        err = chosen_error(method, err, self.service.telemetry)
         return gw.BatchResult(status=to_rpc_status(err).SerializeToString()), err.code
 
 

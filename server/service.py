@@ -22,7 +22,7 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server import divergence, engine, validate
 from server.config import Config
 from server.engine import Call
-from server.errors import InvalidArgument, ServiceError, require, to_status
+from server.errors import BadModelOutput, InvalidArgument, ServiceError, require, to_status
 from server.model import capabilities
 from server.registry import Entry, LoadedModel, Registry
 from server.telemetry import Telemetry
@@ -42,17 +42,30 @@ class CallState:
         self.model = ""
 
 
+_ABANDONED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
 def record_call(tel: Telemetry, method: str, rpc: CallState, code: grpc.StatusCode, t0: float) -> None:
     """Count and time one finished call (Prometheus) and, at DEBUG, log it."""
     seconds = time.perf_counter() - t0
     tel.observe_call(method, rpc.model or "-", code.name, seconds)
+    deadline = rpc.call.deadline
+    late = 0.0 if deadline is None else time.monotonic() - deadline
+    if code in _ABANDONED or late > 0:
+        tel.abandoned(method, code.name, max(late, 0.0))
     if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
         log.debug("%s %s %s %.1f ms", method, rpc.model or "-", code.name, 1000 * seconds,
                   extra={"method": method, "model": rpc.model, "code": code.name, "ms": round(1000 * seconds, 3)})
 
 
-def chosen_error(method: str, err: Exception) -> ServiceError:
-    """The ServiceError to answer for `err` (an unexpected one is logged with its traceback -> INTERNAL)."""
+def chosen_error(method: str, err: Exception, tel: Telemetry | None = None) -> ServiceError:
+    """The ServiceError to answer for `err` (an unexpected one is logged with its traceback -> INTERNAL; a model's
+    bad output is logged and counted)."""
+    if isinstance(err, BadModelOutput):
+        log.error("%s: %s", method, err)
+        if tel is not None:
+            tel.bad_output(err.model)
+        return err
     if not isinstance(err, ServiceError):
         log.error("%s failed with an unexpected error; answering INTERNAL", method, exc_info=err)
         err = ServiceError(f"internal error in {method} ({type(err).__name__}); the server log has the traceback")
@@ -70,7 +83,7 @@ def _rpc(fn):
         try:
             return fn(self, request, rpc)
         except Exception as e:  # noqa: BLE001 - every failure becomes a chosen status
-            err = chosen_error(method, e)
+            err = chosen_error(method, e, self.telemetry)
             code = err.code
             context.abort_with_status(to_status(err))
         finally:
@@ -91,7 +104,7 @@ def _rpc_stream(fn):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as e:  # noqa: BLE001
-            err = chosen_error(method, e)
+            err = chosen_error(method, e, self.telemetry)
             code = err.code
             context.abort_with_status(to_status(err))
         finally:
@@ -115,6 +128,8 @@ def _tensor(array: np.ndarray | None) -> pb.Tensor | None:
     return None if array is None else tensors.from_array(array)
 
 
+EVALUATOR_INPUT_RANGE = (0.0, 1.0)  # an evaluator classifies images in [0, 1] (server/divergence.py)
+
 _STATE = {"READY": pb.VERSION_STATE_READY, "UNAVAILABLE": pb.VERSION_STATE_UNAVAILABLE,
           "CANDIDATE": pb.VERSION_STATE_CANDIDATE, "RETIRED": pb.VERSION_STATE_RETIRED}
 
@@ -135,11 +150,15 @@ def model_info(entry: Entry, registry: Registry) -> pb.ModelInfo:
         return pb.ModelInfo(name=entry.name, version=entry.version, **index)
     role = "classifier" if m["kind"] == "evaluator" else "generator"
     vr = m["output"].get("value_range") or (0.0, 0.0)
+    shape = list(m["output"]["shape"])
+    if m["kind"] == "evaluator":  # data_kind, output_shape and the range describe the data it classifies (the
+        shape = list(m["graphs"]["classifier"]["inputs"][0]["dims"])  # proto's IMAGE: [C, H, W]), not its logits
+        vr = EVALUATOR_INPUT_RANGE if m["data_kind"] == "image" else (0.0, 0.0)
     return pb.ModelInfo(
         name=entry.name, version=entry.version, kind=m["kind"], description=str(m.get("description", "")),
         data_kind=pb.IMAGE if m["data_kind"] == "image" else pb.POINTS, latent_dim=int(m["latent_dim"]),
         num_classes=int(m["num_classes"]), class_names=[str(c) for c in m.get("class_names", [])],
-        output_shape=list(m["output"]["shape"]), value_min=vr[0], value_max=vr[1],
+        output_shape=shape, value_min=vr[0], value_max=vr[1],
         capabilities=pb.Capabilities(**capabilities(m)),
         metrics={k: float(v) for k, v in (m.get("metrics") or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
@@ -172,7 +191,8 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
 
     def _latents(self, request, model: LoadedModel) -> tuple[np.ndarray, int]:
         if tensors.is_set(request.latents):
-            return validate.latents(request.latents, model, self.config.max_samples), 0
+            return validate.latents(request.latents, model, self.config.max_samples,
+                                    bound=self.config.max_latent_abs), 0
         n = validate.count(request.n, self.config.max_samples)
         seed = validate.seed(request.HasField("seed"), request.seed)
         trunc = validate.truncation(request.truncation)
@@ -271,7 +291,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
                 z = validate.float_tensor(ep.latent, f + ".latent", max_elements=model.latent_dim)
                 require(z.shape in ((model.latent_dim,), (1, model.latent_dim)), f + ".latent.shape",
                         f"must be [{model.latent_dim}] or [1, {model.latent_dim}], got {list(z.shape)}")
-                zs.append(z.reshape(-1))
+                zs.append(validate.bounded(z, f + ".latent", cfg.max_latent_abs).reshape(-1))
             elif which == "image":
                 x = validate.images(ep.image, model, 1, f + ".image", single=True)
                 inv_method = validate.inversion_method(model, pb.INVERSION_METHOD_UNSPECIFIED, f + ".image")
@@ -329,6 +349,6 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
             classes = y.argmax(1)
         elif labels:
             raise InvalidArgument(f"{model.ref} is unconditional; send no labels", field.rsplit(".", 1)[0] + ".labels")
-        x = engine.generate(model, z, y, call)
+        x = engine.check_output(model, engine.generate(model, z, y, call))
         return model, x, classes
 

@@ -13,6 +13,12 @@ One CollectorRegistry per server instance, so several servers in one process (te
     ganserve_model_default_version{model}            the version "name" resolves to
     ganserve_model_quality{model, version, figure}   judged figures of each callable version (quality gate)
     ganserve_calls_in_progress                       RPCs holding a handler thread (queued or running)
+    ganserve_abandoned_calls_total{method, code}      calls that ended DEADLINE_EXCEEDED/CANCELLED, or ran past
+                                                     their deadline
+    ganserve_seconds_after_deadline_total{method}    handler time spent after calls' deadlines (wall seconds;
+                                                     an upper bound of the CPU the abandoned work cost)
+    ganserve_bad_model_outputs_total{model}          replies refused because a model produced NaN/Inf or values
+                                                     outside its declared range (answered INTERNAL, logged)
 Calls refused by admission control (server busy) count in ganserve_requests_total with model "-" and code
 RESOURCE_EXHAUSTED.
 """
@@ -54,6 +60,12 @@ class Telemetry:
         self.quality = Gauge("ganserve_model_quality", "judged figures of each callable version (the quality "
                              "gate's inputs, from its manifest)", ["model", "version", "figure"], registry=r)
         self.in_progress = Gauge("ganserve_calls_in_progress", "RPCs holding a handler thread", registry=r)
+        self.abandoned_calls = Counter("ganserve_abandoned_calls", "calls ended by their deadline or cancellation, "
+                                       "or finished past their deadline", ["method", "code"], registry=r)
+        self.after_deadline = Counter("ganserve_seconds_after_deadline", "handler time after calls' deadlines",
+                                      ["method"], registry=r)
+        self.bad_outputs = Counter("ganserve_bad_model_outputs", "replies refused: a model produced NaN/Inf or "
+                                   "values outside its declared range", ["model"], registry=r)
         self.http = None
         self.port: int | None = None
         self._batch_children: dict = {}
@@ -77,6 +89,13 @@ class Telemetry:
 
     def track_in_flight(self, count) -> None:
         self.in_progress.set_function(count)
+
+    def abandoned(self, method: str, code: str, seconds_late: float) -> None:
+        self.abandoned_calls.labels(method, code).inc()
+        self.after_deadline.labels(method).inc(seconds_late)
+
+    def bad_output(self, model: str) -> None:
+        self.bad_outputs.labels(model).inc()
 
     def refused(self, method: str) -> None:
         self.requests.labels(method, "-", "RESOURCE_EXHAUSTED").inc()

@@ -19,6 +19,9 @@ from server.registry import LoadedModel
 MIN_TRUNCATION = 0.25  # below this the redraw loop of protos.latents needs thousands of rounds
 SOFT_LABEL_TOLERANCE = 1e-3
 RANGE_TOLERANCE = 1e-3  # image values may exceed the documented range by float rounding, not more
+# Explicit latents beyond this (in absolute value) are refused: a prior draw is within ~6 of 0, and latents of
+# 1e37 and more overflow float32 inside a generator (NaN images). Config.max_latent_abs overrides it.
+MAX_LATENT_ABS = 1e4
 
 
 def seed(has_seed: bool, value: int) -> int:
@@ -70,12 +73,22 @@ def float_tensor(msg: pb.Tensor, field: str, *, max_elements: int) -> np.ndarray
     return array
 
 
-def latents(msg: pb.Tensor, model: LoadedModel, limit: int, field: str = "latents") -> np.ndarray:
+def bounded(z: np.ndarray, field: str, bound: float) -> np.ndarray:
+    """`z` (finite already) when every |entry| <= bound; else INVALID_ARGUMENT naming `field`.data."""
+    worst = float(np.abs(z).max()) if z.size else 0.0
+    require(worst <= bound, f"{field}.data",
+            f"latent entries must be within +-{bound:g} (the server's max_latent_abs; prior draws are within ~6), "
+            f"got {worst:g}")
+    return z
+
+
+def latents(msg: pb.Tensor, model: LoadedModel, limit: int, field: str = "latents", *,
+            bound: float = MAX_LATENT_ABS) -> np.ndarray:
     z = float_tensor(msg, field, max_elements=limit * max(model.latent_dim, 1))
     require(z.ndim == 2 and z.shape[1] == model.latent_dim, f"{field}.shape",
             f"must be [n, {model.latent_dim}], got {list(z.shape)}")
     count(len(z), limit, f"{field}.shape[0]")
-    return np.ascontiguousarray(z)
+    return np.ascontiguousarray(bounded(z, field, bound))
 
 
 def labels(model: LoadedModel, hard: list[int], soft: pb.Tensor, n: int, *, prefix: str = "",

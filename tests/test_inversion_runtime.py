@@ -97,6 +97,23 @@ def test_bad_inputs_are_named(tiny):
         rt.InversionSettings(steps=-1)
 
 
+@pytest.mark.parametrize("method,calls_before_stop", [("OPTIMIZE", 7), ("HYBRID", 3), ("ENCODER", 0)])
+def test_should_stop_is_asked_before_every_step(tiny, method, calls_before_stop):
+    """A server's deadline stops the work within one step (issue 20, item 3): should_stop() is asked before every
+    ONNX Runtime call, and the first True raises Stopped."""
+    inv, _, x = tiny
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > calls_before_stop
+
+    with pytest.raises(rt.Stopped):
+        inv.invert(x, method, settings=rt.InversionSettings(steps=500), should_stop=should_stop)
+    assert len(asked) == calls_before_stop + 1  # stopped at the first True: no step after it
+    assert inv.invert(x, method, settings=rt.InversionSettings(steps=3), should_stop=lambda: False).z.shape == (16, 4)
+
+
 def test_metric_helpers_known_answers():
     a = np.zeros((2, 1, 2, 2))
     b = np.ones((2, 1, 2, 2))  # a difference of 1 in [-1, 1] units is 0.5 in [0, 1] units

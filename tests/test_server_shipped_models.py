@@ -280,3 +280,58 @@ def test_batch_job_on_a_shipped_model_equals_sample(shipped, tmp_path):
     with Client(shipped.target) as c:  # shard 1 = samples 500..999 of one big call with the same seed
         whole = c.sample(1000, labels=[i % 3 for i in range(1000)], seed=8, model="cgan-mnist")
     np.testing.assert_array_equal(shard, whole[500:])
+
+
+def test_every_shipped_model_info_matches_its_declared_kind(shipped):
+    """Issue 20, item 6: mnist-evaluator said IMAGE with output shape [10]; the proto says IMAGE is [C, H, W]."""
+    import grpc
+
+    from protos.ganserve.v1 import generator_pb2 as pb
+    from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+    from tests.test_server_guards import check_model_info
+
+    with grpc.insecure_channel(shipped.target) as channel:
+        models = pb_grpc.GeneratorServiceStub(channel).ListModels(pb.ListModelsRequest(all_versions=True), timeout=30)
+    assert len(models.models) >= 2
+    assert {m.name: check_model_info(m) for m in models.models} == {m.name: [] for m in models.models}
+
+
+def test_invert_past_its_deadline_stops_costing_cpu(shipped):
+    """Issue 20, item 3: Invert{gan-mnist, 256 images, OPTIMIZE, 500 steps} with a 0.5 s deadline computed 23-35 s
+    more (the deadline was checked between slices of 32 images). Now it is checked before every step: from
+    0.5 s after the deadline the process spends (almost) no CPU."""
+    import time
+
+    import grpc
+    import psutil
+
+    from protos import tensors
+    from protos.ganserve.v1 import generator_pb2 as pb
+    from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+    _need("gan-mnist")
+    with grpc.insecure_channel(shipped.target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        if not stub.GetModel(pb.GetModelRequest(model="gan-mnist"), timeout=30).capabilities.optimizable:
+            pytest.skip("gan-mnist ships no generator_grad graph")
+        images = stub.Sample(pb.SampleRequest(model="gan-mnist", n=256, seed=5), timeout=60).samples
+        request = pb.InvertRequest(model="gan-mnist", images=images, method=pb.OPTIMIZE, steps=500)
+        proc = psutil.Process()
+        registry = shipped.app.telemetry.registry
+        count = lambda: registry.get_sample_value("ganserve_abandoned_calls_total",  # noqa: E731
+                                                  {"method": "Invert", "code": "DEADLINE_EXCEEDED"}) or 0.0
+        before, late_before = count(), registry.get_sample_value("ganserve_seconds_after_deadline_total",
+                                                                 {"method": "Invert"}) or 0.0
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Invert(request, timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))  # 0.5 s after the deadline
+        cpu0 = sum(proc.cpu_times()[:2])
+        time.sleep(1.0)
+        spent = sum(proc.cpu_times()[:2]) - cpu0
+        # the handler has ended (it would still be computing for ~25 s before the change) and says how late
+        assert count() == before + 1
+        late = registry.get_sample_value("ganserve_seconds_after_deadline_total", {"method": "Invert"}) - late_before
+    assert 0.0 <= late < 0.5, f"the handler ran {late:.2f} s past the deadline"
+    assert 0.0 <= spent < 0.15, f"{spent:.2f} s of CPU in the second after the deadline's half second"

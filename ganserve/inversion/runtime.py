@@ -78,6 +78,15 @@ class InversionSettings:
 DEFAULTS = InversionSettings()
 
 
+class Stopped(Exception):
+    """Raised when the caller's `should_stop()` said so (checked before every ONNX Runtime call: every
+    optimisation step, encoder batch and code-search pass), so a caller whose deadline passed stops paying."""
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class InversionResult:
     z: np.ndarray               # (N, d) float32
@@ -87,6 +96,13 @@ class InversionResult:
     steps: int
     seconds: float
     history: list[float] = field(default_factory=list)  # mean objective per step (OPTIMIZE/HYBRID)
+
+
+def _stop(should_stop, where: str) -> bool:
+    """False, or Stopped when should_stop() says so (for use inside comprehensions)."""
+    if should_stop():
+        raise Stopped(f"stopped while {where}")
+    return False
 
 
 class Inverter:
@@ -137,12 +153,13 @@ class Inverter:
             feed["y"] = y[lo:hi]
         return feed
 
-    def encode(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
+    def encode(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256,
+               should_stop=_never) -> np.ndarray:
         if self.encoder is None:
             raise ValueError("this model has no encoder graph: use method OPTIMIZE")
         x, y = self._check(x, y)
         out = [self.encoder.run(["z"], self._feed(self.encoder, {"x": x[i:i + batch_size]}, y, i, i + batch_size))[0]
-               for i in range(0, len(x), batch_size)]
+               for i in range(0, len(x), batch_size) if not _stop(should_stop, "encoding")]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.latent_dim), np.float32)
 
     def generate(self, z: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
@@ -167,21 +184,22 @@ class Inverter:
         return sq if self.code_dim is None else sq - z[:, self.code_dim] ** 2
 
     def search_code(self, x: np.ndarray, z: np.ndarray, y: np.ndarray | None = None, prior_weight: float = 0.0,
-                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 256, should_stop=_never) -> tuple[np.ndarray, np.ndarray]:
         """For a discrete latent code: each sample's best cell (its representative value at code_dim, the other
         coordinates from z) under ||G(z) - x||^2 + prior_weight ||z_continuous||^2; returns (z with the cells
         set, objective). Costs one generator pass per cell and image."""
-        zs, fs = self._best_cells(x, z, y, prior_weight, batch_size, top=1)
+        zs, fs = self._best_cells(x, z, y, prior_weight, batch_size, top=1, should_stop=should_stop)
         return zs[0], fs[0]
 
     def _best_cells(self, x: np.ndarray, z: np.ndarray, y: np.ndarray | None, prior_weight: float,
-                    batch_size: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int, top: int, should_stop=_never) -> tuple[np.ndarray, np.ndarray]:
         """The `top` best cells of each sample (see search_code): (top, N, d) latents and (top, N) objectives."""
         z = np.array(z, dtype=np.float32)
         if self.code_dim is None:
             raise ValueError("this model has no discrete latent code")
         scores = np.empty((len(self.code_values), len(z)), np.float32)
         for c, v in enumerate(self.code_values):
+            _stop(should_stop, "searching the latent code")
             trial = z.copy()
             trial[:, self.code_dim] = v
             if self.generator is not None:
@@ -199,8 +217,9 @@ class Inverter:
         return zs, np.take_along_axis(scores, order, 0)
 
     def optimize(self, x: np.ndarray, z0: np.ndarray, y: np.ndarray | None = None,
-                 settings: InversionSettings = DEFAULTS) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """Adam on each sample's objective from z0; returns (best z, its objective, mean objective per step)."""
+                 settings: InversionSettings = DEFAULTS, should_stop=_never) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Adam on each sample's objective from z0; returns (best z, its objective, mean objective per step).
+        `should_stop()` is asked before every step (Stopped when it says True)."""
         if self.grad is None:
             raise ValueError("this model has no generator_grad graph: use method ENCODER")
         s = settings
@@ -212,6 +231,8 @@ class Inverter:
             m, v = np.zeros_like(z), np.zeros_like(z)
             best_z, best_f = z.copy(), np.full(len(z), np.inf, np.float32)
             for t in range(s.steps + 1):
+                if should_stop():
+                    raise Stopped(f"stopped at step {t} of {s.steps}")
                 f, g = self.objective_and_grad(z, xb, yb, s.prior_weight)
                 better = f < best_f
                 best_z[better], best_f[better] = z[better], f[better]
@@ -231,23 +252,25 @@ class Inverter:
 
     def invert(self, x: np.ndarray, method: str = "HYBRID", y: np.ndarray | None = None,
                z0: np.ndarray | None = None, settings: InversionSettings = DEFAULTS,
-               reconstruct: bool = True) -> InversionResult:
-        """Invert images x (N, C, H, W) in the generator's value range. See the module docstring."""
+               reconstruct: bool = True, should_stop=_never) -> InversionResult:
+        """Invert images x (N, C, H, W) in the generator's value range. See the module docstring.
+        `should_stop()` is asked before every ONNX Runtime call (Stopped when it says True): a server passes
+        its call's deadline and cancellation."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         x, y = self._check(x, y)
         t0 = time.perf_counter()
         hist: list[float] = []
         if method == "ENCODER":
-            z = self.encode(x, y, settings.batch_size)
+            z = self.encode(x, y, settings.batch_size, should_stop)
             if self.code_dim is not None and self.generator is not None:  # the cell by search, no optimisation
-                z, _ = self.search_code(x, z, y, settings.prior_weight, settings.batch_size)
-            objective = (self.optimize(x, z, y, replace(settings, steps=0))[1] if self.grad is not None
+                z, _ = self.search_code(x, z, y, settings.prior_weight, settings.batch_size, should_stop)
+            objective = (self.optimize(x, z, y, replace(settings, steps=0), should_stop)[1] if self.grad is not None
                          else np.full(len(z), np.nan, np.float32))
             steps = 0
         else:
             if method == "HYBRID":
-                start = self.encode(x, y, settings.batch_size)
+                start = self.encode(x, y, settings.batch_size, should_stop)
             elif z0 is not None:
                 start = np.asarray(z0, np.float32)
                 if start.shape != (len(x), self.latent_dim):
@@ -257,10 +280,11 @@ class Inverter:
             # m start points per sample: the start itself, or a discrete code's best m cells; all m * N problems
             # are optimised as one batch and each sample keeps its best
             starts = (start[None] if self.code_dim is None else
-                      self._best_cells(x, start, y, settings.prior_weight, settings.batch_size, settings.code_starts)[0])
+                      self._best_cells(x, start, y, settings.prior_weight, settings.batch_size, settings.code_starts,
+                                       should_stop)[0])
             m, n = len(starts), len(x)
             zz, ff, hist = self.optimize(x if m == 1 else np.tile(x, (m, 1, 1, 1)), starts.reshape(m * n, -1),
-                                         y if y is None or m == 1 else np.tile(y, (m, 1)), settings)
+                                         y if y is None or m == 1 else np.tile(y, (m, 1)), settings, should_stop)
             pick = ff.reshape(m, n).argmin(0)
             z, objective = zz.reshape(m, n, -1)[pick, np.arange(n)], ff.reshape(m, n)[pick, np.arange(n)]
             steps = settings.steps
