@@ -18,7 +18,7 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server import manifest as mf
 from tests.conftest import IMG, LATENT, _info, _init, _save, _spec, manifest, publish_gan, start_server
 from tests.test_server_bad_input import _violation
-from training.metrics import METRICS
+from ganserve.metrics import METRICS
 
 T = tensors.from_array
 IA, INTERNAL = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL
@@ -77,19 +77,20 @@ def test_the_latent_bound_is_configurable(model_store):
 # -- item 1: a model's bad output is never answered OK -----------------------------------------------------
 
 def _publish_broken(store, tmp, name: str, op: str):
-    """A generator z (N, 8) -> (N, 1, 8, 8) that misbehaves on every input: `nan` = sqrt of -(1 + z^2) (NaN
-    everywhere), `range` = 5 + z (far outside the declared [-1, 1])."""
+    """A generator z (N, 8) -> (N, 1, 8, 8) that behaves on prior draws (so it passes the load-time probe) and
+    misbehaves on latents of mean 20 (allowed: within the bound): with h = mean(z), `nan` = sqrt(3 - h) - 1.5
+    (NaN for h > 3), `range` = 0.2 h (4 at h = 20, outside the declared [-1, 1])."""
     tmp.mkdir(parents=True, exist_ok=True)
     w = np.ones((LATENT, 64), np.float32) / LATENT
     nodes = [helper.make_node("MatMul", ["z", "W"], ["h"])]
     if op == "nan":
-        nodes += [helper.make_node("Mul", ["h", "h"], ["h2"]), helper.make_node("Add", ["h2", "one"], ["h3"]),
-                  helper.make_node("Neg", ["h3"], ["h4"]), helper.make_node("Sqrt", ["h4"], ["flat"])]
+        nodes += [helper.make_node("Sub", ["three", "h"], ["d"]), helper.make_node("Sqrt", ["d"], ["r"]),
+                  helper.make_node("Sub", ["r", "offset"], ["flat"])]
     else:
-        nodes += [helper.make_node("Add", ["h", "five"], ["flat"])]
+        nodes += [helper.make_node("Mul", ["h", "fifth"], ["flat"])]
     nodes.append(helper.make_node("Reshape", ["flat", "shape"], ["x"]))
-    consts = {"W": w, "one": np.array(1.0, np.float32), "five": np.array(5.0, np.float32),
-              "shape": np.array([-1, *IMG], np.int64)}
+    consts = {"W": w, "three": np.array(3.0, np.float32), "offset": np.array(1.5, np.float32),
+              "fifth": np.array(0.2, np.float32), "shape": np.array([-1, *IMG], np.int64)}
     graph = helper.make_graph(nodes, "generator", [_info("z", [LATENT])], [_info("x", IMG)], _init(consts))
     files = {"generator.onnx": _save(graph, tmp / f"{name}.onnx")}
     graphs = {"generator": {"file": "generator.onnx", "inputs": [_spec("z", [LATENT])], "outputs": [_spec("x", IMG)]}}
@@ -117,18 +118,15 @@ def _metric(running, name: str) -> dict[str, float]:
 def test_bad_model_output_is_internal_naming_the_model_logged_and_counted(broken, model, what, caplog):
     with grpc.insecure_channel(broken.target) as channel:
         stub = pb_grpc.GeneratorServiceStub(channel)
-        calls = [(stub.Sample, pb.SampleRequest(model=model, n=2, seed=1, encoding=enc))
+        z = T(np.full((2, LATENT), 20.0, np.float32))
+        calls = [(stub.Sample, pb.SampleRequest(model=model, latents=z, encoding=enc))
                  for enc in (pb.ENCODING_FLOAT32, pb.ENCODING_UINT8, pb.ENCODING_PNG)]  # uint8/PNG hid NaN as black
-        calls += [(stub.SampleStream, pb.SampleStreamRequest(model=model, n=4, seed=1)),
-                  (stub.Interpolate, pb.InterpolateRequest(model=model, endpoints=[pb.Endpoint(seed=1),
-                                                                                   pb.Endpoint(seed=2)], steps=3)),
-                  (stub.EvaluateDivergence, pb.EvaluateDivergenceRequest(
-                      p=pb.DataSource(model=pb.ModelSource(model="tiny-gan")),
-                      q=pb.DataSource(model=pb.ModelSource(model=model)), metrics=["sliced_w"], n=50))]
+        ends = [pb.Endpoint(latent=T(np.full(LATENT, 20.0, np.float32))) for _ in range(2)]
+        calls += [(stub.Interpolate, pb.InterpolateRequest(model=model, endpoints=ends, steps=3, method=pb.LINEAR))]
         for call, request in calls:
             err = _refused(call, request, INTERNAL)
             assert f"{model}@1" in err.details() and what in err.details() and "not answered" in err.details()
-        assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=30).model == "tiny-gan@1"
+        assert stub.Sample(pb.SampleRequest(model=model, n=1, seed=1), timeout=30).model == f"{model}@1"  # prior draws
     counted = _metric(broken, "ganserve_bad_model_outputs_total")
     assert counted[f'ganserve_bad_model_outputs_total{{model="{model}@1"}}'] == len(calls)
     assert any(f"{model}@1" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
