@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, overload
 
 import grpc
 import numpy as np
+from numpy.typing import ArrayLike
 
 from protos.ganserve.v1 import generator_pb2 as pb
+from sdk import _constants as C
 from sdk import _types as T
 from sdk._base import _Base
 from sdk._errors import from_rpc_error
@@ -20,6 +23,7 @@ class AsyncClient(_Base):
     _grpc = grpc.aio
 
     async def close(self) -> None:
+        """Close the connection (a copy from `with_options` leaves its parent's open)."""
         if self._owner:
             await self._channel.close()
 
@@ -42,23 +46,46 @@ class AsyncClient(_Base):
                 attempt += 1
                 await asyncio.sleep(pause)
 
+    @overload
     async def sample(self, n: int = 1, label: int | None = None, labels: Sequence[int] | None = None,
-                     soft_labels=None, seed: int | None = None, model: str | None = None, *, truncation: float = 0.0,
-                     latents=None, encoding: str = "float32", timeout: float | None = None) -> np.ndarray:
+                     soft_labels: ArrayLike | None = None, seed: int | None = None, model: str | None = None, *,
+                     truncation: float = 0.0, latents: ArrayLike | None = None,
+                     encoding: T.ArrayEncoding = "float32", timeout: float | None = None) -> np.ndarray: ...
+
+    @overload
+    async def sample(self, n: int = 1, label: int | None = None, labels: Sequence[int] | None = None,
+                     soft_labels: ArrayLike | None = None, seed: int | None = None, model: str | None = None, *,
+                     truncation: float = 0.0, latents: ArrayLike | None = None, encoding: Literal["png"],
+                     timeout: float | None = None) -> list[bytes]: ...
+
+    async def sample(self, n=1, label=None, labels=None, soft_labels=None, seed=None, model=None, *, truncation=0.0,
+                     latents=None, encoding="float32", timeout=None):
+        """See Client.sample (large n is streamed and gathered the same way)."""
         return (await self.sample_result(n, label, labels, soft_labels, seed, model, truncation=truncation,
                                          latents=latents, encoding=encoding, timeout=timeout)).images
 
-    async def sample_result(self, n: int = 1, label=None, labels=None, soft_labels=None, seed=None, model=None, *,
-                            truncation: float = 0.0, latents=None, encoding: str = "float32",
-                            return_latents: bool = True, timeout: float | None = None) -> T.SampleResult:
+    async def sample_result(self, n: int = 1, label: int | None = None, labels: Sequence[int] | None = None,
+                            soft_labels: ArrayLike | None = None, seed: int | None = None, model: str | None = None,
+                            *, truncation: float = 0.0, latents: ArrayLike | None = None,
+                            encoding: T.Encoding = "float32", return_latents: bool = True,
+                            timeout: float | None = None) -> T.SampleResult:
+        """See Client.sample_result."""
         method, req = T.sample_request(n, label, labels, soft_labels, seed, model, truncation, latents, encoding,
                                        return_latents)
+        if req.n > C.MAX_SAMPLES:
+            gather = T.Gather(req.n)
+            async for c in self.stream(req.n, label, labels, soft_labels, seed, model, truncation=truncation,
+                                       encoding=encoding, return_latents=return_latents,
+                                       timeout=timeout or max(self._s.timeout, req.n * C.STREAM_S_PER_SAMPLE)):
+                gather.add(c)
+            return gather.result()
         return T.sample_result(await self._call(method, req, timeout))
 
-    async def stream(self, n: int, label=None, labels=None, soft_labels=None, seed: int | None = None,
-                     model: str | None = None, *, offset: int = 0, chunk_size: int = 0, truncation: float = 0.0,
-                     encoding: str = "float32", return_latents: bool = False,
-                     timeout: float | None = None) -> AsyncIterator[T.Chunk]:
+    async def stream(self, n: int, label: int | None = None, labels: Sequence[int] | None = None,
+                     soft_labels: ArrayLike | None = None, seed: int | None = None, model: str | None = None, *,
+                     offset: int = 0, chunk_size: int = 0, truncation: float = 0.0, encoding: T.Encoding = "float32",
+                     return_latents: bool = False, timeout: float | None = None) -> AsyncIterator[T.Chunk]:
+        """See Client.stream."""
         req = T.stream_request(n, label, labels, soft_labels, seed, model, offset, chunk_size, truncation, encoding,
                                return_latents)
         call = self._stub.SampleStream(req, timeout=self._s.timeout if timeout is None else timeout,
@@ -71,29 +98,35 @@ class AsyncClient(_Base):
         finally:
             call.cancel()
 
-    async def interpolate(self, *points, labels: Sequence | None = None, steps: int = 8, method: str = "slerp",
-                          model: str | None = None, encoding: str = "float32",
-                          timeout: float | None = None) -> T.Interpolation:
+    async def interpolate(self, *points: int | ArrayLike, labels: Sequence[int | ArrayLike] | None = None,
+                          steps: int = 8, method: Literal["slerp", "linear"] = "slerp", model: str | None = None,
+                          encoding: T.Encoding = "float32", timeout: float | None = None) -> T.Interpolation:
+        """See Client.interpolate."""
         if len(points) == 1 and isinstance(points[0], (list, tuple)):
             points = tuple(points[0])
         req = T.interpolate_request(points, labels, steps, method, model, encoding)
         return T.interpolation(await self._call("Interpolate", req, timeout))
 
-    async def invert(self, images, labels=None, *, method: str | None = None, steps: int = 0,
+    async def invert(self, images: ArrayLike, labels: int | Sequence[int] | None = None, *,
+                     method: Literal["encoder", "optimize", "hybrid"] | None = None, steps: int = 0,
                      learning_rate: float = 0.0, prior_weight: float = 0.0, model: str | None = None,
-                     encoding: str = "float32", timeout: float | None = None) -> T.Inversion:
+                     encoding: T.Encoding = "float32", timeout: float | None = None) -> T.Inversion:
+        """See Client.invert."""
         req = T.invert_request(images, labels, method, steps, learning_rate, prior_weight, model, encoding)
         return T.inversion(await self._call("Invert", req, timeout))
 
-    async def evaluate(self, p, q, metrics: Sequence[str] = (), *, n: int = 0, seed: int | None = None,
+    async def evaluate(self, p: Any, q: Any, metrics: Sequence[str] = (), *, n: int = 0, seed: int | None = None,
                        bootstrap: int = 0, confidence: float = 0.0, q_labels: Sequence[int] | None = None,
                        timeout: float | None = None) -> T.Evaluation:
+        """See Client.evaluate."""
         req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels)
         return T.evaluation(await self._call("EvaluateDivergence", req, timeout))
 
     async def list_models(self, all_versions: bool = False, *, timeout: float | None = None) -> list[T.ModelInfo]:
+        """See Client.list_models."""
         reply = await self._call("ListModels", pb.ListModelsRequest(all_versions=all_versions), timeout)
         return [T.model_info(m) for m in reply.models]
 
     async def get_model(self, model: str, *, timeout: float | None = None) -> T.ModelInfo:
+        """See Client.get_model."""
         return T.model_info(await self._call("GetModel", pb.GetModelRequest(model=model), timeout))

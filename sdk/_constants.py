@@ -10,3 +10,5 @@ BACKOFF_MAX_S = 2.0
 MIN_ATTEMPT_S = 0.02                   # no retry with less of the deadline left than this
 MAX_MESSAGE_BYTES = 64 << 20           # matches the server's default limit
 REFERENCES = ("mnist-test", "mnist-train", "mnist-valid", "ring8", "grid25")
+MAX_SAMPLES = 1024                     # the server's default max_samples: sample() streams above it
+STREAM_S_PER_SAMPLE = 0.002            # a streamed sample()'s default deadline grows by this per sample

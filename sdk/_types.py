@@ -3,15 +3,21 @@ async clients share (so both send exactly the same messages)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import grpc
 import numpy as np
 
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from sdk._constants import REFERENCES
+from sdk._errors import InternalError, InvalidArgumentError
+
+Encoding = Literal["float32", "uint8", "png"]
+ArrayEncoding = Literal["float32", "uint8"]
 
 _ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "uint8": pb.ENCODING_UINT8, "png": pb.ENCODING_PNG}
 _INVERSION = {None: pb.INVERSION_METHOD_UNSPECIFIED, "encoder": pb.ENCODER, "optimize": pb.OPTIMIZE,
@@ -114,6 +120,35 @@ class Evaluation:
         return self.by_metric[metric]
 
 
+# -- checking arguments (before anything is sent: the same typed error the server would give, with the field) --
+
+def invalid(field_name: str, message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_name}: {message}",
+                                [(field_name, message)])
+
+
+def integer(field_name: str, value, lo: int, hi: int = 2**64 - 1) -> int:
+    """`value` as an int in [lo, hi]; a float (even 2.0), a bool or a string is refused, not rounded."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise invalid(field_name, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        bound = f"at least {lo}" if hi == 2**64 - 1 else f"in {lo}..{hi}"
+        raise invalid(field_name, f"must be {bound}, got {value}")
+    return int(value)
+
+
+def real(field_name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise invalid(field_name, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _seed(fields: dict, seed) -> None:
+    if seed is not None:
+        fields["seed"] = integer("seed", seed, 0)
+
+
 # -- building requests ------------------------------------------------------------------------------------
 
 def _array(t: pb.Tensor) -> np.ndarray | None:
@@ -124,17 +159,18 @@ def encoding(name: str) -> int:
     try:
         return _ENCODINGS[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"encoding must be one of {sorted(_ENCODINGS)}, got {name!r}") from None
+        raise invalid("encoding", f"must be one of {sorted(_ENCODINGS)}, got {name!r}") from None
 
 
 def _labels(label, labels, soft_labels) -> dict[str, Any]:
     given = [x is not None for x in (label, labels, soft_labels)]
     if sum(given) > 1:
-        raise ValueError("give one of label, labels or soft_labels")
+        raise invalid("labels", "give one of label, labels or soft_labels")
     if label is not None:
-        return {"labels": [int(label)]}
+        return {"labels": [integer("label", label, 0, 2**31 - 1)]}
     if labels is not None:
-        return {"labels": [int(v) for v in np.asarray(labels).ravel()]}
+        values = np.asarray(labels, dtype=object).ravel()  # as given: 2.5 stays a float and is refused
+        return {"labels": [integer(f"labels[{i}]", v, 0, 2**31 - 1) for i, v in enumerate(values)]}
     if soft_labels is not None:
         soft = np.asarray(soft_labels, np.float32)
         return {"soft_labels": tensors.from_array(soft[None] if soft.ndim == 1 else soft)}
@@ -143,10 +179,10 @@ def _labels(label, labels, soft_labels) -> dict[str, Any]:
 
 def sample_request(n, label, labels, soft_labels, seed, model, truncation, latents, encoding_name, return_latents):
     """('Sample' | 'SampleConditional', request)."""
-    fields = dict(model=model or "", n=0 if latents is not None else int(n), truncation=float(truncation),
-                  encoding=encoding(encoding_name), return_latents=bool(return_latents))
-    if seed is not None:
-        fields["seed"] = int(seed)
+    fields = dict(model=model or "", n=0 if latents is not None else integer("n", n, 1),
+                  truncation=real("truncation", truncation), encoding=encoding(encoding_name),
+                  return_latents=bool(return_latents))
+    _seed(fields, seed)
     if latents is not None:
         fields["latents"] = tensors.from_array(np.asarray(latents, np.float32))
     cond = _labels(label, labels, soft_labels)
@@ -157,18 +193,18 @@ def sample_request(n, label, labels, soft_labels, seed, model, truncation, laten
 
 def stream_request(n, label, labels, soft_labels, seed, model, offset, chunk_size, truncation, encoding_name,
                    return_latents) -> pb.SampleStreamRequest:
-    fields = dict(model=model or "", n=int(n), offset=int(offset), chunk_size=int(chunk_size),
-                  truncation=float(truncation), encoding=encoding(encoding_name), return_latents=bool(return_latents),
+    fields = dict(model=model or "", n=integer("n", n, 1), offset=integer("offset", offset, 0),
+                  chunk_size=integer("chunk_size", chunk_size, 0, 2**32 - 1), truncation=real("truncation", truncation),
+                  encoding=encoding(encoding_name), return_latents=bool(return_latents),
                   **_labels(label, labels, soft_labels))
-    if seed is not None:
-        fields["seed"] = int(seed)
+    _seed(fields, seed)
     return pb.SampleStreamRequest(**fields)
 
 
 def _endpoint(point, label) -> pb.Endpoint:
     ep = pb.Endpoint()
     if isinstance(point, (int, np.integer)) and not isinstance(point, bool):
-        ep.seed = int(point)
+        ep.seed = integer("seed", point, 0)
     else:
         arr = np.asarray(point, np.float32)
         if arr.ndim <= 2:  # [latent_dim] or [1, latent_dim]; images are [C, H, W] or [1, C, H, W]
@@ -187,28 +223,32 @@ def _endpoint(point, label) -> pb.Endpoint:
 def interpolate_request(points: Sequence, labels, steps, method, model, encoding_name) -> pb.InterpolateRequest:
     """Each point is a seed (int), a latent (1-D array) or an image ((C, H, W) array)."""
     if labels is not None and len(labels) != len(points):
-        raise ValueError(f"give one label per endpoint ({len(points)}), got {len(labels)}")
+        raise invalid("labels", f"give one label per endpoint ({len(points)}), got {len(labels)}")
     try:
         method_value = _INTERP[method.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"method must be one of {sorted(_INTERP)}, got {method!r}") from None
+        raise invalid("method", f"must be one of {sorted(_INTERP)}, got {method!r}") from None
     eps = [_endpoint(p, None if labels is None else labels[i]) for i, p in enumerate(points)]
-    return pb.InterpolateRequest(model=model or "", endpoints=eps, steps=int(steps), method=method_value,
+    return pb.InterpolateRequest(model=model or "", endpoints=eps, steps=integer("steps", steps, 0, 2**32 - 1),
+                                 method=method_value,
                                  encoding=encoding(encoding_name))
 
 
 def invert_request(images, labels, method, steps, learning_rate, prior_weight, model, encoding_name):
     if method is not None and method.lower() not in _INVERSION:
-        raise ValueError(f"method must be one of encoder, optimize, hybrid, got {method!r}")
+        raise invalid("method", f"must be one of encoder, optimize, hybrid, got {method!r}")
     arr = np.asarray(images)
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float32)
     if arr.ndim == 3:
         arr = arr[None]
-    lab = [] if labels is None else [int(v) for v in np.atleast_1d(labels)]
+    lab = [] if labels is None else [integer(f"labels[{i}]", v, 0, 2**31 - 1)
+                                     for i, v in enumerate(np.atleast_1d(labels))]
     return pb.InvertRequest(model=model or "", images=tensors.from_array(arr), labels=lab,
-                            method=_INVERSION[method.lower() if method else None], steps=int(steps),
-                            learning_rate=float(learning_rate), prior_weight=float(prior_weight),
+                            method=_INVERSION[method.lower() if method else None],
+                            steps=integer("steps", steps, 0, 2**32 - 1),
+                            learning_rate=real("learning_rate", learning_rate),
+                            prior_weight=real("prior_weight", prior_weight),
                             encoding=encoding(encoding_name))
 
 
@@ -229,10 +269,10 @@ def data_source(spec, labels=None) -> pb.DataSource:
 
 
 def evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels=None) -> pb.EvaluateDivergenceRequest:
-    fields = dict(p=data_source(p), q=data_source(q, q_labels), metrics=list(metrics or []), n=int(n),
-                  bootstrap=int(bootstrap), confidence=float(confidence))
-    if seed is not None:
-        fields["seed"] = int(seed)
+    fields = dict(p=data_source(p), q=data_source(q, q_labels), metrics=list(metrics or []),
+                  n=integer("n", n, 0, 2**32 - 1), bootstrap=integer("bootstrap", bootstrap, 0, 2**32 - 1),
+                  confidence=real("confidence", confidence))
+    _seed(fields, seed)
     return pb.EvaluateDivergenceRequest(**fields)
 
 
@@ -260,6 +300,43 @@ def sample_result(r: pb.SampleResponse) -> SampleResult:
 
 def chunk(r: pb.SampleChunk) -> Chunk:
     return Chunk(r.start, _images(r.samples, r.png), _array(r.latents), _array(r.conditions), r.seed, r.model)
+
+
+class Gather:
+    """A stream's chunks into one SampleResult, each written in place: memory is the result plus one chunk."""
+
+    def __init__(self, n: int):
+        self.n, self.count = n, 0
+        self.images: np.ndarray | list[bytes] | None = None
+        self.latents = self.conditions = None
+        self.seed, self.model = 0, ""
+
+    @staticmethod
+    def _put(dest: np.ndarray | None, part: np.ndarray | None, n: int, at: int) -> np.ndarray | None:
+        if part is None:
+            return dest
+        if dest is None:
+            dest = np.empty((n, *part.shape[1:]), part.dtype)
+        dest[at:at + len(part)] = part
+        return dest
+
+    def add(self, c: Chunk) -> int:
+        """Take one chunk; returns how many samples it held."""
+        k = len(c.images)
+        if isinstance(c.images, list):
+            self.images = self.images if self.images is not None else []
+            self.images.extend(c.images)
+        else:
+            self.images = self._put(self.images, c.images, self.n, c.start)
+        self.latents = self._put(self.latents, c.latents, self.n, c.start)
+        self.conditions = self._put(self.conditions, c.conditions, self.n, c.start)
+        self.seed, self.model, self.count = c.seed, c.model, self.count + k
+        return k
+
+    def result(self) -> SampleResult:
+        if self.count != self.n:
+            raise InternalError(grpc.StatusCode.DATA_LOSS, f"the stream ended after {self.count} of {self.n} samples")
+        return SampleResult(self.images, self.latents, self.conditions, self.seed, self.model)
 
 
 def interpolation(r: pb.InterpolateResponse) -> Interpolation:

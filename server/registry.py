@@ -22,6 +22,7 @@ and never reach the file system (lookups go to the in-memory index only).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -52,6 +53,13 @@ def _reason(e: BaseException) -> str:
 def _signature(folder: Path) -> tuple:
     st = (folder / "manifest.json").stat() if (folder / "manifest.json").exists() else None
     return (folder.stat().st_ino, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+
+
+def unknown_model(name: str, served: list[str]) -> str:
+    """NOT_FOUND's message for a name nobody serves: the served names and the closest one."""
+    close = difflib.get_close_matches(name, served, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no model named {name!r} is served{hint} (served: {', '.join(served) or 'none'})"
 
 
 @dataclass(eq=False)
@@ -313,7 +321,7 @@ class Registry:
         index = self._index
         versions = index.entries.get(name)
         if not versions:
-            raise NotFound(f"no model named {name!r} is served", field_name)
+            raise NotFound(unknown_model(name, sorted(index.entries)), field_name)
         v = version if version is not None else index.defaults.get(name)
         if v is None:
             raise NotFound(f"no version of {name!r} can be served: "

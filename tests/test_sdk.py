@@ -101,7 +101,7 @@ def test_models(client):
 
 
 @pytest.mark.parametrize("call,exc,field", [
-    (lambda c: c.sample(0), InvalidArgumentError, "n"),
+    (lambda c: c.interpolate(1, 2, steps=5000, model="tiny-gan"), InvalidArgumentError, "steps"),
     (lambda c: c.sample(labels=[9]), InvalidArgumentError, "labels[0]"),
     (lambda c: c.sample(model="nope"), NotFoundError, "model"),
     (lambda c: c.invert(np.zeros((1, 2), np.float32), model="tiny-points"), FailedPreconditionError, "method"),
@@ -134,6 +134,74 @@ STATUS_TABLE = {
     grpc.StatusCode.DATA_LOSS: InternalError,
     grpc.StatusCode.UNAUTHENTICATED: sdk.AuthenticationError,
 }
+
+
+@pytest.mark.parametrize("call,field", [
+    (lambda c: c.sample(-3), "n"),
+    (lambda c: c.sample(0), "n"),
+    (lambda c: c.sample(2.5), "n"),              # refused, not silently 2
+    (lambda c: c.sample(True), "n"),
+    (lambda c: c.sample(seed=-1), "seed"),
+    (lambda c: c.sample(seed=2**64), "seed"),
+    (lambda c: c.sample(label=-1), "label"),
+    (lambda c: c.sample(labels=[1, 2.5]), "labels[1]"),
+    (lambda c: c.sample(label=1, labels=[1]), "labels"),
+    (lambda c: c.sample(encoding="jpeg"), "encoding"),
+    (lambda c: c.sample(truncation=float("nan")), "truncation"),
+    (lambda c: list(c.stream(10, chunk_size=-1)), "chunk_size"),
+    (lambda c: list(c.stream(10, offset=-5)), "offset"),
+    (lambda c: c.interpolate(1, 2, steps=-1), "steps"),
+    (lambda c: c.interpolate(1, -2), "seed"),
+    (lambda c: c.invert(np.zeros((1, 1, 8, 8)), method="guess"), "method"),
+    (lambda c: c.evaluate("ring8", "x", n=-1), "n"),
+])
+def test_bad_arguments_are_refused_before_sending_with_the_field(call, field):
+    """The SDK's typed error naming the field, raised before any call (the target does not even exist), instead
+    of protobuf's bare ValueError/TypeError or a silent int() of 2.5."""
+    with Client("127.0.0.1:9", retries=0, timeout=0.5) as c, pytest.raises(InvalidArgumentError) as err:
+        call(c)
+    assert err.value.field == field and err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.__cause__ is None and field in str(err.value)
+
+
+def test_unknown_model_lists_the_served_ones_and_the_closest(client):
+    with pytest.raises(NotFoundError) as err:
+        client.sample(model="tiny-gna")
+    assert err.value.field == "model"
+    assert "did you mean 'tiny-gan'?" in err.value.details
+    assert "served: tiny-cgan, tiny-eval, tiny-gan, tiny-points" in err.value.details
+    with pytest.raises(NotFoundError) as err:
+        client.get_model("zzz")
+    assert "did you mean" not in err.value.details and "served: tiny-cgan" in err.value.details
+
+
+def test_large_n_is_streamed_transparently(client):
+    """Above the per-call limit (1,024) sample() streams and gathers: the same samples as one big call would be."""
+    x = client.sample(3000, seed=4, model="tiny-gan")
+    assert x.shape == (3000, 1, 8, 8) and x.dtype == np.float32
+    np.testing.assert_allclose(x, reference_generator(latent_fn.latents(4, 3000, LATENT)), atol=2e-6)
+    r = client.sample_result(1500, label=1, seed=2)
+    assert r.model == "tiny-cgan@1" and r.seed == 2 and r.latents.shape == (1500, LATENT)
+    np.testing.assert_array_equal(r.conditions, np.eye(CLASSES, dtype=np.float32)[np.ones(1500, int)])
+    np.testing.assert_array_equal(r.images[1024:1030], client.sample(1030, label=1, seed=2)[1024:])
+    assert client.sample(1100, seed=1, model="tiny-gan", encoding="uint8").dtype == np.uint8
+    pngs = client.sample(1025, seed=1, model="tiny-gan", encoding="png")
+    assert len(pngs) == 1025 and pngs[-1][:4] == b"\x89PNG"
+
+
+def test_types_docstrings_and_py_typed():
+    import inspect
+    import typing
+    from pathlib import Path
+
+    assert (Path(sdk.__file__).parent / "py.typed").is_file()
+    for cls in (Client, AsyncClient):
+        assert len(typing.get_overloads(cls.sample)) == 2  # array for float32/uint8, list[bytes] for png
+        public = [m for m, _ in inspect.getmembers(cls, callable) if not m.startswith("_")]
+        assert {"sample", "stream", "list_models", "get_model", "close"} <= set(public)
+        assert not [m for m in public if not inspect.getdoc(getattr(cls, m))], cls
+    png = typing.get_type_hints(typing.get_overloads(Client.sample)[1])
+    assert png["return"] == list[bytes] and png["encoding"] == typing.Literal["png"]
 
 
 def test_status_to_exception_table_is_complete_and_exact():
@@ -249,10 +317,14 @@ def test_async_client_mirrors_the_sync_one(server, client):
             models = await ac.list_models()
             with pytest.raises(InvalidArgumentError):
                 await ac.sample(labels=[9])
-            return x, chunks, inv, models
+            with pytest.raises(InvalidArgumentError):
+                await ac.sample(2.5)
+            big = await ac.sample(1100, seed=2, model="tiny-gan")
+            return x, chunks, inv, models, big
 
-    x, chunks, inv, models = asyncio.run(main())
+    x, chunks, inv, models, big = asyncio.run(main())
     np.testing.assert_array_equal(x, client.sample(3, seed=2, model="tiny-gan"))
+    np.testing.assert_array_equal(big, client.sample(1100, seed=2, model="tiny-gan"))
     assert [c.start for c in chunks] == [0, 128, 256] and inv.mse.max() < 1e-4 and len(models) == 4
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,8 +43,12 @@ def _pip(python: Path | str, *args: str, timeout: int = 300) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    done = _pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT / "sdk"))
+    """Built from a copy of sdk/ and protos/ (setuptools leaves build/ and *.egg-info beside the sources)."""
+    out, tree = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("tree")
+    for package in ("sdk", "protos"):
+        shutil.copytree(ROOT / package, tree / package,
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    done = _pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(tree / "sdk"))
     assert done.returncode == 0, done.stderr
     (path,) = out.glob("ganserve_sdk-*.whl")
     return path
