@@ -6,6 +6,7 @@ the same). Sources:
   models    docs/models/summary.json (written by `python -m training.evaluate ... --docs docs/models`)
   headline  docs/bench.json (written by `python -m bench --json docs/bench.json`)
   flags     server/config.py (the Config dataclass behind `python -m server --help`)
+and one whole page: docs/models/README.md, from docs/models/summary.json (as training.evaluate writes it).
 docs/bad_input.md is generated from a live server instead: `python -m tests.test_server_bad_input >
 docs/bad_input.md`.
 """
@@ -20,7 +21,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from server.config import ENV_PREFIX, Config
-from training.evaluate import markdown_table
+from training.evaluate import markdown_table, models_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python -m docs.generate"
@@ -76,6 +77,15 @@ BLOCKS = {  # file (relative to the root) -> {block name: renderer}
 }
 
 
+def models_page(root: Path = ROOT) -> str:
+    """docs/models/README.md, the page `python -m training.evaluate ... --docs docs/models` writes."""
+    summary = json.loads((root / "docs" / "models" / "summary.json").read_text())
+    return models_readme(summary["models"], summary["generated_by"], root / "docs" / "models")
+
+
+PAGES = {"docs/models/README.md": models_page}  # whole files
+
+
 def _pattern(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- BEGIN GENERATED {name}\b[^\n]*-->\n)(.*?)(<!-- END GENERATED {name} -->)", re.S)
 
@@ -93,8 +103,9 @@ def render(text: str, blocks: dict, root: Path = ROOT) -> str:
 
 def stale(root: Path = ROOT) -> list[str]:
     """Files whose generated blocks differ from what their sources give now."""
-    return [rel for rel, blocks in BLOCKS.items()
-            if render((root / rel).read_text(), blocks, root) != (root / rel).read_text()]
+    blocks = [rel for rel, named in BLOCKS.items()
+              if render((root / rel).read_text(), named, root) != (root / rel).read_text()]
+    return blocks + [rel for rel, make in PAGES.items() if make(root) != (root / rel).read_text()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         old = stale()
         for rel in old:
-            print(f"{rel}: generated blocks are stale; run `{COMMAND}`", file=sys.stderr)
+            print(f"{rel} is stale: run `{COMMAND}`", file=sys.stderr)
         return 1 if old else 0
-    for rel, blocks in BLOCKS.items():
+    for rel in stale():
         path = ROOT / rel
-        text = path.read_text()
-        new = render(text, blocks)
-        if new != text:
-            path.write_text(new)
-            print(f"rewrote {rel}")
+        path.write_text(PAGES[rel](ROOT) if rel in PAGES else render(path.read_text(), BLOCKS[rel]))
+        print(f"rewrote {rel}")
     return 0
 
 
