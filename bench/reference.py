@@ -1,4 +1,4 @@
-"""A reference DCGAN-style MNIST generator (the architecture issue 7's figures are quoted for), exported to
+"""A reference DCGAN-style MNIST generator (the architecture the performance targets were set on), exported to
 ONNX and published into a model store, so the benchmark and its tests have a known model before (or
 besides) the shipped ones. Its weights are random: speed does not depend on them.
 

@@ -1,4 +1,4 @@
-"""Divergence estimators against known answers (issue 6 items 6-10), two-sided tolerances throughout."""
+"""Divergence estimators against known answers, two-sided tolerances throughout."""
 
 import json
 import math

@@ -138,7 +138,7 @@ def test_shipped_manifest_valid_and_files_match(version_dir):
     assert {p.name for p in version_dir.iterdir()} == listed, "unlisted files in a shipped version"
     for role, graph in m["graphs"].items():
         parity = m["export"]["parity_max_abs_diff"].get(role)
-        if parity is None:  # a graph derived from another ONNX graph (issue 4's generator_grad): no torch module
+        if parity is None:  # a graph derived from another ONNX graph (generator_grad): no torch module
             fd = m["export"][f"{role}_fd_max_rel_err"]  # to compare with; checked by finite differences instead
             assert 0 <= fd <= 0.05, f"{role} finite-difference error {fd}"
             continue
@@ -165,6 +165,6 @@ def test_shipped_store_complete_and_small():
     missing = [n for n in SHIPPED if n not in names]
     assert not missing, f"not shipped: {missing}"
     size = sum(f.stat().st_size for f in STORE.rglob("*") if f.is_file())
-    # The issue's budget is ~40 MB. Gradient graphs are derived from generator.onnx at load, not stored (they would
+    # The store's budget is ~40 MB (it ships with the repository). Gradient graphs are derived from generator.onnx at load, not stored (they would
     # repeat each generator's weights: ~13 MB); encoders (4.8 MB each) are the largest files left.
     assert 0 < size < 40 * 2**20, f"model_store is {size / 2**20:.1f} MiB"

@@ -1,4 +1,4 @@
-"""No silently wrong answer (issue 20, items 1, 2 and 6): latents that would overflow a generator are refused
+"""No silently wrong answer: latents that would overflow a generator are refused
 naming the field; a model that produces NaN/Inf or values outside its declared range is never answered OK
 (INTERNAL naming the model, logged, counted); an estimator failure is INVALID_ARGUMENT, never INTERNAL; every
 ModelInfo agrees with the proto's meaning of its data kind. Over real servers on port 0."""
