@@ -12,11 +12,14 @@
 - Files are written byte-for-byte deterministically (fixed zip timestamps), so the same seed gives
   identical shards and identical checksums.
 - Labels: one label for every sample, or several cycled over the samples (sample i gets labels[i % k]).
+- `--engine ray [--address ADDR] [--store DIR]`: the same shards and manifest, byte for byte, made by actors
+  of a Ray cluster that run the generator themselves (ganserve.scale.batch; docs/scaling_out.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +27,7 @@ import secrets
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,18 +78,25 @@ def _shard_labels(labels: list[int], start: int, count: int) -> list[int] | None
     return [labels[(start + j) % len(labels)] for j in range(count)]
 
 
-def make_shard(client: Client, job: dict, index: int, out: Path, chunk_size: int, progress) -> dict:
+# What makes a shard's samples: generate(start, count, labels) -> arrays of consecutive rows. The gRPC engine
+# streams them from a server; the Ray engine (ganserve.scale) runs the generator in its worker processes.
+Generate = Callable[[int, int, "list[int] | None"], Iterable[np.ndarray]]
+
+
+def make_shard(job: dict, index: int, out: Path, generate: Generate, progress=None) -> dict:
+    """Shard `index` of `job`: its samples from `generate`, written atomically to out/shard-NNNNN.npz; the
+    manifest entry. Every engine writes its shards here, so their bytes cannot drift apart."""
     start = index * job["shard_size"]
     count = min(job["shard_size"], job["n"] - start)
     labels = _shard_labels(job["labels"], start, count)
     parts = []
-    for chunk in client.stream(count, labels=labels, seed=job["seed"], model=job["model"], offset=start,
-                               chunk_size=chunk_size, encoding=job["encoding"]):
-        parts.append(chunk.images)
-        progress.update(len(chunk.images))
+    for part in generate(start, count, labels):
+        parts.append(part)
+        if progress is not None:
+            progress.update(len(part))
     samples = np.concatenate(parts)
     if len(samples) != count:
-        raise RuntimeError(f"shard {index}: the stream returned {len(samples)} samples, expected {count}")
+        raise RuntimeError(f"shard {index}: the engine returned {len(samples)} samples, expected {count}")
     arrays = {"samples": samples, "start": np.array(start, np.int64)}
     if labels is not None:
         arrays["labels"] = np.array(labels * count if len(labels) == 1 else labels, np.int64)
@@ -96,45 +107,80 @@ def make_shard(client: Client, job: dict, index: int, out: Path, chunk_size: int
     return {"index": index, "file": name, "start": start, "count": count, "sha256": sha256(out / name)}
 
 
+def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, progress) -> Iterator[dict]:
+    """The single-machine engine: each shard is one SampleStream from the server, retried on
+    UNAVAILABLE/RESOURCE_EXHAUSTED."""
+
+    def generate(start, count, labels):
+        return (chunk.images for chunk in client.stream(count, labels=labels, seed=job["seed"], model=job["model"],
+                                                        offset=start, chunk_size=args.chunk_size,
+                                                        encoding=job["encoding"]))
+
+    for index in todo:
+        for attempt in range(args.retries + 1):
+            before = progress.n
+            try:
+                yield make_shard(job, index, out, generate, progress)
+                break
+            except (UnavailableError, ResourceExhaustedError):
+                progress.update(before - progress.n)
+                if attempt == args.retries:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+
+
+def _open_job(args, out: Path, resolve: Callable[[str], str]) -> dict:
+    """The manifest of the job in `out`: the one found there (refused if it is a different job) or a new one
+    with the model pinned to name@version by `resolve`."""
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        job = {k: manifest[k] for k in _job(args, "", 0)}
+        asked = _job(args, job["model"], args.seed if args.seed is not None else job["seed"])
+        if asked != job:
+            diff = ", ".join(f"{k}: {job[k]!r} vs {asked[k]!r}" for k in job if job[k] != asked[k])
+            raise ValueError(f"{out} holds a different job ({diff}); use another --out")
+        return manifest
+    job = _job(args, resolve(args.model), args.seed if args.seed is not None else secrets.randbits(63))
+    manifest = {**job, "shards": {}, "complete": False}
+    _write_json(manifest_path, manifest)
+    return manifest
+
+
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    with Client(args.target, timeout=args.timeout) as client:
-        if manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text())
-            job = {k: manifest[k] for k in _job(args, "", 0)}
-            asked = _job(args, job["model"], args.seed if args.seed is not None else job["seed"])
-            if asked != job:
-                diff = ", ".join(f"{k}: {job[k]!r} vs {asked[k]!r}" for k in job if job[k] != asked[k])
-                raise ValueError(f"{out} holds a different job ({diff}); use another --out")
+    with contextlib.ExitStack() as stack:
+        if args.engine == "ray":
+            # Imported only when asked: ray is an optional extra (pip install 'ganserve[ray]') and its import
+            # alone takes seconds; the SDK itself stays free of it.
+            from ganserve.scale.batch import RayEngine
+
+            engine = stack.enter_context(RayEngine(args.store, address=args.address, workers=args.workers,
+                                                   cpus_per_worker=args.cpus_per_worker, retries=args.retries,
+                                                   chunk_size=args.chunk_size, ship=(sys.modules[__package__],)))
+            resolve = engine.resolve
         else:
-            model_ref = client.get_model(args.model).ref
-            job = _job(args, model_ref, args.seed if args.seed is not None else secrets.randbits(63))
-            manifest = {**job, "shards": {}, "complete": False}
-            _write_json(manifest_path, manifest)
+            client = stack.enter_context(Client(args.target, timeout=args.timeout))
+            resolve = lambda name: client.get_model(name).ref  # noqa: E731
+        manifest = _open_job(args, out, resolve)
+        job = {k: manifest[k] for k in _job(args, "", 0)}
         shards = manifest["shards"]
         total = -(-job["n"] // job["shard_size"])
         done = {int(i) for i, s in shards.items() if (out / s["file"]).is_file() and sha256(out / s["file"]) == s["sha256"]}
         skipped = sum(shards[str(i)]["count"] for i in done)
-        if manifest_path.exists() and shards:
+        if shards:
             print(f"resuming: {len(done)} of {total} shards already done and verified", file=sys.stderr)
+        todo = [i for i in range(total) if i not in done]
         t0 = time.monotonic()
         with progress_bar(job["n"], job["model"], skipped, args.quiet) as progress:
-            for index in range(total):
-                if index in done:
-                    continue
-                for attempt in range(args.retries + 1):
-                    before = progress.n
-                    try:
-                        entry = make_shard(client, job, index, out, args.chunk_size, progress)
-                        break
-                    except (UnavailableError, ResourceExhaustedError):
-                        progress.update(before - progress.n)
-                        if attempt == args.retries:
-                            raise
-                        time.sleep(min(2.0, 0.1 * 2 ** attempt))
-                shards[str(index)] = entry
+            if args.engine == "ray":
+                made = engine.shards(job, todo, out, make_shard, progress)
+            else:
+                made = _grpc_shards(client, job, todo, out, args, progress)
+            for entry in made:
+                shards[str(entry["index"])] = entry
                 manifest["shards"] = dict(sorted(shards.items(), key=lambda kv: int(kv[0])))
                 _write_json(manifest_path, manifest)
         manifest["complete"] = len(shards) == total
@@ -160,6 +206,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per shard stream")
     p.add_argument("--retries", type=int, default=3, help="attempts per shard on UNAVAILABLE/RESOURCE_EXHAUSTED")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("the Ray engine (--engine ray; pip install 'ganserve[ray]', docs/scaling_out.md)")
+    ray.add_argument("--engine", choices=["grpc", "ray"], default="grpc",
+                     help="grpc: stream from a server (default); ray: run the generator on a Ray cluster's workers")
+    ray.add_argument("--address", default="local",
+                     help="Ray cluster to join (host:port, 'auto'); default: start a local one on this machine")
+    ray.add_argument("--store", default="model_store", help="model store the Ray workers read (a shared path)")
+    ray.add_argument("--workers", type=int, default=0, help="generator actors (default: one per CPU of the cluster)")
+    ray.add_argument("--cpus-per-worker", type=float, default=0.5,
+                     help="CPUs Ray reserves per actor (a fraction leaves room for Ray's own tasks)")
     return p
 
 

@@ -8,15 +8,14 @@ protos/latents.py, so a seed means the same samples in Sample, SampleStream, the
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
+from ganserve import images
 from protos import latents as latent_fn
 from protos.ganserve.v1 import generator_pb2 as pb
 from server.errors import BadModelOutput, Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
@@ -116,17 +115,7 @@ def check_output(model: LoadedModel, x: np.ndarray, what: str = "samples") -> np
 
 
 def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
-    lo, hi = model.value_range
-    return np.round(np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """One (C, H, W) uint8 image as an 8-bit PNG (grey for C=1, RGB for C=3)."""
-    c = image.shape[0]
-    pil = Image.fromarray(image[0], "L") if c == 1 else Image.fromarray(np.moveaxis(image[:3], 0, -1), "RGB")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
+    return images.to_uint8(x, model.value_range)
 
 
 def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray | None, list[bytes]]:
@@ -135,11 +124,8 @@ def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray
     if encoding == pb.ENCODING_UINT8:
         return to_uint8(model, x), []
     if encoding == pb.ENCODING_PNG:
-        return None, [png_bytes(img) for img in to_uint8(model, x)]
-    if model.value_range is not None:  # ONNX Runtime's tanh can overshoot by an ulp (-1.0000001)
-        lo, hi = model.value_range  # (two ufuncs: np.clip's Python wrapper costs more than the clip of a sample)
-        x = np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
-    return np.ascontiguousarray(x, np.float32), []
+        return None, [images.png_bytes(img) for img in to_uint8(model, x)]
+    return images.clamp(x, model.value_range), []
 
 
 # -- sampling -------------------------------------------------------------------------------------------
