@@ -160,6 +160,17 @@ class TokenAuth(grpc.ServerInterceptor):
         return self._deny
 
 
+def make_batcher(c: Config, telemetry: Telemetry, model, *, alone) -> Batcher:
+    """The dynamic batcher of a loaded generator, with the configured knobs; `alone()`: whether the calling
+    request is the only one in flight (the batcher's idle path)."""
+    return Batcher(model.ref, make_runner(model), max_batch=min(c.max_batch_samples, model.max_batch_size),
+                   max_queue=c.max_queue_size, max_delay_s=c.max_queue_delay_ms / 1000,
+                   queue_timeout_s=c.queue_timeout_ms / 1000, observe=telemetry.observe_batch,
+                   halve_s=c.batch_halve_ms / 1000,
+                   runners=c.model_runners, inline_when_idle=c.inline_when_idle,
+                   run_idle=make_runner(model, model.idle_session) if model.idle_session else None, alone=alone)
+
+
 class App:
     """A created server and what it owns; `start()` loads the store and reports SERVING."""
 
@@ -190,14 +201,8 @@ class App:
         self.metrics_port: int | None = None
 
     def _batcher(self, model) -> Batcher:
-        c = self.config
-        return Batcher(model.ref, make_runner(model), max_batch=min(c.max_batch_samples, model.max_batch_size),
-                       max_queue=c.max_queue_size, max_delay_s=c.max_queue_delay_ms / 1000,
-                       queue_timeout_s=c.queue_timeout_ms / 1000, observe=self.telemetry.observe_batch,
-                       halve_s=c.batch_halve_ms / 1000,
-                       runners=c.model_runners, inline_when_idle=c.inline_when_idle,
-                       run_idle=make_runner(model, model.idle_session) if model.idle_session else None,
-                       alone=lambda: self.pool.in_flight + (self.batches.in_flight if self.batches else 0) <= 1)
+        return make_batcher(self.config, self.telemetry, model,
+                            alone=lambda: self.pool.in_flight + (self.batches.in_flight if self.batches else 0) <= 1)
 
     def _bind(self) -> int:
         c = self.config

@@ -1,0 +1,105 @@
+"""GeneratorService on Ray Serve (server/ray_serve.py): two replicas behind Serve's gRPC proxy answer our SDK
+and a plain gRPC client with the bytes `python -m server` answers for a seed, keep the chosen status codes and
+field violations, report health, and both serve a version published into the store while they run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+serve = pytest.importorskip("ray.serve", reason="the Ray Serve deployment needs: pip install 'ganserve[ray]'")
+
+import ray  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from ray.serve.config import gRPCOptions, HTTPOptions  # noqa: E402
+
+import ganserve  # noqa: E402
+import protos  # noqa: E402
+import server  # noqa: E402
+from ganserve.scale import cluster  # noqa: E402
+from protos.ganserve.v1 import generator_pb2 as pb  # noqa: E402
+from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc  # noqa: E402
+from sdk import Client, InvalidArgumentError  # noqa: E402
+from server import ray_serve  # noqa: E402
+from tests.conftest import free_port, publish_gan  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def serve_app(model_store, tmp_path_factory):
+    """The app with 2 replicas on a local loopback Ray cluster of 2 CPUs, over a copy of the tiny store."""
+    store = tmp_path_factory.mktemp("serve") / "store"
+    shutil.copytree(model_store, store)
+    cluster.connect("local", runtime_env={"py_modules": [ganserve, protos, server]}, num_cpus=2)
+    try:
+        port = free_port()
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+                    grpc_options=gRPCOptions(port=port, grpc_servicer_functions=ray_serve.SERVICER_FUNCTIONS))
+        serve.run(ray_serve.Ganserve.options(num_replicas=2).bind(store=str(store), reload_interval_s=0.2),
+                  name="ganserve")
+        yield f"127.0.0.1:{port}", store
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def replies(target: str, method: str, request, n: int):
+    """`n` calls of `method` on a plain stub: [(reply, replica id)]."""
+    with grpc.insecure_channel(target) as ch:
+        call = getattr(pb_grpc.GeneratorServiceStub(ch), method).with_call
+        out = []
+        for _ in range(n):
+            reply, c = call(request, timeout=30)
+            out.append((reply, dict(c.trailing_metadata())[ray_serve.REPLICA_KEY]))
+        return out
+
+
+def test_same_bytes_as_python_m_server(serve_app, server):
+    target, _ = serve_app
+    requests = {"Sample": pb.SampleRequest(model="tiny-gan", n=5, seed=11),
+                "SampleConditional": pb.SampleConditionalRequest(model="tiny-cgan", n=5, seed=11, labels=[3],
+                                                                 encoding=pb.ENCODING_UINT8)}
+    for method, request in requests.items():
+        with grpc.insecure_channel(server.target) as ch:
+            want = getattr(pb_grpc.GeneratorServiceStub(ch), method)(request, timeout=30)
+        got = replies(target, method, request, 6)  # both replicas, most likely
+        assert len(want.samples.data) > 0
+        for reply, _ in got:
+            assert reply.SerializeToString() == want.SerializeToString()
+    with Client(target) as ours, Client(server.target) as theirs:
+        np.testing.assert_array_equal(ours.sample(n=7, seed=3, model="tiny-gan"),
+                                      theirs.sample(n=7, seed=3, model="tiny-gan"))
+        np.testing.assert_array_equal(ours.sample(n=4, label=2, seed=3, model="tiny-cgan", encoding="png"),
+                                      theirs.sample(n=4, label=2, seed=3, model="tiny-cgan", encoding="png"))
+        ours_s, theirs_s = ([c.images for c in client.stream(2500, seed=4, model="tiny-gan", chunk_size=1000)]
+                            for client in (ours, theirs))
+        np.testing.assert_array_equal(np.concatenate(ours_s), np.concatenate(theirs_s))
+        with pytest.raises(InvalidArgumentError) as bad:
+            ours.sample(n=2, labels=[9], seed=1, model="tiny-cgan")
+        assert bad.value.field == "labels[0]" and "must be in 0..3, got 9" in str(bad.value)
+
+
+def test_health_through_the_proxy(serve_app):
+    target, _ = serve_app
+    with grpc.insecure_channel(target) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_published_version_is_served_by_both_replicas(serve_app, tmp_path):
+    target, store = serve_app
+    before = replies(target, "GetModel", pb.GetModelRequest(model="tiny-gan"), 8)
+    assert {r.version for r, _ in before} == {1}
+    publish_gan(store, tmp_path, seed=1)  # tiny-gan@2, other weights
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (len(seen) == 2 and set(seen.values()) == {2}):
+        for reply, replica in replies(target, "Sample", pb.SampleRequest(model="tiny-gan", n=1, seed=1), 4):
+            seen[replica] = int(reply.model.rsplit("@", 1)[1])
+        time.sleep(0.1)
+    assert len(seen) == 2 and set(seen.values()) == {2}, seen
