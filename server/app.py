@@ -6,8 +6,9 @@ Kubernetes readiness probe (or `grpc_health_probe`) passes only once models are 
 calls made before that answer UNAVAILABLE.
 
 Access: with a token configured, every RPC needs the metadata `authorization: Bearer <token>`, compared in
-constant time (hmac.compare_digest) by an interceptor. The standard health service stays open so probes
-work without secrets; reflection is behind the token like the service itself. TLS (server certificate,
+constant time (hmac.compare_digest) by an interceptor. The standard health service (and the v2 protocol's
+ServerLive/ServerReady) stays open so probes work without secrets; reflection is behind the token like the
+service itself. TLS (server certificate,
 optionally client certificates) is on when tls_cert/tls_key are given.
 
 Admission: GeneratorService calls run on their own pool of `max_concurrent_rpcs` threads (gRPC's per-behaviour
@@ -51,19 +52,25 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
+from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from server.batcher import Batcher
 from server.config import Config
 from server.engine import make_runner
 from server.gateway_backend import BatchSocket, GatewayBackend
 from server.health import Health
 from server.limits import return_large_buffers
+from server.oip_grpc import SERVICE as V2_SERVICE
+from server.oip_grpc import InferenceService
+from server.oip_http import HttpServer, RestApi
 from server.registry import Registry
 from server.service import GeneratorService
 from server.telemetry import Telemetry, setup_logging
 
 log = logging.getLogger("ganserve.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Probes need no secret and are never refused: the gRPC health service and the v2 protocol's liveness/readiness.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", f"/{V2_SERVICE}/ServerLive", f"/{V2_SERVICE}/ServerReady")
+ADMITTED_PREFIXES = (f"/{SERVICE}/", f"/{V2_SERVICE}/")  # behind the admission limit (the rest of both services)
 OPEN_THREADS = 8  # health checks, reflection and refusals: never held by service calls
 
 
@@ -110,7 +117,8 @@ def _on_pool(handler: grpc.RpcMethodHandler, pool: CountingPool) -> grpc.RpcMeth
 
 
 class Admission(grpc.ServerInterceptor):
-    """GeneratorService calls go to `pool`, or are refused RESOURCE_EXHAUSTED while it holds `limit` calls."""
+    """GeneratorService and v2 inference calls go to `pool`, or are refused RESOURCE_EXHAUSTED while it holds
+    `limit` calls."""
 
     def __init__(self, pool: CountingPool, limit: int, on_refuse):
         self._pool, self._limit, self._on_refuse = pool, limit, on_refuse
@@ -123,7 +131,7 @@ class Admission(grpc.ServerInterceptor):
         self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
 
     def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{SERVICE}/"):
+        if not details.method.startswith(ADMITTED_PREFIXES) or details.method.startswith(OPEN_PREFIXES):
             return continuation(details)
         if self._pool.in_flight >= self._limit:
             self._on_refuse(details.method.rsplit("/", 1)[-1])
@@ -138,7 +146,7 @@ class Admission(grpc.ServerInterceptor):
 
 
 class TokenAuth(grpc.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on every RPC except the health service."""
+    """Requires `authorization: Bearer <token>` on every RPC except the probes (OPEN_PREFIXES)."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
@@ -174,14 +182,17 @@ def make_batcher(c: Config, telemetry: Telemetry, model, *, alone) -> Batcher:
 class App:
     """A created server and what it owns; `start()` loads the store and reports SERVING."""
 
-    def __init__(self, config: Config, *, reuse_port: bool = False, batch_socket: str = ""):
+    def __init__(self, config: Config, *, reuse_port: bool = False, batch_socket: str = "",
+                 public: Config | None = None):
         """`batch_socket`: behind the native front end (server/frontend.py), also serve its batches on this Unix
-        socket path (server/gateway_backend.py)."""
+        socket path (server/gateway_backend.py); `public` is then the user's configuration, whose TLS settings
+        the v2 HTTP port (served by this process) takes."""
         self.config = config
         return_large_buffers()  # a large request's buffers go back to the system after it
         self.telemetry = Telemetry()
         self.registry = Registry(config, make_batcher=self._batcher, on_change=self.telemetry.set_models)
-        self.pool = CountingPool(config.max_concurrent_rpcs)  # GeneratorService calls only
+        self.pool = CountingPool(config.max_concurrent_rpcs)  # GeneratorService and v2 inference calls only
+        self.serving = False  # models loaded and not draining (the v2 protocol's ServerReady)
         self.telemetry.track_in_flight(lambda: self.pool.in_flight)
         interceptors = [TokenAuth(config.token())] if config.token() else []
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
@@ -194,11 +205,18 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         service = GeneratorService(self.registry, config, self.telemetry)
         pb_grpc.add_GeneratorServiceServicer_to_server(service, self.server)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.registry, config, self.telemetry, ready=self.ready), self.server)
         self.batches = BatchSocket(batch_socket, GatewayBackend(service)) if batch_socket else None
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._bind()
         self.metrics_port: int | None = None
+        self.http = None  # the Open Inference Protocol's REST port (server/oip_http.py), when http_port >= 0
+        if config.http_port >= 0:
+            api = RestApi(self.registry, config, self.telemetry, self.pool, self.ready)
+            self.http = HttpServer(api, public or config, reuse_port=reuse_port)
 
     def _batcher(self, model) -> Batcher:
         return make_batcher(self.config, self.telemetry, model,
@@ -217,8 +235,12 @@ class App:
             raise OSError(f"could not bind {c.address}")
         return port
 
+    def ready(self) -> bool:
+        """Ready for inference: the store is loaded and the server is not draining."""
+        return self.serving and self.registry.ready
+
     def _set_health(self, status) -> None:
-        for name in ("", SERVICE):
+        for name in ("", SERVICE, V2_SERVICE):
             self.health.set(name, status)
 
     def start(self) -> "App":
@@ -227,8 +249,12 @@ class App:
         return self.load()
 
     def load(self) -> "App":
-        """Metrics endpoint, first store scan, hot-reload polling, then SERVING."""
+        """Metrics endpoint, v2 HTTP port, first store scan, hot-reload polling, then SERVING."""
         c = self.config
+        if self.http is not None:
+            self.http.start()
+            log.info("Open Inference Protocol (v2) REST on %s://%s:%d/v2", self.http.scheme, c.http_address,
+                     self.http.port)
         if c.metrics_port >= 0:
             try:
                 self.metrics_port = self.telemetry.serve(c.metrics_address, c.metrics_port)
@@ -238,6 +264,7 @@ class App:
         self.registry.scan()
         self.registry.start_polling()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
         served = [f"{e.ref}{'' if e.state == 'READY' else ' ' + e.state}" for e in self.registry.entries()
                   if e.version == self.registry.default_version(e.name) or e.state != "READY"]
         where = c.address if c.address.startswith("unix:") else f"port {self.port}"
@@ -247,8 +274,12 @@ class App:
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish for up to `grace` seconds, release everything."""
+        self.serving = False
         self.health.enter_graceful_shutdown()
-        self.server.stop(self.config.drain_s if grace is None else grace).wait()
+        stopped = self.server.stop(self.config.drain_s if grace is None else grace)
+        if self.http is not None:
+            self.http.stop(self.config.drain_s if grace is None else grace)
+        stopped.wait()
         if self.batches is not None:
             self.batches.close()
         self.health.close()
@@ -329,6 +360,8 @@ class Supervisor:
         host, _ = _split_address(config.address)
         self.port = claim_port(config.address)
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        # the v2 REST port, shared the same way (port 0: one free port for all workers)
+        self.http_port = claim_port(f"{config.http_address}:{config.http_port}") if config.http_port >= 0 else -1
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC state
         self._procs: list = [None] * config.workers
         self._started = [0.0] * config.workers
@@ -337,7 +370,8 @@ class Supervisor:
     def _worker_config(self, i: int) -> dict:
         c = self.config
         metrics = c.metrics_port + i if c.metrics_port > 0 else c.metrics_port
-        return dataclasses.asdict(dataclasses.replace(c, address=self.address, metrics_port=metrics, workers=1))
+        return dataclasses.asdict(dataclasses.replace(c, address=self.address, metrics_port=metrics, workers=1,
+                                                      http_port=self.http_port))
 
     def _start(self, i: int) -> None:
         proc = self._ctx.Process(target=_worker_main, args=(self._worker_config(i), i), name=f"ganserve-worker-{i}")

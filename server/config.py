@@ -97,6 +97,10 @@ class Config:
     # operations
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0 = any free port, -1 = off)"})
     metrics_address: str = field(default="127.0.0.1", metadata={"help": "Prometheus bind address"})
+    http_port: int = field(default=-1, metadata={
+        "help": "Open Inference Protocol (KServe v2) REST/JSON port (-1 = off, 0 = any free port); the v2 gRPC "
+                "service is always on `address` (docs/open_inference_protocol.md)"})
+    http_address: str = field(default="127.0.0.1", metadata={"help": "v2 REST bind address (0.0.0.0 in a container)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
     log_format: str = field(default="text", metadata={"help": "text | json (one JSON object per line)"})
     drain_s: float = field(default=10.0, metadata={"help": "SIGTERM: wait this long for in-flight requests"})
@@ -138,6 +142,7 @@ class Config:
             (not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca needs tls_cert and tls_key"),
             (self.metrics_port >= -1, "metrics_port must be -1 (off), 0 (any) or a port"),
             (self.model_memory_mb >= 0, "model_memory_mb must be >= 0 (0 = no limit)"),
+            (-1 <= self.http_port <= 65535, "http_port must be -1 (off), 0 (any) or a port"),
         ]
         for ok, message in checks:
             if not ok:

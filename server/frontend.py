@@ -83,7 +83,7 @@ class NativeFrontend:
             with os.fdopen(fd, "w") as f:
                 f.write(config.token())
         backend = dataclasses.replace(config, address=f"unix:{self.socket}", tls_cert="", tls_key="", tls_client_ca="")
-        self.app = App(backend, batch_socket=self.batch_socket)  # bound, not started
+        self.app = App(backend, batch_socket=self.batch_socket, public=config)  # bound, not started
 
     def command(self) -> list[str]:
         c = self.config

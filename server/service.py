@@ -92,6 +92,9 @@ def _rpc(fn):
     return unary
 
 
+unary_rpc = _rpc  # the same edges for the Open Inference Protocol's service (server/oip_grpc.py)
+
+
 def _rpc_stream(fn):
     method = fn.__name__
 
