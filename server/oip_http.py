@@ -208,8 +208,7 @@ class RestApi:
             self._authorize(endpoint, request_headers)
             if endpoint == "ModelInfer":
                 payload = await self._read_body(request_headers, receive)
-                if self.pool.in_flight >= self.config.max_concurrent_rpcs:
-                    self.telemetry.refused("http:ModelInfer")
+                if self.pool.in_flight >= self.config.max_concurrent_rpcs:  # (counted below, model "-")
                     raise HttpError(429, "RESOURCE_EXHAUSTED", f"server busy: {self.config.max_concurrent_rpcs} calls "
                                     "in progress (max_concurrent_rpcs); retry with backoff")
                 future = self.pool.submit(self._infer, name, version, payload, request_headers)
