@@ -364,16 +364,31 @@ def oversize_row(target: str) -> str:
     return f"| message of 1.2 MB over a 1 MiB limit (`--max-message-bytes`) | Invert | {status} | `{message}` |"
 
 
-def page(target: str) -> str:
-    """docs/bad_input.md, from a live server whose message limit is 1 MiB."""
-    return f"{PAGE_HEAD}{markdown_table(target)}\n{oversize_row(target)}\n{PAGE_TAIL}"
+V2_HEAD = """
+## Open Inference Protocol (v2), over gRPC and REST
+
+The same checks behind `inference.GRPCInferenceService` and the REST port (`--http-port`): a gRPC status with
+the message, or an HTTP status with the body `{"error": "<message>"}` (the same message, except where the two
+wires differ: raw bytes against JSON values, a body the JSON parser rejects, a route). `-`: the mistake cannot be
+made over that binding. Cases: `tests/test_oip_bad_input.py`, which also throws random requests at both bindings
+(never INTERNAL, UNKNOWN or a 500).
+
+"""
+
+
+def page(target: str, http_port: int) -> str:
+    """docs/bad_input.md, from a live server whose message limit is 1 MiB (v2 REST on `http_port`)."""
+    from tests.test_oip_bad_input import markdown_section
+
+    return (f"{PAGE_HEAD}{markdown_table(target)}\n{oversize_row(target)}\n{PAGE_TAIL}{V2_HEAD}"
+            f"{markdown_section(target, http_port)}\n")
 
 
 def test_docs_bad_input_page_is_current(model_store):
     """docs/bad_input.md is what the server answers now (regenerate it with the command in the module docstring)."""
-    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20, http_port=0)
     try:
-        expected = page(running.target)
+        expected = page(running.target, running.app.http.port)
     finally:
         running.app.stop(0)
     committed = (Path(__file__).resolve().parent.parent / "docs" / "bad_input.md").read_text()
@@ -386,9 +401,9 @@ def main() -> int:
         store, build = Path(tmp) / "store", Path(tmp) / "build"
         for publish in (publish_gan, publish_cgan, publish_points, publish_evaluator):
             publish(store, build)
-        running = start_server(store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
+        running = start_server(store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20, http_port=0)
         try:
-            print(page(running.target), end="")
+            print(page(running.target, running.app.http.port), end="")
         finally:
             running.app.stop(0)
     return 0
