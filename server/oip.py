@@ -31,7 +31,8 @@ from server import engine, validate
 from server.config import Config
 from server.engine import Call
 from server.errors import InvalidArgument, NotFound, require
-from server.registry import LoadedModel, Registry
+from server.model import LoadedModel
+from server.registry import Registry
 
 SERVER_NAME = "ganserve"
 SERVER_VERSION = "0.1.0"
@@ -80,26 +81,23 @@ class Output:
 
 # -- models and metadata ----------------------------------------------------------------------------------
 
-def is_v2_model(model: LoadedModel) -> bool:
-    return not model.is_evaluator and "generator" in model.sessions
-
-
-def resolve(registry: Registry, name: str, version: str = "") -> LoadedModel:
-    """The served generator `name` (newest version, or `version`); NOT_FOUND when there is none."""
+def lookup(registry: Registry, name: str, version: str = "") -> str:
+    """The ref ("name@version") of the generator version a v2 request names (the registry's default version
+    when `version` is empty), without loading it; NOT_FOUND when it cannot be called or is not a generator."""
     require(bool(name), "model_name", "name a model")
     if version:
         require(version.isascii() and version.isdigit() and len(version) <= 9 and int(version) >= 1,
                 "model_version", f"must be a positive integer, got {version[:20]!r}")
-    model = registry.resolve(f"{name}@{version}" if version else name, "model_name")
-    if not is_v2_model(model):
-        raise NotFound(f"{model.ref} is not a generator (kind {model.kind}): only generators are v2 models",
-                       "model_name")
-    return model
+    entry = registry.lookup(f"{name}@{version}" if version else name, "model_name")
+    kind = entry.manifest["kind"]
+    if kind == "evaluator" or "generator" not in entry.manifest["graphs"]:
+        raise NotFound(f"{entry.ref} is not a generator (kind {kind}): only generators are v2 models", "model_name")
+    return entry.ref
 
 
-def models(registry: Registry) -> list[LoadedModel]:
-    """Every served v2 model version."""
-    return [m for m in registry.models(all_versions=True) if is_v2_model(m)]
+def resolve(registry: Registry, name: str, version: str = "") -> LoadedModel:
+    """The generator version a v2 request names, loaded now if it is not resident."""
+    return registry.resolve(lookup(registry, name, version), "model_name")
 
 
 def input_specs(model: LoadedModel) -> list[TensorSpec]:

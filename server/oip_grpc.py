@@ -89,8 +89,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
 
     @unary_rpc
     def ModelReady(self, request, rpc):
-        model = oip.resolve(self.registry, request.name, request.version)
-        rpc.model = model.ref
+        rpc.model = oip.lookup(self.registry, request.name, request.version)  # callable (loaded on first use)
         return v2.ModelReadyResponse(ready=self._ready())
 
     @unary_rpc

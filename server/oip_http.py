@@ -206,15 +206,16 @@ class RestApi:
             endpoint, name, version = route(scope["method"], scope["path"])
             request_headers = dict(scope["headers"])
             self._authorize(endpoint, request_headers)
-            if endpoint == "ModelInfer":
-                payload = await self._read_body(request_headers, receive)
+            if endpoint in ("ModelInfer", "ModelMetadata"):  # may load a model, or run one: on the pool
+                payload = await self._read_body(request_headers, receive) if endpoint == "ModelInfer" else b""
                 if self.pool.in_flight >= self.config.max_concurrent_rpcs:  # (counted below, model "-")
                     raise HttpError(429, "RESOURCE_EXHAUSTED", f"server busy: {self.config.max_concurrent_rpcs} calls "
                                     "in progress (max_concurrent_rpcs); retry with backoff")
-                future = self.pool.submit(self._infer, name, version, payload, request_headers)
-                model_ref, headers, body = await asyncio.wrap_future(future)
+                work = ((self._infer, name, version, payload, request_headers) if endpoint == "ModelInfer"
+                        else (self._metadata, name, version))
+                model_ref, headers, body = await asyncio.wrap_future(self.pool.submit(*work))
             else:
-                model_ref, body = self._lookup(endpoint, name, version)
+                model_ref, body = self._probe(endpoint, name, version)
             status, code = 200, "OK"
         except HttpError as e:
             status, code, headers, body = e.status, e.code, _JSON + e.headers, _error(str(e))
@@ -237,30 +238,32 @@ class RestApi:
                             [(b"www-authenticate", b"Bearer")])
 
     async def _read_body(self, headers: dict, receive) -> bytes:
+        """The request body, or 413 past max_message_bytes. An over-size body is read to its end and dropped (not
+        kept): answering before the client has sent it all would reset the connection under the client's feet."""
         limit = self.config.max_message_bytes
-        too_big = HttpError(413, "RESOURCE_EXHAUSTED", f"request body over the limit of {limit} bytes "
-                            "(max_message_bytes)")
         declared = headers.get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_big
-        encoding = headers.get(b"content-encoding", b"identity").lower()
-        if encoding != b"identity":
-            raise HttpError(400, "INVALID_ARGUMENT", f"Content-Encoding {encoding[:20].decode('latin-1')} is not "
-                            "taken; send the body uncompressed")
-        chunks, size = [], 0
+        chunks, size = [], int(declared) if declared.isdigit() and int(declared) > limit else 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise HttpError(499, "CANCELLED", "the client went away")
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                raise too_big
+            part = message.get("body", b"")
+            size += len(part)
+            if size <= limit:
+                chunks.append(part)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                break
+        if size > limit:
+            raise HttpError(413, "RESOURCE_EXHAUSTED", f"request body over the limit of {limit} bytes "
+                            "(max_message_bytes)")
+        encoding = headers.get(b"content-encoding", b"identity").lower()
+        if encoding != b"identity":
+            raise HttpError(400, "INVALID_ARGUMENT", f"Content-Encoding {encoding[:20].decode('latin-1')} is not "
+                            "taken; send the body uncompressed")
+        return b"".join(chunks)
 
-    def _lookup(self, endpoint: str, name: str, version: str) -> tuple[str, bytes]:
-        """(model ref, JSON body) for the metadata and health routes (no model work: answered on the loop)."""
+    def _probe(self, endpoint: str, name: str, version: str) -> tuple[str, bytes]:
+        """(model ref, body) for the health, readiness and server metadata routes (answered on the loop)."""
         if endpoint == "ServerLive":
             return "-", b""
         if endpoint == "ServerReady":
@@ -270,15 +273,20 @@ class RestApi:
         if endpoint == "ServerMetadata":
             return "-", _dumps({"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION,
                                 "extensions": list(oip.EXTENSIONS)})
-        model = oip.resolve(self.registry, name, version)
-        if endpoint == "ModelReady":
+        if endpoint == "ModelReady":  # callable (loaded on first use)
+            ref = oip.lookup(self.registry, name, version)
             if not self.ready():
-                raise HttpError(503, "UNAVAILABLE", f"{model.ref} is not ready: the server is shutting down")
-            return model.ref, b""
+                raise HttpError(503, "UNAVAILABLE", f"{ref} is not ready: the server is shutting down")
+            return ref, b""
+        raise AssertionError(endpoint)
+
+    def _metadata(self, name: str, version: str) -> tuple[str, list, bytes]:
+        """On a pool thread (a version that is not resident loads first): (model ref, headers, JSON body)."""
+        model = oip.resolve(self.registry, name, version)
         spec = lambda s: {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}  # noqa: E731
-        return model.ref, _dumps({"name": model.name, "versions": oip.versions(self.registry, model),
-                                  "platform": oip.PLATFORM, "inputs": [spec(s) for s in oip.input_specs(model)],
-                                  "outputs": [spec(s) for s in oip.output_specs(model)]})
+        return model.ref, _JSON, _dumps({"name": model.name, "versions": oip.versions(self.registry, model),
+                                         "platform": oip.PLATFORM, "inputs": [spec(s) for s in oip.input_specs(model)],
+                                         "outputs": [spec(s) for s in oip.output_specs(model)]})
 
     def _infer(self, name: str, version: str, payload: bytes, headers: dict) -> tuple[str, list, bytes]:
         """On a pool thread: decode, check, run through the batcher, encode. (model ref, headers, body)."""
