@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe v2) over gRPC and REST, on a real server over the tiny models (issue 21).
+"""The Open Inference Protocol (KServe v2) over gRPC and REST, on a real server over the tiny models.
 
 The same seed gives the same bytes as v1; metadata lists the true inputs and outputs; a v2 call and a v1 call
 share a batch; the token, the admission limit, the metrics, deadlines and the native front end apply to v2 as

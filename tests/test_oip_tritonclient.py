@@ -1,4 +1,4 @@
-"""tritonclient (PyPI, no ganserve code) against a real ganserve: the Open Inference Protocol's "done when" (issue 21).
+"""tritonclient (PyPI, no ganserve code) against a real ganserve over the Open Inference Protocol.
 
 tritonclient's generated `inference` messages and ganserve's protos/inference/ copy cannot live in one Python
 process (protobuf's default pool refuses a second file defining the same names), and this process imports the
