@@ -53,15 +53,23 @@ def test_readme_is_short():
     assert 50 <= lines <= 300, lines
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a markdown page: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page):
-    """Every relative link of every page points at a file or folder in the repository (anchors aside)."""
+    """Every relative link of every page points at a file or folder in the repository, and an anchor at a
+    heading of the page it names."""
     missing = []
     for target in LINK.findall(page.read_text()):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        path = (page.parent / target.split("#")[0]).resolve()
-        if not path.exists():
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
             missing.append(target)
     assert missing == []
 
