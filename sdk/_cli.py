@@ -1,20 +1,33 @@
-"""`python -m sdk`: sample, interpolate, invert, evaluate, models. Readable tables, images as PNG grids, and a
-one-line message with a non-zero exit on any error (2 for bad usage, 1 for a failed call)."""
+"""`python -m sdk`: sample, interpolate, invert, evaluate, models. Readable tables (or --json), images as PNG
+grids, arrays as .npy/.npz written chunk by chunk, and a one-line message with a non-zero exit on any error (2 for
+bad usage, 1 for a failed call)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
-import re
+import os
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from sdk import _constants as C
 from sdk._client import Client
 from sdk._errors import GanserveError
 from sdk._images import save_grid
 from sdk._plot import num, plot
+from sdk._progress import progress
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+class UsageError(ValueError):
+    """A command line that cannot work (exit 2, like argparse's own refusals)."""
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -34,15 +47,55 @@ def _value_range(client: Client, model_ref: str):
     return client.get_model(model_ref).value_range
 
 
-def cmd_sample(c: Client, a) -> str:
-    r = c.sample_result(a.n, a.label, a.labels, None, a.seed, a.model, truncation=a.truncation)
-    info = c.get_model(r.model)
-    if info.data_kind == "image":
-        _save(r.images, a.out, info.value_range, a.nrow)
+def _write_chunks(out: Path, n: int, chunks: Iterator, bar) -> tuple[str, int]:
+    """Stream samples into out (.npy, or .npz holding samples.npy) chunk by chunk: memory stays one chunk.
+    Written under a temporary name and renamed when complete. Returns (model, seed)."""
+    first = next(chunks)
+    header = {"descr": np.lib.format.dtype_to_descr(first.images.dtype), "fortran_order": False,
+              "shape": (n, *first.images.shape[1:])}
+    tmp = out.with_name(f".{out.name}.tmp")
+
+    def body(f) -> None:
+        np.lib.format.write_array_header_2_0(f, header)
+        for chunk in _chain(first, chunks):
+            f.write(np.ascontiguousarray(chunk.images).tobytes())
+            bar.update(len(chunk.images))
+
+    if out.suffix == ".npz":
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf, zf.open("samples.npy", "w", force_zip64=True) as f:
+            body(f)
     else:
-        np.save(a.out.with_suffix(".npy"), r.images)
-        a.out = a.out.with_suffix(".npy")
+        with open(tmp, "wb") as f:
+            body(f)
+    os.replace(tmp, out)
+    return first.model, first.seed
+
+
+def _chain(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def cmd_sample(c: Client, a) -> str:
+    if a.out.suffix not in (".png", *ARRAY_SUFFIXES):
+        raise UsageError(f"--out must end in .png (a grid of images), .npy or .npz (arrays), got {a.out.name}")
+    info = c.get_model(a.model) if a.model else None
+    if info is not None and info.data_kind != "image" and a.out.suffix == ".png":
+        raise UsageError(f"{info.ref} returns {info.data_kind} {info.output_shape}, not images: use --out "
+                         f"{a.out.with_suffix('.npz').name} (or .npy)")
     what = f"label {a.label}" if a.label is not None else (f"labels {a.labels}" if a.labels else "unconditional")
+    if a.out.suffix in ARRAY_SUFFIXES:  # any n, streamed to the file
+        chunks = c.stream(a.n, a.label, a.labels, None, a.seed, a.model, truncation=a.truncation,
+                          timeout=a.timeout or max(C.DEFAULT_TIMEOUT_S, a.n * C.STREAM_S_PER_SAMPLE))
+        with progress(a.n, "samples", disable=a.n <= C.MAX_SAMPLES or not sys.stderr.isatty()) as bar:
+            model, seed = _write_chunks(a.out, a.n, chunks, bar)
+        return f"wrote {a.out}: {a.n} samples from {model} ({what}, seed {seed})"
+    r = c.sample_result(a.n, a.label, a.labels, None, a.seed, a.model, truncation=a.truncation)
+    info = info or c.get_model(r.model)
+    if info.data_kind != "image":
+        raise UsageError(f"{info.ref} returns {info.data_kind} {info.output_shape}, not images: use --out "
+                         f"{a.out.with_suffix('.npz').name} (or .npy)")
+    _save(r.images, a.out, info.value_range, a.nrow)
     return f"wrote {a.out}: {len(r.images)} samples from {r.model} ({what}, seed {r.seed})"
 
 
@@ -118,8 +171,11 @@ def cmd_evaluate(c: Client, a) -> str:
 
 
 def cmd_models(c: Client, a) -> str:
+    models = c.list_models(all_versions=a.all)
+    if a.json:
+        return json.dumps([dataclasses.asdict(m) for m in models], indent=2)
     rows = []
-    for m in c.list_models(all_versions=a.all):
+    for m in models:
         caps = [k for k in ("conditional", "soft_labels", "invertible", "optimizable", "has_critic") if getattr(m, k)]
         rows.append([m.name, str(m.version), m.kind, m.data_kind, "x".join(map(str, m.output_shape)), str(m.latent_dim),
                      str(m.num_classes), ",".join(caps) or "-", ",".join(map(str, m.available_versions))])
@@ -128,36 +184,62 @@ def cmd_models(c: Client, a) -> str:
     return _table(rows, ["name", "version", "kind", "data", "shape", "latent", "classes", "capabilities", "versions"])
 
 
+def add_connection_args(p: argparse.ArgumentParser, timeout: float | None = None) -> None:
+    """--target, --timeout and the TLS/token settings, shared by `python -m sdk` and `python -m sdk.batch`."""
+    g = p.add_argument_group("connection")
+    g.add_argument("--target", help="host:port (default: $GANSERVE_TARGET, else localhost:50051)")
+    g.add_argument("--timeout", type=float, default=timeout, help="seconds per call" + (
+        f" (default {timeout:g})" if timeout else f" (default {C.DEFAULT_TIMEOUT_S:g}; streams: longer for large n)"))
+    g.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    g.add_argument("--root-certs", type=Path, metavar="PEM", help="CA certificate(s) to trust (implies --tls)")
+    g.add_argument("--client-cert", type=Path, metavar="PEM", help="client certificate for mutual TLS")
+    g.add_argument("--client-key", type=Path, metavar="PEM", help="client private key for mutual TLS")
+    g.add_argument("--token", help="bearer token (default: $GANSERVE_TOKEN)")
+
+
+def connect(a) -> Client:
+    if bool(a.client_cert) != bool(a.client_key):
+        raise UsageError("--client-cert and --client-key go together")
+    return Client(a.target, timeout=a.timeout, tls=a.tls, root_certificates=a.root_certs,
+                  client_cert=a.client_cert, client_key=a.client_key, token=a.token)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdk", description="ganserve command line")
-    p.add_argument("--target", help="host:port (default: $GANSERVE_TARGET or localhost:50051)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    add_connection_args(p)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="draw samples and save them as a PNG grid (or .npy)")
-    s.add_argument("--n", type=int, default=16)
+    s = sub.add_parser("sample", help="draw samples and save them as a PNG grid, .npy or .npz",
+                       description="Draw samples. .png: a grid (image models); .npy/.npz: the array, any n, streamed "
+                                   "to the file chunk by chunk (memory stays one chunk).")
+    s.add_argument("--n", type=int, default=16, help="number of samples (default 16; any n for .npy/.npz)")
     s.add_argument("--label", type=int, help="one class for all samples (conditional models)")
-    s.add_argument("--labels", type=int, nargs="+", help="one class per sample")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--model")
-    s.add_argument("--truncation", type=float, default=0.0)
-    s.add_argument("--nrow", type=int)
-    s.add_argument("--out", type=Path, default=Path("samples.png"))
+    s.add_argument("--labels", type=int, nargs="+", help="one class per sample (give n of them)")
+    s.add_argument("--seed", type=int, help="0..2**64-1; the same seed gives the same samples (default: random, "
+                   "printed)")
+    s.add_argument("--model", help="name or name@version (default: the server's default model)")
+    s.add_argument("--truncation", type=float, default=0.0,
+                   help="0 = off; else latent entries beyond this threshold are redrawn (fewer, typical samples)")
+    s.add_argument("--nrow", type=int, help="images per row of the PNG grid (default: about square)")
+    s.add_argument("--out", type=Path, default=Path("samples.png"), help="samples.png (default), x.npy or x.npz")
 
     s = sub.add_parser("interpolate", help="a path through seeds, saved as a PNG strip")
-    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", required=True, help="the path's points, as seeds (two or more)")
     s.add_argument("--labels", type=int, nargs="+", help="one class per seed (conditional models)")
-    s.add_argument("--steps", type=int, default=8)
-    s.add_argument("--method", choices=["slerp", "linear"], default="slerp")
-    s.add_argument("--model")
-    s.add_argument("--out", type=Path, default=Path("interpolation.png"))
+    s.add_argument("--steps", type=int, default=8, help="images per segment between two seeds (default 8)")
+    s.add_argument("--method", choices=["slerp", "linear"], default="slerp",
+                   help="slerp (default: stays on the Gaussian shell) or linear")
+    s.add_argument("--model", help="name or name@version (default: the server's default model)")
+    s.add_argument("--out", type=Path, default=Path("interpolation.png"), help="PNG strip (default interpolation.png)")
 
     s = sub.add_parser("invert", help="images (PNG or .npy) -> latents; prints the reconstruction error")
-    s.add_argument("images", type=Path, nargs="+")
-    s.add_argument("--label", type=int)
-    s.add_argument("--method", choices=["encoder", "optimize", "hybrid"])
-    s.add_argument("--steps", type=int, default=0)
-    s.add_argument("--model")
+    s.add_argument("images", type=Path, nargs="+",
+                   help="grayscale PNGs (e.g. written by `sample`) or .npy arrays (N, C, H, W) in the model's range")
+    s.add_argument("--label", type=int, help="the images' class (conditional models)")
+    s.add_argument("--method", choices=["encoder", "optimize", "hybrid"],
+                   help="encoder (fast), optimize or hybrid (gradient steps); default: the server's choice")
+    s.add_argument("--steps", type=int, default=0, help="gradient steps for optimize/hybrid (0: the server's default)")
+    s.add_argument("--model", help="name or name@version (default: the server's default model)")
     s.add_argument("--out", type=Path, help="save the reconstructions as a PNG grid")
 
     s = sub.add_parser("evaluate", help="divergences between P and Q, as a table")
@@ -166,15 +248,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "--q", dest="q", help="Q: the model under test (or a reference)")
     s.add_argument("--compare", nargs="+", metavar="MODEL", help="evaluate several Q against the same P")
     s.add_argument("--labels", type=int, nargs="+", help="labels for a conditional Q model")
-    s.add_argument("--metrics", nargs="+")
-    s.add_argument("--n", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--bootstrap", type=int, default=0)
+    s.add_argument("--metrics", nargs="+", help="metric names (default: the server's set for the data)")
+    s.add_argument("--n", type=int, default=0, help="samples per side (0: the server's default)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default 0)")
+    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap replicates for intervals (0: server default)")
     s.add_argument("--plot", type=Path, help="PNG: class histograms side by side (images), samples over the true "
                    "density's contours (ring8, grid25), else the metrics with their intervals")
 
     s = sub.add_parser("models", help="list served models")
     s.add_argument("--all", action="store_true", help="every version, not only the newest")
+    s.add_argument("--json", action="store_true", help="every field of every model, as JSON")
     return p
 
 
@@ -185,13 +268,19 @@ COMMANDS = {"sample": cmd_sample, "interpolate": cmd_interpolate, "invert": cmd_
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with connect(args) as client:
             print(COMMANDS[args.command](client, args))
     except GanserveError as e:
         field = f" [{e.field}]" if e.field and e.field not in e.details else ""
         print(f"error: {e.code.name}: {e.details}{field}", file=sys.stderr)
         return 1
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk._cli import add_connection_args, connect
 from sdk._client import Client
 from sdk._errors import GanserveError, ResourceExhaustedError, UnavailableError
 from sdk._progress import progress as progress_bar
@@ -162,7 +163,7 @@ def run(args) -> int:
                                                    chunk_size=args.chunk_size, ship=(sys.modules[__package__],)))
             resolve = engine.resolve
         else:
-            client = stack.enter_context(Client(args.target, timeout=args.timeout))
+            client = stack.enter_context(connect(args))
             resolve = lambda name: client.get_model(name).ref  # noqa: E731
         manifest = _open_job(args, out, resolve)
         job = {k: manifest[k] for k in _job(args, "", 0)}
@@ -192,6 +193,16 @@ def run(args) -> int:
     return 0
 
 
+def _progress_line(out: Path, args) -> str:
+    """"k/N shards done" from the manifest on disk (what a rerun will skip)."""
+    total = -(-args.n // args.shard_size)
+    try:
+        done = len(json.loads((out / MANIFEST).read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        done = 0
+    return f"{done}/{total} shards done"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdk.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model name (pinned to its current version in the manifest)")
@@ -201,11 +212,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed (default: a random one, recorded in the manifest)")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per .npz file")
     p.add_argument("--chunk-size", type=int, default=1024, help="samples per stream message")
-    p.add_argument("--encoding", choices=["float32", "uint8"], default="float32")
-    p.add_argument("--target", help="host:port (default: $GANSERVE_TARGET or localhost:50051)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per shard stream")
+    p.add_argument("--encoding", choices=["float32", "uint8"], default="float32",
+                   help="float32 in the model's range (default) or uint8 (4x smaller)")
     p.add_argument("--retries", type=int, default=3, help="attempts per shard on UNAVAILABLE/RESOURCE_EXHAUSTED")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_connection_args(p, timeout=3600.0)  # here: seconds per shard stream (--engine grpc)
     ray = p.add_argument_group("the Ray engine (--engine ray; pip install 'ganserve[ray]', docs/scaling_out.md)")
     ray.add_argument("--engine", choices=["grpc", "ray"], default="grpc",
                      help="grpc: stream from a server (default); ray: run the generator on a Ray cluster's workers")
@@ -225,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_progress_line(Path(args.out), args)} - rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     except GanserveError as e:
         print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
         return 1

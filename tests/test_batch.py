@@ -90,3 +90,20 @@ def test_a_different_job_in_the_same_folder_is_refused(server, tmp_path):
     assert batch(server, tmp_path, "--model", "tiny-gan", "--n", 10, "--seed", 1, "--quiet").returncode == 0
     r = batch(server, tmp_path, "--model", "tiny-gan", "--n", 20, "--seed", 1, "--quiet")
     assert r.returncode == 1 and "holds a different job (n: 10 vs 20)" in r.stderr
+
+
+def test_ctrl_c_says_how_far_and_how_to_resume(server, tmp_path):
+    """SIGINT (Ctrl-C) mid-job: one line with the shards done and the way to resume, exit 130, no traceback."""
+    out = tmp_path / "job"
+    proc = batch(server, out, "--model", "tiny-gan", "--n", 3_000_000, "--seed", 1, "--shard-size", 10_000,
+                 "--chunk-size", 4096, "--quiet", wait=False)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["shards"]):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    done = len(json.loads(manifest.read_text())["shards"])
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == f"interrupted: {done}/300 shards done - rerun the same command to resume"
+    assert 1 <= done < 300 and "Traceback" not in stderr

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(server, *args, cwd=None):
-    env = dict(os.environ, GANSERVE_TARGET=server.target)
+    env = dict(os.environ, GANSERVE_TARGET=server.target, PYTHONPATH=str(ROOT))  # this checkout, from any cwd
     return subprocess.run([sys.executable, "-m", "sdk", *map(str, args)], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -91,3 +91,59 @@ def test_unreachable_server_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sdk", "--timeout", "2", "models"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+
+
+def test_sample_large_n_streams_into_npz_and_npy(server, tmp_path):
+    """Any n to .npz/.npy, written chunk by chunk; the same samples as the SDK returns."""
+    from protos import latents as latent_fn
+    from tests.conftest import LATENT, reference_generator
+
+    r = run(server, "sample", "--model", "tiny-gan", "--n", 5000, "--seed", 7, "--out", tmp_path / "big.npz")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {tmp_path / 'big.npz'}: 5000 samples from tiny-gan@1 (unconditional, seed 7)"
+    x = np.load(tmp_path / "big.npz")["samples"]
+    assert x.shape == (5000, 1, 8, 8) and x.dtype == np.float32
+    np.testing.assert_allclose(x, reference_generator(latent_fn.latents(7, 5000, LATENT)), atol=2e-6)
+    r = run(server, "sample", "--label", 1, "--n", 1500, "--seed", 7, "--out", tmp_path / "big.npy")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "big.npy").shape == (1500, 1, 8, 8)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sample", "--model", "tiny-points", "--out", "p.png"],
+     "error: tiny-points@1 returns points (2,), not images: use --out p.npz (or .npy)"),
+    (["sample", "--out", "x.txt"], "error: --out must end in .png (a grid of images), .npy or .npz (arrays), got x.txt"),
+    (["--client-cert", "c.pem", "models"], "error: --client-cert and --client-key go together"),
+])
+def test_usage_errors_exit_2(server, tmp_path, args, message):
+    r = run(server, *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == message, r.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_models_json(server):
+    r = run(server, "models", "--json")
+    assert r.returncode == 0, r.stderr
+    models = {m["name"]: m for m in __import__("json").loads(r.stdout)}
+    assert set(models) == {"tiny-gan", "tiny-cgan", "tiny-points", "tiny-eval"}
+    assert models["tiny-cgan"]["num_classes"] == 4 and models["tiny-cgan"]["output_shape"] == [1, 8, 8]
+
+
+def test_every_option_has_help_and_tls_flags_reach_the_client(tmp_path):
+    from sdk import _cli
+    from sdk import batch
+
+    for p in (_cli.parser(), batch.parser()):
+        subs = [p] + [a for act in p._actions if hasattr(act, "choices") and isinstance(act.choices, dict)
+                      for a in act.choices.values()]
+        missing = [f"{s.prog} {a.dest}" for s in subs for a in s._actions
+                   if a.help is None and a.dest != "command"]
+        assert missing == []
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    args = _cli.parser().parse_args(["--root-certs", str(ca), "--token", "t0k", "models"])
+    with _cli.connect(args) as c:
+        assert c._s.tls and c._s.metadata == (("authorization", "Bearer t0k"),)
+    args = batch.parser().parse_args(["--model", "m", "--n", "1", "--out", "o", "--tls"])
+    assert args.timeout == 3600.0 and args.tls
