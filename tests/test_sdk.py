@@ -338,3 +338,27 @@ def test_to_pil_and_save_grid(client, tmp_path):
     grid = np.array(Image.open(path))
     assert grid.shape == (2 * 9 + 1, 3 * 9 + 1)
     np.testing.assert_array_equal(grid[1:9, 10:18], np.array(sdk.to_pil(x[1])))
+
+
+def test_retries_go_past_grpcs_five_attempt_cap():
+    """Why the SDK keeps its own retry loop (docs/sdk.md, "Retries"): gRPC's built-in retryPolicy caps maxAttempts
+    at 5, so a call that needs more attempts inside its deadline (a server restarting) fails there, while ours
+    retries until the deadline. Measured side by side by bench/sdk_retry.py; if gRPC lifts the cap, this fails and
+    the decision should be revisited."""
+    from bench.sdk_retry import Flaky, client, serve
+
+    servicer = Flaky(grpc.StatusCode.UNAVAILABLE, 7)
+    server, port = serve(servicer)
+    try:
+        for kind, outcome, attempts in (("ours", None, 8), ("builtin", UnavailableError, 5)):
+            c = client(kind, f"127.0.0.1:{port}", retries=8, timeout=20)
+            c._s.metadata = (("x-call", kind),)
+            if outcome is None:
+                assert c.list_models() == []
+            else:
+                with pytest.raises(outcome):
+                    c.list_models()
+            assert servicer.attempts[kind] == attempts, kind
+            c.close()
+    finally:
+        server.stop(0)
