@@ -38,15 +38,17 @@ import (
 type gateway struct {
 	backend *grpc.ClientConn
 	batch   *batcher
-	token   string // bearer token required on the batched calls ("" = none; the backend checks the others)
+	token   string // bearer token required on every call but health, checked before its request is read
 	queue   int
 	metrics *metrics
+	limits  requestLimits
 }
 
 type options struct {
 	listen, backend, batchSocket string
 	maxBatch, inflight, maxQueue int
 	maxMessage                   int
+	maxRequest, maxUpload        int
 	tlsCert, tlsKey, tlsClientCA string
 	tokenFile, metricsListen     string
 	drain, queueTimeout          time.Duration
@@ -62,7 +64,9 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.maxBatch, "max-batch", 64, "most Sample/SampleConditional calls in one SampleBatch")
 	fs.IntVar(&o.inflight, "inflight", 2, "batches in flight at once, one connection each (about the cores the backend computes on)")
 	fs.IntVar(&o.maxQueue, "max-queue", 1024, "calls waiting for a batch; more are refused RESOURCE_EXHAUSTED")
-	fs.IntVar(&o.maxMessage, "max-message-bytes", 64<<20, "largest request or reply message")
+	fs.IntVar(&o.maxMessage, "max-message-bytes", 64<<20, "largest reply message")
+	fs.IntVar(&o.maxRequest, "max-request-bytes", 8<<20, "largest request message of every call but EvaluateDivergence")
+	fs.IntVar(&o.maxUpload, "max-upload-bytes", 64<<20, "largest EvaluateDivergence request (uploaded samples)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate (PEM); TLS with -tls-key")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM)")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates are required")
@@ -83,8 +87,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-max-batch, -inflight and -max-queue must be >= 1")
 	case o.queueTimeout <= 0:
 		return o, errors.New("-queue-timeout must be > 0")
-	case o.maxMessage < 1024:
-		return o, errors.New("-max-message-bytes must be >= 1024")
+	case o.maxMessage < 1024 || o.maxRequest < 1024 || o.maxUpload < 1024:
+		return o, errors.New("-max-message-bytes, -max-request-bytes and -max-upload-bytes must be >= 1024")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return o, errors.New("-tls-cert and -tls-key go together")
 	case o.tlsClientCA != "" && o.tlsCert == "":
@@ -130,9 +134,11 @@ func serverCreds(o options) (credentials.TransportCredentials, error) {
 	return credentials.NewTLS(cfg), nil
 }
 
-// authorize checks the bearer token of a batched call (constant time), as the backend does for the others.
-func (g *gateway) authorize(ctx context.Context) error {
-	if g.token == "" {
+// authorize checks a call's bearer token (constant time), as the backend does, before the gateway reads its
+// request: a client without the token costs no more than its headers and the stream's flow-control window.
+// Health stays open, as on the backend.
+func (g *gateway) authorize(ctx context.Context, method string) error {
+	if g.token == "" || strings.HasPrefix(method, healthPrefix) {
 		return nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -146,23 +152,30 @@ func (g *gateway) authorize(ctx context.Context) error {
 	return nil
 }
 
-// batched is the handler of Sample or SampleConditional: queue the call, wait for its part of a batch.
-func (g *gateway) batched(method string) func(interface{}, context.Context, func(interface{}) error,
-	grpc.UnaryServerInterceptor) (interface{}, error) {
-	return func(_ interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
+// batched is the handler of Sample or SampleConditional: queue the call, wait for its part of a batch. It is
+// registered as a stream handler although the methods are unary, because grpc-go reads a unary call's request
+// before its handler runs: this way the token is checked first and a client without it sends no body.
+func (g *gateway) batched(method string) grpc.StreamHandler {
+	return func(_ interface{}, stream grpc.ServerStream) error {
 		t0 := time.Now()
-		out, err := g.sample(ctx, method, dec)
+		out, err := g.sample(stream.Context(), method, stream.RecvMsg)
+		if err == nil {
+			err = stream.SendMsg(out)
+		}
 		g.metrics.call(method, status.Code(err), t0, true)
-		return out, err
+		return err
 	}
 }
 
-func (g *gateway) sample(ctx context.Context, method string, dec func(interface{}) error) (interface{}, error) {
+func (g *gateway) sample(ctx context.Context, method string, dec func(interface{}) error) (*frame, error) {
+	if err := g.authorize(ctx, method); err != nil {
+		return nil, err
+	}
 	in := &frame{}
 	if err := dec(in); err != nil {
 		return nil, err
 	}
-	if err := g.authorize(ctx); err != nil {
+	if err := g.limits.check("/"+service+"/"+method, len(in.data)); err != nil {
 		return nil, err
 	}
 	it := &item{method: method, req: in.data, ctx: ctx, done: make(chan reply, 1)}
@@ -202,12 +215,13 @@ func run(args []string) error {
 		return err
 	}
 	defer conn.Close()
-	g := &gateway{backend: conn, token: token, queue: o.maxQueue}
+	limits := requestLimits{request: o.maxRequest, upload: o.maxUpload}
+	g := &gateway{backend: conn, token: token, queue: o.maxQueue, limits: limits}
 	g.metrics = newMetrics(func() int { return len(g.batch.queue) })
 	g.batch = newBatcher(o.batchSocket, o.maxBatch, o.inflight, o.maxQueue, o.queueTimeout, g.metrics)
 	opts := []grpc.ServerOption{
 		grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(g.forward),
-		grpc.MaxRecvMsgSize(o.maxMessage), grpc.MaxSendMsgSize(o.maxMessage),
+		grpc.MaxRecvMsgSize(limits.receive()), grpc.MaxSendMsgSize(o.maxMessage),
 	}
 	if o.tlsCert != "" {
 		creds, err := serverCreds(o)
@@ -218,11 +232,11 @@ func run(args []string) error {
 	}
 	srv := grpc.NewServer(opts...)
 	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "ganserve.v1.GeneratorService",
+		ServiceName: service,
 		HandlerType: (*interface{})(nil),
-		Methods: []grpc.MethodDesc{
-			{MethodName: "Sample", Handler: g.batched("Sample")},
-			{MethodName: "SampleConditional", Handler: g.batched("SampleConditional")},
+		Streams: []grpc.StreamDesc{ // (unary on the wire; see batched)
+			{StreamName: "Sample", Handler: g.batched("Sample")},
+			{StreamName: "SampleConditional", Handler: g.batched("SampleConditional")},
 		}, // the service's other methods reach forward()
 	}, struct{}{})
 	lis, err := net.Listen("tcp", o.listen)

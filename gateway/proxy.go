@@ -21,7 +21,10 @@ func (g *gateway) forward(_ interface{}, in grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "gateway: no method name on the stream")
 	}
-	err := g.relay(in, method)
+	err := g.authorize(in.Context(), method) // before any request is read
+	if err == nil {
+		err = g.relay(in, method)
+	}
 	g.metrics.call(method[strings.LastIndex(method, "/")+1:], status.Code(err), time.Time{}, false)
 	return err
 }
@@ -42,6 +45,7 @@ func (g *gateway) relay(in grpc.ServerStream, method string) error {
 	if err != nil {
 		return err
 	}
+	refused := make(chan error, 1) // a request over its limit: the call's status
 	go func() { // client -> backend
 		for {
 			f := &frame{}
@@ -51,6 +55,11 @@ func (g *gateway) relay(in grpc.ServerStream, method string) error {
 				} else {
 					cancel()
 				}
+				return
+			}
+			if err := g.limits.check(method, len(f.data)); err != nil {
+				refused <- err
+				cancel()
 				return
 			}
 			if err := up.SendMsg(f); err != nil {
@@ -71,6 +80,11 @@ func (g *gateway) relay(in grpc.ServerStream, method string) error {
 			return nil
 		}
 		if err != nil {
+			select {
+			case r := <-refused:
+				return r
+			default:
+			}
 			in.SetTrailer(trailer(up))
 			return err // the backend's status, details included, is returned as is
 		}

@@ -58,7 +58,7 @@ from server.config import Config
 from server.engine import make_runner
 from server.gateway_backend import BatchSocket, GatewayBackend
 from server.health import Health
-from server.limits import return_large_buffers
+from server.limits import RequestChecks, RequestLimits, refusal, return_large_buffers
 from server.oip_grpc import SERVICE as V2_SERVICE
 from server.oip_grpc import InferenceService
 from server.oip_http import HttpServer, RestApi
@@ -124,11 +124,8 @@ class Admission(grpc.ServerInterceptor):
         self._pool, self._limit, self._on_refuse = pool, limit, on_refuse
         self._wrapped: dict = {}  # method -> (its handler, that handler on the pool): built once per method
 
-        def refuse(request, context):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server busy: {limit} calls in progress (max_concurrent_rpcs); retry with backoff")
-
-        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refuse = refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,  # (the request is never read)
+                               f"server busy: {limit} calls in progress (max_concurrent_rpcs); retry with backoff")
 
     def intercept_service(self, continuation, details):
         if not details.method.startswith(ADMITTED_PREFIXES) or details.method.startswith(OPEN_PREFIXES):
@@ -151,10 +148,8 @@ class TokenAuth(grpc.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata authorization)")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny = refusal(grpc.StatusCode.UNAUTHENTICATED,  # (the request is never read)
+                             "missing or wrong bearer token (metadata authorization)")
 
     def intercept_service(self, continuation, details):
         if details.method.startswith(OPEN_PREFIXES):
@@ -196,7 +191,9 @@ class App:
         self.telemetry.track_in_flight(lambda: self.pool.in_flight)
         interceptors = [TokenAuth(config.token())] if config.token() else []
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
-        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+        checks = RequestChecks(config)
+        interceptors.append(RequestLimits(checks, self.telemetry.refused))  # innermost: wraps the real handlers
+        options = [("grpc.max_receive_message_length", checks.receive_limit()),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", int(reuse_port))]  # only workers of one supervisor share a port
         self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),

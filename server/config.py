@@ -93,7 +93,13 @@ class Config:
     max_eval_n: int = field(default=10000, metadata={"help": "largest EvaluateDivergence n per side"})
     default_eval_n: int = field(default=2000, metadata={"help": "EvaluateDivergence n when the request says 0"})
     max_bootstrap: int = field(default=200, metadata={"help": "largest bootstrap resample count"})
-    max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest request/response message"})
+    max_request_bytes: int = field(default=8 << 20, metadata={
+        "help": "largest request message of every call but EvaluateDivergence (RESOURCE_EXHAUSTED above it)"})
+    max_upload_bytes: int = field(default=64 << 20, metadata={
+        "help": "largest EvaluateDivergence request (uploaded samples: 2 x 10,000 MNIST images as float32 "
+                "are 63 MB)"})
+    max_message_bytes: int = field(default=64 << 20, metadata={
+        "help": "largest reply message (requests: max_request_bytes, max_upload_bytes)"})
     # operations
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0 = any free port, -1 = off)"})
     metrics_address: str = field(default="127.0.0.1", metadata={"help": "Prometheus bind address"})
@@ -135,7 +141,8 @@ class Config:
             (self.max_endpoints >= 2, "max_endpoints must be >= 2"),
             (0 < self.max_latent_abs < 1e30, "max_latent_abs must be in (0, 1e30)"),
             (self.max_invert_steps >= 0 and self.max_bootstrap >= 0, "limits must be >= 0"),
-            (self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024"),
+            (min(self.max_message_bytes, self.max_request_bytes, self.max_upload_bytes) >= 1024,
+             "max_message_bytes, max_request_bytes and max_upload_bytes must be >= 1024"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "bad log_level"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),

@@ -82,7 +82,7 @@ def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, 
                     classes=np.asarray(labels))
     if which == "model":
         ms = src.model
-        model, x, requested = sample(ms.model, list(ms.labels), ms.truncation, n, seed, call, f"{name}.model.model")
+        model, x, requested = sample(ms.model, ms.labels, ms.truncation, n, seed, call, f"{name}.model.model")
         if model.data_kind == "image":
             return Side(f"model {model.ref} ({n})", n, x=engine.to_unit(model, x), is_image=True,
                         requested=requested, model=model)
@@ -249,6 +249,8 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     confidence = request.confidence or 0.95
     require(0 < confidence < 1, "confidence", f"must be in (0, 1), got {confidence}")
     seed = validate.seed(request.HasField("seed"), request.seed)
+    require(len(request.metrics) <= len(metrics.METRICS), "metrics",
+            f"at most {len(metrics.METRICS)} metrics (each at most once), got {len(request.metrics)}")
     names = list(request.metrics)
     for i, m in enumerate(names):
         require(m in metrics.METRICS, f"metrics[{i}]", f"unknown metric {m[:40]!r}; known: {', '.join(sorted(metrics.METRICS))}")

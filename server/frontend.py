@@ -90,6 +90,7 @@ class NativeFrontend:
         cmd = [self.binary, "-listen", self.listen, "-backend", f"unix:{self.socket}", "-batch-socket", self.batch_socket,
                "-max-batch", str(c.gateway_max_batch), "-inflight", str(c.gateway_inflight),
                "-max-queue", str(c.max_concurrent_rpcs), "-max-message-bytes", str(c.max_message_bytes),
+               "-max-request-bytes", str(c.max_request_bytes), "-max-upload-bytes", str(c.max_upload_bytes),
                "-queue-timeout", f"{c.queue_timeout_ms}ms", "-drain", f"{c.drain_s}s", "-stop-on-stdin-eof"]
         if c.tls_cert:
             cmd += ["-tls-cert", c.tls_cert, "-tls-key", c.tls_key]

@@ -29,6 +29,7 @@ from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine
 from server.engine import Call
 from server.errors import InvalidArgument, to_rpc_status
+from server.limits import SERVICE, RequestChecks
 from server.service import CallState, GeneratorService, SampleJob, chosen_error, record_call
 
 log = logging.getLogger("ganserve.gateway")
@@ -53,6 +54,7 @@ class GatewayBackend:
 
     def __init__(self, service: GeneratorService):
         self.service = service
+        self.checks = RequestChecks(service.config)  # each item's request as a call's (server/limits.py)
 
     def handle(self, request: gw.SampleBatchRequest) -> gw.SampleBatchResponse:
         t0 = time.perf_counter()
@@ -79,6 +81,9 @@ class GatewayBackend:
         if item.method not in _METHODS:
             raise InvalidArgument(f"the gateway batches Sample and SampleConditional, not {item.method!r}", "method")
         kind, conditional = _METHODS[item.method]
+        refused = self.checks.problem(item.request, kind.DESCRIPTOR, f"/{SERVICE}/{item.method}")
+        if refused is not None:
+            raise refused
         try:
             request = kind.FromString(item.request)
         except DecodeError as e:

@@ -228,7 +228,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
                                 data_kind=None if request.model else "image")
         encoding = validate.encoding(model, request.encoding)
         z, seed = self._latents(request, model)
-        y = validate.labels(model, list(request.labels), request.soft_labels, len(z)) if conditional else None
+        y = validate.labels(model, request.labels, request.soft_labels, len(z)) if conditional else None
         return SampleJob(model, request, encoding, seed, z, y)
 
     def sample_reply(self, job: SampleJob, x: np.ndarray) -> pb.SampleResponse:
@@ -259,7 +259,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         seed = validate.seed(request.HasField("seed"), request.seed)
         trunc = validate.truncation(request.truncation)
         chunk = min(request.chunk_size or self.config.stream_chunk, self.config.max_stream_chunk)
-        y = validate.labels(model, list(request.labels), request.soft_labels, n, expand=False)
+        y = validate.labels(model, request.labels, request.soft_labels, n, expand=False)
         chunks = self.telemetry.chunks.labels(model.ref)
         for start, s in engine.stream(model, seed=seed, n=n, offset=request.offset, chunk=chunk, truncation=trunc,
                                       y=y, call=rpc.call, on_chunk=chunks.inc):
@@ -323,7 +323,7 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         if model.conditional and not request.labels:
             y = engine.guess_labels(self.registry, model, x)
         else:
-            y = validate.labels(model, list(request.labels), pb.Tensor(), len(x))
+            y = validate.labels(model, request.labels, pb.Tensor(), len(x))
         inv = engine.invert(model, x, y, method, steps=request.steps or None, lr=lr or None,
                             prior_weight=prior or None, call=rpc.call)
         recon, pngs = engine.encode(model, inv.reconstruction, encoding)

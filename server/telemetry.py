@@ -19,8 +19,8 @@ One CollectorRegistry per server instance, so several servers in one process (te
                                                      an upper bound of the CPU the abandoned work cost)
     ganserve_bad_model_outputs_total{model}          replies refused because a model produced NaN/Inf or values
                                                      outside its declared range (answered INTERNAL, logged)
-Calls refused by admission control (server busy) count in ganserve_requests_total with model "-" and code
-RESOURCE_EXHAUSTED.
+Calls refused before their handler (server busy; a request over a size or count limit) count in
+ganserve_requests_total with model "-" and their code.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class Telemetry:
     def bad_output(self, model: str) -> None:
         self.bad_outputs.labels(model).inc()
 
-    def refused(self, method: str) -> None:
-        self.requests.labels(method, "-", "RESOURCE_EXHAUSTED").inc()
+    def refused(self, method: str, code: str = "RESOURCE_EXHAUSTED") -> None:
+        """A call answered before it reached its handler (server busy, a request over a limit)."""
+        self.requests.labels(method, "-", code).inc()
 
     def set_models(self, registry) -> None:
         """The repository index as gauges (called after each scan and each load failure)."""

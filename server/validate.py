@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def latents(msg: pb.Tensor, model: LoadedModel, limit: int, field: str = "latent
     return np.ascontiguousarray(bounded(z, field, bound))
 
 
-def labels(model: LoadedModel, hard: list[int], soft: pb.Tensor, n: int, *, prefix: str = "",
+def labels(model: LoadedModel, hard: Sequence[int], soft: pb.Tensor, n: int, *, prefix: str = "",
            required: bool = True, expand: bool = True, soft_name: str = "soft_labels",
            hard_name: str = "labels") -> np.ndarray | None:
     """Class-probability vectors from hard labels (1 or n) or soft labels ([1|n, K]): (n, num_classes), or

@@ -245,6 +245,31 @@ def test_health_on_huge_unknown_names_keeps_nothing_behind_the_gateway(native):
     assert grown < 40, f"the gateway grew {grown:.0f} MB"  # (Go frees lazily: a loose bound, 200 MB went through)
 
 
+def test_requests_over_their_limits_get_the_same_status_through_either_front_end(native, server):
+    """Issue 25, F2: a request over max_request_bytes is refused by the gateway before it is batched or
+    relayed, with the Python server's status; a relayed one with too many elements, by the backend."""
+    endpoints = b"\x12\x00" * ((4 << 20) - 64)  # 4M empty endpoints, just under 8 MiB
+    latents = pb.Tensor(shape=[1, 8], data=bytes(9 << 20))
+    cases = [("Sample", pb.SampleRequest(model="tiny-gan", latents=latents).SerializeToString()),
+             ("Interpolate", pb.InterpolateRequest(model="tiny-gan").SerializeToString() + endpoints),
+             ("Interpolate", pb.InterpolateRequest(model="tiny-gan", endpoints=[pb.Endpoint(latent=latents)] * 2)
+              .SerializeToString())]
+    seen = []
+    for method, data in cases:
+        statuses = []
+        for target in (f"127.0.0.1:{native.port}", server.target):
+            with grpc.insecure_channel(target) as ch:
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(f"/ganserve.v1.GeneratorService/{method}")(data, timeout=30)
+            statuses.append((err.value.code(), err.value.details()))
+        assert statuses[0] == statuses[1], method
+        seen.append(statuses[0])
+    assert seen[0][0] == seen[2][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert seen[0][1].endswith("over the server's limit of 8388608 bytes (max_request_bytes)")
+    assert seen[1] == (grpc.StatusCode.INVALID_ARGUMENT,
+                       "endpoints: at most 16 elements (the server's limit), got at least 17")
+
+
 # -- access, overload, process ------------------------------------------------------------------------------
 
 def test_bearer_token_is_required_on_batched_and_relayed_calls(model_store):
@@ -269,6 +294,29 @@ def test_bearer_token_is_required_on_batched_and_relayed_calls(model_store):
     finally:
         front.stop()
     assert not Path(front.dir).exists()
+
+
+def test_the_gateway_checks_the_token_before_it_reads_a_request(model_store):
+    """Issue 25, F8: without the token, a 60 MB EvaluateDivergence upload (under its limit) or Sample costs the
+    gateway its headers, not its body (it read whole bodies first: +700 MB)."""
+    from server.frontend import NativeFrontend
+
+    native_binaries()
+    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1,
+                                  reload_interval_s=0, auth_token="s3cret")).start()
+    try:
+        gateway = psutil.Process(front.proc.pid)
+        body = pb.EvaluateDivergenceRequest(p=pb.DataSource(samples=pb.Tensor(data=bytes(60 << 20)))).SerializeToString()
+        before, peak = gateway.memory_info().rss, 0
+        with grpc.insecure_channel(f"127.0.0.1:{front.port}") as ch:
+            for method in ("EvaluateDivergence", "Sample") * 4:
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(f"/ganserve.v1.GeneratorService/{method}")(body, timeout=30)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                peak = max(peak, gateway.memory_info().rss)
+        assert (peak - before) / (1 << 20) < 30, f"the gateway grew {(peak - before) / (1 << 20):.0f} MB"
+    finally:
+        front.stop()
 
 
 def test_tls_and_client_certificates_at_the_gateway(model_store, tmp_path):

@@ -185,7 +185,7 @@ def test_bad_input(stub, what, method, request_, code, field):
 def test_oversize_message_is_resource_exhausted(model_store):
     from tests.conftest import start_server
 
-    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_request_bytes=1 << 20)
     try:
         with grpc.insecure_channel(running.target) as channel:
             stub = pb_grpc.GeneratorServiceStub(channel)
@@ -354,14 +354,14 @@ for the model (gateway max_queue); retry with backoff`, at once.
 
 
 def oversize_row(target: str) -> str:
-    """The size limit's row: a server started with --max-message-bytes 1 MiB refuses a 1.2 MB message."""
+    """The size limit's row: a server started with --max-request-bytes 1 MiB refuses a 1.2 MB message."""
     with grpc.insecure_channel(target) as channel:
         try:
             pb_grpc.GeneratorServiceStub(channel).Invert(INV(images=T(np.zeros((300_000,), np.float32))))
             status, message = "OK", ""
         except grpc.RpcError as e:
             status, message = e.code().name, e.details()
-    return f"| message of 1.2 MB over a 1 MiB limit (`--max-message-bytes`) | Invert | {status} | `{message}` |"
+    return f"| message of 1.2 MB over a 1 MiB limit (`--max-request-bytes`) | Invert | {status} | `{message}` |"
 
 
 V2_HEAD = """
@@ -386,7 +386,7 @@ def page(target: str, http_port: int) -> str:
 
 def test_docs_bad_input_page_is_current(model_store):
     """docs/bad_input.md is what the server answers now (regenerate it with the command in the module docstring)."""
-    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20, http_port=0)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, max_request_bytes=1 << 20, http_port=0)
     try:
         expected = page(running.target, running.app.http.port)
     finally:
@@ -401,7 +401,7 @@ def main() -> int:
         store, build = Path(tmp) / "store", Path(tmp) / "build"
         for publish in (publish_gan, publish_cgan, publish_points, publish_evaluator):
             publish(store, build)
-        running = start_server(store, reload_interval_s=0, metrics_port=-1, max_message_bytes=1 << 20, http_port=0)
+        running = start_server(store, reload_interval_s=0, metrics_port=-1, max_request_bytes=1 << 20, http_port=0)
         try:
             print(page(running.target, running.app.http.port), end="")
         finally:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from tests.conftest import free_port
 from tests.test_server_workers import _serving
@@ -79,3 +82,99 @@ def test_health_watch_on_known_names_streams_the_status(served):
             watch = health.Watch(health_pb2.HealthCheckRequest(service=name), timeout=10)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             watch.cancel()
+
+
+# -- F2: requests are measured before they are decoded --------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field, on the wire."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_PACKED_ONES = b"\x01" * (8 * MB - 64)
+# (method, serialized request, code, field): each under the message limit, each decoding to 100s of MB
+AMPLIFIERS = [
+    ("SampleConditional", _field(1, b"tiny-cgan") + _field(8, _PACKED_ONES), "INVALID_ARGUMENT", "labels"),
+    ("Interpolate", _field(1, b"tiny-gan") + b"\x12\x00" * (4 * MB - 64), "INVALID_ARGUMENT", "endpoints"),
+    ("Sample", _field(1, b"tiny-gan") + _field(4, _field(1, _PACKED_ONES)), "INVALID_ARGUMENT", "latents.shape"),
+    ("EvaluateDivergence", b"\x1a\x00" * (30 * MB), "INVALID_ARGUMENT", "metrics"),
+    ("Invert", _field(1, b"tiny-gan") + _field(3, _PACKED_ONES), "INVALID_ARGUMENT", "labels"),
+    ("Sample", _field(1, b"tiny-gan") + _field(4, _field(3, bytes(60 * MB))), "RESOURCE_EXHAUSTED", None),
+]
+
+
+def _raw(channel: grpc.Channel, method: str):
+    return channel.unary_unary(f"/ganserve.v1.GeneratorService/{method}")  # bytes in, bytes out
+
+
+class _PeakRss:
+    """The highest RSS of `proc` while the block runs (sampled every 5 ms), in MB."""
+
+    def __init__(self, proc):
+        self.proc, self.peak, self._stop = psutil.Process(proc.pid), 0.0, threading.Event()
+
+    def __enter__(self):
+        self.base = self.proc.memory_info().rss / MB
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss / MB)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.end = self.proc.memory_info().rss / MB
+
+
+@pytest.mark.parametrize("method,data,code,field", AMPLIFIERS, ids=[f"{a[0]}-{a[3]}" for a in AMPLIFIERS])
+def test_an_amplifying_request_is_refused_before_it_costs_memory(served, method, data, code, field):
+    address, proc = served
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)]) as ch:
+        call = _raw(ch, method)
+        with _PeakRss(proc) as rss:
+            with pytest.raises(grpc.RpcError) as err:
+                call(data, timeout=30, compression=grpc.Compression.Gzip)  # a few 10s of KB on the wire
+        assert err.value.code().name == code, err.value.details()
+        if field:
+            assert err.value.details().startswith(f"{field}: at most "), err.value.details()
+            assert rpc_status.from_call(err.value).details  # the BadRequest field violation travels too
+        print(f"{method} {field}: RSS {rss.base:.0f} -> peak {rss.peak:.0f} -> {rss.end:.0f} MB")
+        assert rss.peak - rss.base < 3.5 * len(data) / MB + 20  # gRPC core and Python copies; nothing decoded
+        assert rss.end - rss.base < 10
+
+
+def test_eight_amplifying_requests_at_once_leave_health_answering(served):
+    """The review's worst case: 8 at once took the server to 8.2 GB and health timed out for 10 s."""
+    address, proc = served
+    method, data = AMPLIFIERS[0][:2]
+    with grpc.insecure_channel(address) as ch, grpc.insecure_channel(address) as probe, ThreadPoolExecutor(8) as pool, \
+            _PeakRss(proc) as rss:
+        call = _raw(ch, method)
+
+        def one(_):
+            try:
+                call(data, timeout=30, compression=grpc.Compression.Gzip)
+            except grpc.RpcError as e:
+                return e.code()
+
+        codes = pool.map(one, range(8))
+        health = health_pb2_grpc.HealthStub(probe)  # (a probe has its own connection)
+        for _ in range(5):
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        assert list(codes) == [grpc.StatusCode.INVALID_ARGUMENT] * 8
+    print(f"8 at once: RSS {rss.base:.0f} -> peak {rss.peak:.0f} -> {rss.end:.0f} MB")
+    assert rss.peak - rss.base < 8 * 3.5 * len(data) / MB + 50
+    assert rss.end - rss.base < 10
