@@ -45,7 +45,8 @@ func (g *gateway) relay(in grpc.ServerStream, method string) error {
 	if err != nil {
 		return err
 	}
-	refused := make(chan error, 1) // a request over its limit: the call's status
+	// A request over its limit ends the call with this status (the backend never sees it).
+	refused := make(chan error, 1)
 	go func() { // client -> backend
 		for {
 			f := &frame{}

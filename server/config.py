@@ -114,8 +114,11 @@ class Config:
     tls_cert: str = field(default="", metadata={"help": "server certificate (PEM); enables TLS with tls_key"})
     tls_key: str = field(default="", metadata={"help": "server private key (PEM)"})
     tls_client_ca: str = field(default="", metadata={"help": "CA (PEM) whose client certificates are required"})
-    auth_token: str = field(default="", metadata={"help": "bearer token required on every RPC (not health)"})
-    auth_token_file: str = field(default="", metadata={"help": "file holding the bearer token"})
+    auth_token: str = field(default="", metadata={
+        "help": "bearer token required on every RPC (not health); environment only: as a flag it would be visible "
+                "to every user of the machine (ps), so --auth-token is refused"})
+    auth_token_file: str = field(default="", metadata={
+        "help": "file holding the bearer token (make it readable by this user only)"})
 
     def __post_init__(self):
         checks = [
@@ -194,12 +197,24 @@ def _parse_env(f, raw: str):
         raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {e}") from e
 
 
+ENV_ONLY = ("auth_token",)  # secrets: a command line is readable by every user (/proc/<pid>/cmdline)
+
+
+class _Refused(argparse.Action):
+    """A flag that only says what to use instead (issue 25, F5)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is refused: a token on the command line is visible to every user of this "
+                     "machine (ps, /proc/<pid>/cmdline). Put it in a file only you can read and pass "
+                     "--auth-token-file FILE, or set GANSERVE_AUTH_TOKEN")
+
+
 def from_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
     """Flags > GANSERVE_* environment > defaults."""
     env = os.environ if env is None else env
     p = argparse.ArgumentParser(prog="python -m server", description="ganserve gRPC server",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = Config()
+    defaults, secrets = Config(), {}
     for f in fields(Config):
         kind = _kind(f)
         var = ENV_PREFIX + f.name.upper()
@@ -207,10 +222,15 @@ def from_args(argv: list[str] | None = None, env: dict[str, str] | None = None) 
             default = _parse_env(f, env[var]) if var in env else getattr(defaults, f.name)
         except ValueError as e:
             p.error(str(e))
+        if f.name in ENV_ONLY:  # (its default, from the environment, is never printed by --help)
+            secrets[f.name] = default
+            p.add_argument("--" + f.name.replace("_", "-"), action=_Refused, default=argparse.SUPPRESS,
+                           help=f"refused: set {var} or use --{f.name.replace('_', '-')}-file")
+            continue
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default,
                        help=f"{f.metadata['help']} [env {var}]")
     args = p.parse_args(argv)
     try:
-        return Config(**vars(args))
+        return Config(**{**secrets, **vars(args)})
     except ValueError as e:
         p.error(str(e))

@@ -45,7 +45,7 @@ def capabilities(manifest: dict[str, Any]) -> dict[str, bool]:
 def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
     """'name' or 'name@version' -> (name, version or None); INVALID_ARGUMENT for anything else."""
     name, sep, version = ref.partition("@")
-    if not mf.NAME_RE.match(name):
+    if not mf.NAME_RE.fullmatch(name):
         shown = ref if len(ref) <= 80 else ref[:77] + "..."
         raise InvalidArgument(f"model name must match {mf.NAME_RE.pattern} (optionally @version), got {shown!r}",
                               field_name)

@@ -174,7 +174,7 @@ class Registry:
                 return
             for name in names:
                 model_dir = self.store / name
-                if name.startswith(".") or not mf.NAME_RE.match(name) or not model_dir.is_dir():
+                if name.startswith(".") or not mf.NAME_RE.fullmatch(name) or not model_dir.is_dir():
                     continue
                 for v in stores.versions(self.store, name):
                     folder = model_dir / str(v)

@@ -19,7 +19,18 @@ def test_flag_beats_env_beats_default(tmp_path):
     token = tmp_path / "token"
     token.write_text("from-a-file\n")
     assert from_args([], env={"GANSERVE_AUTH_TOKEN_FILE": str(token)}).token() == "from-a-file"
-    assert from_args(["--auth-token", "flag"], env={"GANSERVE_AUTH_TOKEN_FILE": str(token)}).token() == "flag"
+    assert from_args([], env={"GANSERVE_AUTH_TOKEN": "env", "GANSERVE_AUTH_TOKEN_FILE": str(token)}).token() == "env"
+
+
+@pytest.mark.parametrize("argv", [["--auth-token", "s3cret"], ["--auth-token=s3cret"]])
+def test_a_token_on_the_command_line_is_refused_with_the_alternatives(argv, capsys):
+    """Issue 25, F5: every user of the machine can read a process's command line."""
+    with pytest.raises(SystemExit) as exit_:
+        from_args(argv, env={})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--auth-token is refused" in err and "--auth-token-file" in err and "GANSERVE_AUTH_TOKEN" in err
+    assert "s3cret" not in err
 
 
 @pytest.mark.parametrize("argv,env", [

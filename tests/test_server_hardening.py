@@ -4,6 +4,7 @@ theirs alone (psutil); the native front end's cases are in tests/test_frontend.p
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,11 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import onnx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from protos.ganserve.v1 import generator_pb2 as pb
+from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 from tests.test_server_workers import _serving
 
@@ -178,3 +182,81 @@ def test_eight_amplifying_requests_at_once_leave_health_answering(served):
     print(f"8 at once: RSS {rss.base:.0f} -> peak {rss.peak:.0f} -> {rss.end:.0f} MB")
     assert rss.peak - rss.base < 8 * 3.5 * len(data) / MB + 50
     assert rss.end - rss.base < 10
+
+
+# -- F7: a graph reads no file the manifest does not vouch for -------------------------------------------------
+
+def _external_gan(store: Path, tmp: Path, name: str, location: str, *, list_it: bool) -> None:
+    """tiny-gan's generator with its weights in an external file named `location` (listed in the manifest, or
+    not); the file itself is written next to the graph as weights.bin."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from ganserve.store import manifest as mf
+    from tests.conftest import IMG, LATENT, _spec, _weights, build_generator, manifest
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(build_generator(tmp / f"{name}.onnx", False, _weights(0))))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=1024)
+    onnx.save(model, str(tmp / f"{name}.onnx"))  # writes tmp/weights.bin
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (tmp / f"{name}.onnx").write_bytes(model.SerializeToString())
+    graphs = {"generator": {"file": "generator.onnx", "inputs": [_spec("z", [LATENT])], "outputs": [_spec("x", IMG)]}}
+    files = {"generator.onnx": tmp / f"{name}.onnx"}
+    if list_it:
+        files[location] = tmp / "weights.bin"
+    folder = mf.publish(store, manifest(name, "gan", graphs=graphs), files)
+    if not list_it and "/" not in location:
+        shutil.copy(tmp / "weights.bin", folder / location)  # beside the graph, but not in the manifest
+
+
+def test_a_graph_with_external_data_outside_the_manifest_is_refused_at_load_with_the_reason(tmp_path):
+    from tests.conftest import start_server
+
+    store = tmp_path / "store"
+    _external_gan(store, tmp_path / "a", "escapes", "../../../../../../../../etc/passwd", list_it=False)
+    _external_gan(store, tmp_path / "b", "unlisted", "weights.bin", list_it=False)
+    _external_gan(store, tmp_path / "c", "listed", "weights.bin", list_it=True)
+    running = start_server(store, reload_interval_s=0, metrics_port=-1)
+    try:
+        with grpc.insecure_channel(running.target) as ch:
+            stub = pb_grpc.GeneratorServiceStub(ch)
+            served = {m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+            assert served == {"listed"}  # external data listed with its sha256: served
+            assert stub.Sample(pb.SampleRequest(model="listed", n=2, seed=1), timeout=10).model == "listed@1"
+            for name, location in (("escapes", "../../../../../../../../etc/passwd"), ("unlisted", "weights.bin")):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Sample(pb.SampleRequest(model=name, n=1), timeout=10)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                assert f"external data {location!r} is not a file listed (with its sha256) in the manifest" in \
+                    err.value.details(), err.value.details()
+    finally:
+        running.app.stop(0)
+
+
+# -- F10: names match whole, a trailing newline included -------------------------------------------------------
+
+def test_a_name_with_a_trailing_newline_is_neither_served_nor_accepted(model_store, tmp_path):
+    from ganserve.store import manifest as mf
+    from tests.conftest import start_server
+
+    store = tmp_path / "store"
+    shutil.copytree(model_store, store)
+    shutil.copytree(store / "tiny-gan", store / "tiny-gan\n")  # a folder whose name "^...$" let through
+    with pytest.raises(mf.ManifestError):
+        mf.validate({**mf.read_manifest(store / "tiny-gan" / "1"), "name": "tiny-gan\n"})
+    running = start_server(store, reload_interval_s=0, metrics_port=-1)
+    try:
+        with grpc.insecure_channel(running.target) as ch:
+            stub = pb_grpc.GeneratorServiceStub(ch)
+            names = [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models]
+            assert "tiny-gan" in names and not any("\n" in n for n in names)
+            for ref in ("tiny-gan\n", "tiny-gan\n@1"):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Sample(pb.SampleRequest(model=ref, n=1), timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert err.value.details().startswith("model: model name must match")
+    finally:
+        running.app.stop(0)

@@ -57,13 +57,14 @@ from typing import Any
 import onnx
 
 from ganserve.inversion.grad_graph import GradGraphError, grad_graph_bytes
+from ganserve.store.external_data import external_files
 
 FORMAT = 1
 KINDS = ("gan", "wgan-gp", "cgan", "latent-constraint", "evaluator")
 ROLES = ("generator", "encoder", "generator_grad", "critic", "classifier")
 DERIVE_VJP = "vjp"  # graphs.generator_grad.derive: built from the generator at load (ganserve/inversion/grad_graph.py)
 DTYPES = ("float32", "uint8", "int64")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always with fullmatch: "$" would let "name\n" through
 
 
 class ManifestError(ValueError):
@@ -109,7 +110,7 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     m = manifest
     _require(isinstance(m, dict), "manifest must be a JSON object")
     _require(m.get("format") == FORMAT, f"format must be {FORMAT}, got {m.get('format')!r}")
-    _require(isinstance(m.get("name"), str) and bool(NAME_RE.match(m["name"])),
+    _require(isinstance(m.get("name"), str) and bool(NAME_RE.fullmatch(m["name"])),
              f"name must match {NAME_RE.pattern}, got {m.get('name')!r}")
     _require(isinstance(m.get("version"), int) and m["version"] > 0, "version must be a positive int")
     _require(m.get("kind") in KINDS, f"kind must be one of {KINDS}, got {m.get('kind')!r}")
@@ -171,12 +172,22 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
-    """Check that every listed file exists and matches its sha256."""
+    """Check that every listed file exists and matches its sha256, and that the graphs read no other file: an
+    external-data reference must name a file listed in the manifest (ganserve/store/external_data.py)."""
     for name, digest in manifest["files"].items():
         path = version_dir / name
         _require(path.is_file() and not path.is_symlink(), f"{version_dir}: missing file {name}")
         actual = sha256_file(path)
         _require(actual == digest, f"{version_dir}/{name}: sha256 {actual[:12]}... != manifest {digest[:12]}...")
+    for graph in {g["file"] for g in manifest["graphs"].values() if "file" in g}:
+        try:
+            locations = external_files(version_dir / graph)
+        except Exception:  # noqa: BLE001 - not a model onnx can read: ONNX Runtime refuses it too, with its reason
+            continue
+        for location in locations:
+            _require(location in manifest["files"] and location != graph,
+                     f"{version_dir}/{graph}: external data {location[:80]!r} is not a file listed (with its sha256) "
+                     "in the manifest; refused")
 
 
 def graph_model(version_dir: Path, manifest: dict[str, Any], role: str) -> str | bytes:
@@ -217,7 +228,7 @@ def publish(store: Path, manifest: dict[str, Any], files: dict[str, Path], *, ve
     """
     store = Path(store)
     name = manifest["name"]
-    _require(bool(NAME_RE.match(name)), f"invalid model name {name!r}")
+    _require(bool(NAME_RE.fullmatch(name)), f"invalid model name {name!r}")
     (store / name).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store / name))
     try:
