@@ -10,7 +10,7 @@
 The mapping is server/oip.py's, the same as over gRPC. Errors are {"error": "<field>: <reason>"} with the
 status gRPC's own HTTP mapping gives the chosen code (grpc-gateway): INVALID_ARGUMENT and FAILED_PRECONDITION
 400, NOT_FOUND 404 (unknown model, version or route), RESOURCE_EXHAUSTED 429 (server busy, queue full), a
-body over max_message_bytes 413, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, a missing or wrong token 401; a
+body over max_request_bytes 413, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, a missing or wrong token 401; a
 500 only for a server bug (logged with its traceback). With a token configured, every route but
 /v2/health/* needs `Authorization: Bearer <token>`; TLS is the gRPC port's (same certificate and client CA).
 
@@ -238,9 +238,9 @@ class RestApi:
                             [(b"www-authenticate", b"Bearer")])
 
     async def _read_body(self, headers: dict, receive) -> bytes:
-        """The request body, or 413 past max_message_bytes. An over-size body is read to its end and dropped (not
+        """The request body, or 413 past max_request_bytes (as over gRPC). An over-size body is read to its end and dropped (not
         kept): answering before the client has sent it all would reset the connection under the client's feet."""
-        limit = self.config.max_message_bytes
+        limit = self.config.max_request_bytes
         declared = headers.get(b"content-length", b"0")
         chunks, size = [], int(declared) if declared.isdigit() and int(declared) > limit else 0
         while True:
@@ -255,7 +255,7 @@ class RestApi:
                 break
         if size > limit:
             raise HttpError(413, "RESOURCE_EXHAUSTED", f"request body over the limit of {limit} bytes "
-                            "(max_message_bytes)")
+                            "(max_request_bytes)")
         encoding = headers.get(b"content-encoding", b"identity").lower()
         if encoding != b"identity":
             raise HttpError(400, "INVALID_ARGUMENT", f"Content-Encoding {encoding[:20].decode('latin-1')} is not "

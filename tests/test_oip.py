@@ -246,7 +246,7 @@ def test_token_admission_metrics_and_deadline(model_store):
 
 
 def test_rest_body_limit_and_readiness_while_draining(model_store):
-    running = start_server(model_store, reload_interval_s=0, http_port=0, metrics_port=-1, max_message_bytes=4096)
+    running = start_server(model_store, reload_interval_s=0, http_port=0, metrics_port=-1, max_request_bytes=4096)
     port = running.app.http.port
     try:
         status, _, data = http(port, "/v2/models/tiny-gan/infer", b"{" + b" " * 5000 + b"}")

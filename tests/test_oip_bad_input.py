@@ -104,7 +104,7 @@ CASES = [
          body=b"{}", headers={"Inference-Header-Content-Length": "99"}),
     Case("compressed body (Content-Encoding gzip)", None, 400, None, body=b"\x1f\x8b",
          headers={"Content-Encoding": "gzip"}),
-    Case("body of 1.2 MB over a 1 MiB limit (`--max-message-bytes`)", RE, 413, None,
+    Case("body of 1.2 MB over a 1 MiB limit (`--max-request-bytes`)", RE, 413, None,
          inputs=[("latents", "FP32", [300_000], b"\0" * 1_200_000)]),
     Case("unknown route", None, 404, None, path="/v2/model/tiny-cgan"),
     Case("GET on the infer route", None, 405, None, path="/v2/models/tiny-cgan/infer"),
@@ -144,7 +144,7 @@ def http_call(port: int, case: Case) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def served(model_store):
-    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, http_port=0, max_message_bytes=1 << 20)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, http_port=0, max_request_bytes=1 << 20)
     yield running
     running.app.stop(0)
 
