@@ -11,7 +11,8 @@
   rest are made again. A different job in the same DIR is refused.
 - Files are written byte-for-byte deterministically (fixed zip timestamps), so the same seed gives
   identical shards and identical checksums.
-- Labels: one label for every sample, or several cycled over the samples (sample i gets labels[i % k]).
+- Labels: one label for every sample, or several cycled over the samples (sample i gets labels[i % k]);
+  or --soft-labels, one class-probability vector for every sample (kept in each shard as `soft_labels`).
 - `--engine ray [--address ADDR] [--store DIR]`: the same shards and manifest, byte for byte, made by actors
   of a Ray cluster that run the generator themselves (ganserve.scale.batch; docs/scaling_out.md).
 """
@@ -68,7 +69,8 @@ def _write_json(path: Path, obj) -> None:
 
 def _job(args, model_ref: str, seed: int) -> dict:
     return {"format": FORMAT, "model": model_ref, "requested_model": args.model, "seed": seed, "n": args.n,
-            "shard_size": args.shard_size, "labels": args.labels or [], "encoding": args.encoding}
+            "shard_size": args.shard_size, "labels": args.labels or [], "soft_labels": args.soft_labels or [],
+            "encoding": args.encoding}
 
 
 def _shard_labels(labels: list[int], start: int, count: int) -> list[int] | None:
@@ -101,6 +103,8 @@ def make_shard(job: dict, index: int, out: Path, generate: Generate, progress=No
     arrays = {"samples": samples, "start": np.array(start, np.int64)}
     if labels is not None:
         arrays["labels"] = np.array(labels * count if len(labels) == 1 else labels, np.int64)
+    if job["soft_labels"]:  # (K,): the class-probability vector every sample of the job was drawn with
+        arrays["soft_labels"] = np.array(job["soft_labels"], np.float32)
     name = f"shard-{index:05d}.npz"
     tmp = out / f".{name}.tmp"
     write_npz(tmp, arrays)
@@ -113,7 +117,8 @@ def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, pr
     UNAVAILABLE/RESOURCE_EXHAUSTED."""
 
     def generate(start, count, labels):
-        return (chunk.images for chunk in client.stream(count, labels=labels, seed=job["seed"], model=job["model"],
+        return (chunk.images for chunk in client.stream(count, labels=labels, soft_labels=job["soft_labels"] or None,
+                                                        seed=job["seed"], model=job["model"],
                                                         offset=start, chunk_size=args.chunk_size,
                                                         encoding=job["encoding"]))
 
@@ -136,7 +141,7 @@ def _open_job(args, out: Path, resolve: Callable[[str], str]) -> dict:
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        job = {k: manifest[k] for k in _job(args, "", 0)}
+        job = {k: manifest.get(k, []) for k in _job(args, "", 0)}  # soft_labels: [] in older manifests
         asked = _job(args, job["model"], args.seed if args.seed is not None else job["seed"])
         if asked != job:
             diff = ", ".join(f"{k}: {job[k]!r} vs {asked[k]!r}" for k in job if job[k] != asked[k])
@@ -166,7 +171,7 @@ def run(args) -> int:
             client = stack.enter_context(connect(args))
             resolve = lambda name: client.get_model(name).ref  # noqa: E731
         manifest = _open_job(args, out, resolve)
-        job = {k: manifest[k] for k in _job(args, "", 0)}
+        job = {k: manifest.get(k, []) for k in _job(args, "", 0)}
         shards = manifest["shards"]
         total = -(-job["n"] // job["shard_size"])
         done = {int(i) for i, s in shards.items() if (out / s["file"]).is_file() and sha256(out / s["file"]) == s["sha256"]}
@@ -209,6 +214,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", type=int, nargs="+", help="one label for all, or several cycled over the samples")
+    p.add_argument("--soft-labels", type=float, nargs="+", metavar="P",
+                   help="one class-probability vector (K values summing to 1) for every sample, instead of --labels")
     p.add_argument("--seed", type=int, help="seed (default: a random one, recorded in the manifest)")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per .npz file")
     p.add_argument("--chunk-size", type=int, default=1024, help="samples per stream message")
@@ -233,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.n < 1 or args.shard_size < 1 or args.chunk_size < 0:
         print("error: --n and --shard-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.labels and args.soft_labels:
+        print("error: give --labels or --soft-labels, not both", file=sys.stderr)
         return 2
     try:
         return run(args)

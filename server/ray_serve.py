@@ -139,7 +139,8 @@ for _m in pb.DESCRIPTOR.services_by_name["GeneratorService"].methods:
 
 Ganserve = serve.deployment(GanserveReplica, name="ganserve", max_ongoing_requests=32,
                             ray_actor_options={"num_cpus": 0.5},
-                            health_check_period_s=5, graceful_shutdown_timeout_s=10)
+                            health_check_period_s=5, graceful_shutdown_timeout_s=10,
+                            logging_config={"enable_access_log": False})  # as the server: no line per call
 
 
 def build(args: dict) -> serve.Application:

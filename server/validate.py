@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ganserve.conditions import SOFT_LABEL_TOLERANCE, one_hot
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from server.errors import FailedPrecondition, InvalidArgument, require
 from server.registry import LoadedModel
 
 MIN_TRUNCATION = 0.25  # below this the redraw loop of protos.latents needs thousands of rounds
-SOFT_LABEL_TOLERANCE = 1e-3
 RANGE_TOLERANCE = 1e-3  # image values may exceed the documented range by float rounding, not more
 # Explicit latents beyond this (in absolute value) are refused: a prior draw is within ~6 of 0, and latents of
 # 1e37 and more overflow float32 inside a generator (NaN images). Config.max_latent_abs overrides it.
@@ -110,8 +110,7 @@ def labels(model: LoadedModel, hard: Sequence[int], soft: pb.Tensor, n: int, *, 
         bad = np.flatnonzero((arr < 0) | (arr >= k))
         require(not len(bad), f"{prefix}{hard_name}[{bad[0] if len(bad) else 0}]",
                 f"must be in 0..{k - 1}, got {arr[bad[0]] if len(bad) else 0}")
-        y = np.zeros((len(arr), k), np.float32)
-        y[np.arange(len(arr)), arr] = 1.0
+        y = one_hot(arr, k)
     elif has_soft:
         field = prefix + soft_name
         require(model.capabilities()["soft_labels"], field, f"{model.ref} does not take soft labels")

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -63,6 +64,23 @@ def test_two_nodes_make_the_single_machine_bytes(cluster, server, model_store, t
     want, got = files(tmp_path / "grpc"), files(tmp_path / "ray")
     assert list(got) == ["manifest.json"] + [f"shard-{i:05d}.npz" for i in range(10)]
     assert got == want  # shards and manifest, byte for byte
+
+
+def test_soft_labels_uint8_and_refusals_as_the_single_machine_job(cluster, server, model_store, tmp_path):
+    job = ["--model", "tiny-cgan", "--n", 2500, "--seed", 8, "--soft-labels", 0.5, 0.25, 0, 0.25, "--shard-size", 1000,
+           "--encoding", "uint8"]
+    ref = batch(tmp_path / "grpc", *job, target=server.target)
+    assert ref.returncode == 0, ref.stderr
+    r = batch(tmp_path / "ray", *on_ray(cluster, model_store), *job)
+    assert r.returncode == 0, r.stderr
+    assert files(tmp_path / "ray") == files(tmp_path / "grpc")
+    with np.load(tmp_path / "ray" / "shard-00002.npz") as shard:
+        assert shard["samples"].dtype == np.uint8 and shard["samples"].shape == (500, 1, 8, 8)
+        np.testing.assert_array_equal(shard["soft_labels"], np.float32([0.5, 0.25, 0, 0.25]))
+    bad = batch(tmp_path / "bad", *on_ray(cluster, model_store), "--model", "tiny-cgan", "--n", 10, "--labels", 9)
+    assert bad.returncode == 1 and "labels: must be in 0..3, got 9" in bad.stderr, bad.stderr
+    bad = batch(tmp_path / "bad2", *on_ray(cluster, model_store), "--model", "tiny-gan@7", "--n", 10)
+    assert bad.returncode == 1 and "tiny-gan" in bad.stderr and "@7" in bad.stderr, bad.stderr
 
 
 def _shard_makers() -> list[psutil.Process]:

@@ -15,8 +15,8 @@ Workers get this code with the job (runtime_env py_modules), so nodes need only 
 
 from __future__ import annotations
 
-import os
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +27,7 @@ import ray
 import ganserve
 import protos
 from ganserve import images
+from ganserve.conditions import SOFT_LABEL_TOLERANCE, one_hot
 from ganserve.scale import cluster
 from ganserve.store import manifest as mf
 from ganserve.store import policy as pol
@@ -69,13 +70,19 @@ def check_job(manifest: dict, job: dict) -> None:
     k = int(manifest["num_classes"])
     if manifest["kind"] == "evaluator" or "generator" not in manifest["graphs"]:
         raise ValueError(f"{job['model']} is not a generator")
-    if conditional and not job["labels"]:
-        raise ValueError(f"labels: {job['model']} is conditional (kind {manifest['kind']}): give --labels")
-    if not conditional and job["labels"]:
+    soft = job.get("soft_labels") or []
+    if conditional and not (job["labels"] or soft):
+        raise ValueError(f"labels: {job['model']} is conditional (kind {manifest['kind']}): give --labels or --soft-labels")
+    if not conditional and (job["labels"] or soft):
         raise ValueError(f"labels: {job['model']} is unconditional (kind {manifest['kind']}); send no labels")
     bad = [y for y in job["labels"] if not 0 <= y < k]
     if bad:
         raise ValueError(f"labels: must be in 0..{k - 1}, got {bad[0]}")
+    if soft:
+        p = np.asarray(soft, np.float32)
+        if p.shape != (k,) or (p < 0).any() or abs(float(p.sum(dtype=np.float64)) - 1) > SOFT_LABEL_TOLERANCE:
+            raise ValueError(f"soft_labels: must be {k} non-negative probabilities summing to 1 (within "
+                             f"{SOFT_LABEL_TOLERANCE}), got {soft}")
     if job["encoding"] == "uint8" and not (manifest["output"] or {}).get("value_range"):
         raise ValueError(f"encoding: {job['model']} has no value range (2-D points): use float32")
 
@@ -92,7 +99,7 @@ class ShardMaker:
         self.session = sessions.open_session(mf.graph_model(folder, self.manifest, "generator"), threads=threads)
         self.inputs = [s["name"] for s in graph["inputs"]]
         self.output = graph["outputs"][0]["name"]
-        self.eye = np.eye(max(int(self.manifest["num_classes"]), 1), dtype=np.float32)
+        self.k = int(self.manifest["num_classes"])
         vr = (self.manifest["output"] or {}).get("value_range")
         self.value_range = tuple(vr) if vr else None
 
@@ -104,8 +111,10 @@ class ShardMaker:
         for lo in range(0, count, chunk):
             size = min(chunk, count - lo)
             feeds = {self.inputs[0]: latent_fn.latents(job["seed"], size, dim, offset=start + lo)}  # (size, dim)
-            if len(self.inputs) > 1:  # (size, K) one-hot rows, as the server builds them from labels
-                feeds[self.inputs[1]] = self.eye[labels * size if len(labels) == 1 else labels[lo:lo + size]]
+            if len(self.inputs) > 1 and job.get("soft_labels"):  # (size, K): the vector on every row
+                feeds[self.inputs[1]] = np.repeat(np.asarray([job["soft_labels"]], np.float32), size, 0)
+            elif len(self.inputs) > 1:  # (size, K) one-hot rows, as the server builds them from labels
+                feeds[self.inputs[1]] = one_hot(labels * size if len(labels) == 1 else labels[lo:lo + size], self.k)
             x = self.session.run([self.output], feeds)[0]
             yield images.to_uint8(x, self.value_range) if job["encoding"] == "uint8" else images.clamp(x, self.value_range)
 
@@ -151,7 +160,13 @@ class RayEngine:
         k = min(k, len(todo))
         opts = dict(num_cpus=self.cpus, max_restarts=self.retries, max_task_retries=self.retries,
                     scheduling_strategy="SPREAD")
+        t0 = time.monotonic()
         actors = [ShardMaker.options(**opts).remote(str(folder.resolve()), self.threads) for _ in range(k)]
+        try:  # wait for the workers (process start, imports, session) so their start-up is reported apart
+            nodes = ray.get([a.node.remote() for a in actors])
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"the generator workers could not start: {e}") from e
+        print(f"ray: {k} worker(s) on {len(set(nodes))} node(s) ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         queue, inflight, failed, per_node = deque(todo), {}, {}, Counter()
         out = str(Path(out).resolve())
 
