@@ -14,10 +14,10 @@ from typing import Any
 from ganserve.inversion.runtime import Inverter
 from ganserve.store import manifest as mf
 from ganserve.store import sessions as stores
+from ganserve.store.check import open_version
 from server.batcher import Batcher
 from server.config import Config
 from server.errors import InvalidArgument
-from server.load_check import check_session, probe
 
 log = logging.getLogger("ganserve.registry")
 
@@ -152,18 +152,8 @@ class Loader:
         return self.session(generator, threads=c.idle_threads)
 
     def load(self, folder: Path, signature: tuple) -> LoadedModel:
-        manifest = mf.read_manifest(folder)
-        mf.verify_files(folder, manifest)
-        sessions, graphs = {}, {}
-        for role, graph in manifest["graphs"].items():
-            model = graphs[role] = mf.graph_model(folder, manifest, role)
-            where = f"{folder}/{graph['file']}" if "file" in graph else f"{folder}: {role} (derived)"
-            try:
-                sessions[role] = self.session(model)
-            except Exception as e:  # onnxruntime raises its own types for corrupt or unsupported files
-                raise mf.ManifestError(f"{where}: ONNX Runtime cannot load it ({e})") from e
-            check_session(role, graph, sessions[role])
-        probe(manifest, sessions)
+        manifest, sessions, graphs = open_version(folder, threads=self.config.intra_op_threads,
+                                                  providers=self.providers)
         model = LoadedModel(manifest["name"], int(manifest["version"]), folder, manifest, sessions, signature)
         if "generator" in sessions and self._make_batcher is not None:
             model.idle_session = self._idle_session(graphs["generator"])

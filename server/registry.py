@@ -8,7 +8,7 @@ A scan (at start-up, then every `reload_interval_s`) looks at model_store/<name>
 4. loads the warm set (`warm_models`: each model's default version by default; "all" = every version) and
    swaps the index in one assignment, so a request sees either the old or the new index.
 A version outside the warm set is loaded on first use. Loading verifies every file's sha256, opens one ONNX
-Runtime session per graph and runs server.load_check (names, dtypes, dims, a dynamic batch axis, a probe at
+Runtime session per graph and runs ganserve.store.check (names, dtypes, dims, a dynamic batch axis, a probe at
 several batch sizes with finite outputs in the declared range). Any failure at all marks that version
 UNAVAILABLE with a one-line reason (logged, shown by GetModel/ListModels and in NOT_FOUND), not retried until
 its folder changes; a default that fails hands "name" to the next version the policy allows.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -166,6 +167,36 @@ def test_lazy_load_and_lru_eviction_within_the_budget(tmp_path):
             assert "m00" in now and name in now and len(now) <= 5
         reg = running.app.registry
         assert sum(e.cost for e in reg.entries() if e.model is not None) <= budget_mb * 2**20
+    finally:
+        channel.close()
+        running.app.stop(0)
+
+
+def test_a_store_of_1000_generators_starts_in_seconds_and_stays_within_budget(tmp_path):
+    """The issue's bar: 1,000 small generators start in < 5 s (the server's start in this process, imports
+    excluded: bench.many_models measures from spawn too), and a client sampling 200 of them at random keeps
+    the resident graphs within --model-memory-mb."""
+    from bench.many_models import build_store
+
+    size = build_store(tmp_path / "store", 1000, tmp_path)
+    budget_mb = 40 * size / 2**20  # room for 40 models
+    t = time.perf_counter()
+    running = start_server(tmp_path / "store", reload_interval_s=0, metrics_port=-1, warm_models="none",
+                           model_memory_mb=budget_mb)
+    start_s = time.perf_counter() - t
+    channel, stub = _stub(running.target)
+    try:
+        assert start_s < 5.0, f"start-up took {start_s:.2f} s"
+        assert len(stub.ListModels(pb.ListModelsRequest()).models) == 1000
+        rng = random.Random(1)
+        chosen = rng.sample(range(1000), 200)
+        for i in range(300):
+            name = f"m{chosen[rng.randrange(200)]:04d}"
+            assert stub.Sample(pb.SampleRequest(model=name, n=1, seed=i)).model == f"{name}@1"
+            if i % 25 == 0:
+                resident = sum(e.cost for e in running.app.registry.entries() if e.model is not None)
+                assert resident <= budget_mb * 2**20
+        assert 30 <= len(running.app.registry.models(all_versions=True)) <= 40
     finally:
         channel.close()
         running.app.stop(0)

@@ -382,6 +382,8 @@ def test_run_saves_config_and_refuses_changed_resume(tmp_path):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["steps"] == 1 and saved["data"] == "digits"
     assert out["published"] == tmp_path / "store" / "gan-mnist" / "1"
+    published = json.loads((out["published"] / "manifest.json").read_text())  # a smoke run is a candidate
+    assert published["candidate"].startswith("smoke run (steps 1 of 8000)")
     # more steps may be asked for on resume; a different objective may not
     run.run("gan-mnist", [*args[:-3], "--steps=2", "--eval_every=1", "--eval_samples=20"], out=tmp_path / "r",
             store=None, resume=True, log=lambda *a: None)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ganserve.store.check import graph_spec  # noqa: F401 - the families import it from here
 from ganserve.store.sessions import open_session
 
 OPSET = 17
@@ -46,24 +47,6 @@ def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], output_name
     sess = open_session(path)
     got = sess.run(output_names, {n: t.numpy() for n, t in inputs.items()})
     return max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
-
-
-def graph_spec(path: Path) -> dict:
-    """{"file", "inputs": [{name, dtype, dims}], "outputs": [...]} of an ONNX file (dims without the batch axis).
-
-    Input dims come from the graph; output dims from running it once on a batch of 2 (static shape
-    inference loses them after a reshape with a dynamic batch).
-    """
-    dtypes = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
-    np_types = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
-    sess = open_session(path)
-    inputs = [{"name": i.name, "dtype": dtypes[i.type], "dims": [int(d) for d in i.shape[1:]]}
-              for i in sess.get_inputs()]
-    feeds = {i["name"]: np.zeros((2, *i["dims"]), np_types[i["dtype"]]) for i in inputs}
-    outs = sess.run(None, feeds)
-    outputs = [{"name": o.name, "dtype": dtypes[o.type], "dims": list(v.shape[1:])}
-               for o, v in zip(sess.get_outputs(), outs)]
-    return {"file": Path(path).name, "inputs": inputs, "outputs": outputs}
 
 
 def ort_samples_per_s(path: Path, make_feeds: Callable[[int], dict[str, np.ndarray]], batch: int,

@@ -7,7 +7,9 @@
 
 Steps: 1. read the TOML config and the overrides into the family's frozen dataclass (unknown keys and
 wrong types are errors), print it and save it as <out>/config.json; 2. train (checkpoints in <out>);
-3. export ONNX and check parity; 4. publish a new version into the store (unless --no-publish).
+3. export ONNX and check parity; 4. publish a new version into the store (unless --no-publish); a run shortened
+below its config file's length (--steps=150) publishes as a CANDIDATE: callable as name@version, never the
+default until `python -m ganserve.store promote` (docs/serve_your_own_generator.md#versions).
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def load(config: str, overrides: list[str]):
         raise ConfigError(f"{config}: 'family' must be one of {sorted(FAMILIES)}, got {family!r}")
     module = importlib.import_module(FAMILIES[family])
     return module, build(module.Config, values, parse_overrides(overrides))
+
+
+SHORTENED = ("steps", "epochs", "vae_epochs", "ac_steps", "realism_steps")
+
+
+def smoke_run(config: str, cfg) -> str:
+    """Why this run publishes as a CANDIDATE (never the served default until promoted), or '': a run whose
+    length overrides cut below its config file's (a smoke run: `--steps=150`)."""
+    _, base = load(config, [])
+    cut = [f"{k} {getattr(cfg, k)} of {getattr(base, k)}" for k in SHORTENED
+           if isinstance(getattr(base, k, None), int) and getattr(cfg, k) < getattr(base, k)]
+    return f"smoke run ({', '.join(cut)}); promote it with python -m ganserve.store promote" if cut else ""
 
 
 def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = Path("model_store"),
@@ -69,6 +83,9 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
     metrics = {**result["metrics"], **art.get("metrics", {})}
     manifest = build_manifest(cfg.name, {**module.manifest_fields(cfg), **art.get("fields", {})}, art["graphs"],
                               training, metrics, art["export"])
+    short = smoke_run(config, cfg)
+    if short:  # the server's quality gate would likely stop it too; this says why without judging it
+        manifest["candidate"] = short
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     published = None
     if store is not None:

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ganserve.store import manifest as mf
+from ganserve.store import sessions
+
 READY, UNAVAILABLE, CANDIDATE, RETIRED = "READY", "UNAVAILABLE", "CANDIDATE", "RETIRED"
 MODES = ("latest", "pinned", "specific")
 POLICY_FILE = "policy.json"
@@ -209,3 +212,20 @@ def rollback(policy: Policy, current: int, previous: int | None) -> Policy:
     p = replace(policy, retired=tuple(sorted({*policy.retired, current})),
                 promoted=tuple(v for v in policy.promoted if v != current))
     return replace(p, version=previous) if p.mode == "pinned" else p
+
+
+def decide_store(store: Path, name: str, *, gate: bool = True, policy: Policy | None = None) -> tuple[Decision, Policy]:
+    """`decide` for a model folder on disk (manifests and sha256 checked; a failing version is UNAVAILABLE).
+    What the server's index says, less the failures only loading finds (ONNX Runtime, the probe)."""
+    manifests, failed = {}, {}
+    for v in sessions.versions(store, name):
+        folder = Path(store) / name / str(v)
+        try:
+            manifests[v] = mf.read_manifest(folder)
+            mf.verify_files(folder, manifests[v])
+        except (mf.ManifestError, OSError) as e:
+            manifests.pop(v, None)
+            failed[v] = (UNAVAILABLE, str(e).replace(f"{folder}/", "").replace(str(folder), f"@{v}"))
+    policy = policy or read(Path(store) / name) or Policy()
+    decision = decide(manifests, policy, gate=gate)
+    return Decision({**decision.states, **failed}, decision.default), policy

@@ -1,16 +1,20 @@
-"""What a version must pass at load before it is served: its sessions match the manifest, and a probe run at
-several batch sizes returns the declared shapes, finite values, and generator outputs inside the declared
-value range. Every failure is a ManifestError whose message is the one-line reason shown to clients
-(GetModel/ListModels, NOT_FOUND) and written to the log.
+"""Opening a version exactly as the server does, and what it must pass before it is served: its sessions match
+the manifest, and a probe run at several batch sizes returns the declared shapes, finite values, and generator
+outputs inside the declared value range. Every failure is a ManifestError whose message is the one-line reason
+shown to clients (GetModel/ListModels, NOT_FOUND) and in the log. The server's loader and training.publish
+both call open_version, so a version that publishes is a version that loads.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ganserve.store import manifest as mf
 from ganserve.store.manifest import ManifestError
+from ganserve.store.sessions import CPU, open_session
 
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
 PROBE_BATCHES = (1, 2, 5)  # 1 and more than 1 (a fixed batch of either fails), and an odd size
@@ -107,3 +111,40 @@ def probe(manifest: dict[str, Any], sessions: dict[str, Any]) -> None:
                     raise ManifestError(f"graphs.generator.outputs {names[0]}: values in [{x.min():.4g}, "
                                         f"{x.max():.4g}] on a probe batch of {n}, outside the declared "
                                         f"output.value_range {list(vr)}")
+
+
+def open_version(folder: Path, *, threads: int = 1, providers=CPU) -> tuple[dict[str, Any], dict[str, Any],
+                                                                         dict[str, str | bytes]]:
+    """(manifest, sessions by role, what each session was opened on) of a checked version folder: manifest,
+    sha256, one session per graph (a derived gradient graph built here), check_session, probe. ManifestError
+    with the reason otherwise."""
+    manifest = mf.read_manifest(folder)
+    mf.verify_files(folder, manifest)
+    sessions, graphs = {}, {}
+    for role, graph in manifest["graphs"].items():
+        model = graphs[role] = mf.graph_model(folder, manifest, role)
+        where = f"{folder}/{graph['file']}" if "file" in graph else f"{folder}: {role} (derived)"
+        try:
+            sessions[role] = open_session(model, threads=threads, providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for corrupt or unsupported files
+            raise ManifestError(f"{where}: ONNX Runtime cannot load it ({_first_line(e)})") from e
+        check_session(role, graph, sessions[role])
+    probe(manifest, sessions)
+    return manifest, sessions, graphs
+
+
+def graph_spec(path: Path) -> dict:
+    """{"file", "inputs": [{name, dtype, dims}], "outputs": [...]} of an ONNX file (dims without the batch axis).
+
+    Input dims come from the graph; output dims from running it once on a batch of 2 (static shape
+    inference loses them after a reshape with a dynamic batch).
+    """
+    np_types = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
+    sess = open_session(path)
+    inputs = [{"name": i.name, "dtype": ORT_DTYPES[i.type], "dims": [int(d) for d in i.shape[1:]]}
+              for i in sess.get_inputs()]
+    feeds = {i["name"]: np.zeros((2, *i["dims"]), np_types[i["dtype"]]) for i in inputs}
+    outs = sess.run(None, feeds)
+    outputs = [{"name": o.name, "dtype": ORT_DTYPES[o.type], "dims": list(v.shape[1:])}
+               for o, v in zip(sess.get_outputs(), outs)]
+    return {"file": Path(path).name, "inputs": inputs, "outputs": outputs}
