@@ -15,6 +15,9 @@ Commands (one JSON object per line; one JSON reply per line):
 Targets:
     {"kind": "grpc", "address": "127.0.0.1:50051", "model": "gan-mnist", "num_classes": 0}
         ganserve Sample (SampleConditional with label i % num_classes for conditional models)
+    {"kind": "grpc-v2", "address": "127.0.0.1:50051", "model": "gan-mnist", "num_classes": 0}
+        ganserve over the Open Inference Protocol: ModelInfer with seed, n (and labels [i % num_classes]) as raw
+        bytes, the samples back as raw bytes (the request tritonclient's gRPC client sends); float32 or uint8
     {"kind": "http", "url": "http://127.0.0.1:8080/predictions/gan-mnist", "num_classes": 0}
         TorchServe through our handler (training/torchserve.py): POST {"n", "seed"[, "labels"]}
     {"kind": "inproc", "onnx": "path", "threads": 1, "latent_dim": 100, "num_classes": 0}
@@ -88,6 +91,31 @@ class GrpcTarget:
             c.close()
 
 
+class GrpcV2Target(GrpcTarget):
+    def __init__(self, spec: dict, concurrency: int):
+        super().__init__(spec, concurrency)
+        from protos.inference import grpc_predict_v2_pb2 as v2
+        from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+        self.v2, self.stubs = v2, [v2_grpc.GRPCInferenceServiceStub(c) for c in self.channels]
+
+    def call(self, worker: int, seed: int, n: int, encoding: str) -> int:
+        req = self.v2.ModelInferRequest(model_name=self.spec["model"])
+        inputs = {"seed": [seed], "n": [n]}
+        k = self.spec.get("num_classes", 0)
+        if k:
+            inputs["labels"] = [seed % k]
+        for name, values in inputs.items():
+            req.inputs.add(name=name, datatype="INT64", shape=[len(values)])
+            req.raw_input_contents.append(np.asarray(values, np.int64).tobytes())
+        req.parameters["samples_datatype"].string_param = "UINT8" if encoding == "uint8" else "FP32"
+        reply = self.stubs[worker % len(self.stubs)].ModelInfer(req, timeout=60)
+        got = reply.outputs[0].shape[0] if reply.outputs else 0
+        if got != n:
+            raise RuntimeError(f"asked for {n} samples, got {got}")
+        return reply.ByteSize()
+
+
 class HttpTarget:
     def __init__(self, spec: dict, concurrency: int):
         self.spec = spec
@@ -152,7 +180,7 @@ class InprocTarget:
         pass
 
 
-TARGETS = {"grpc": GrpcTarget, "http": HttpTarget, "inproc": InprocTarget}
+TARGETS = {"grpc": GrpcTarget, "grpc-v2": GrpcV2Target, "http": HttpTarget, "inproc": InprocTarget}
 
 
 def run(target, *, n: int, concurrency: int, duration: float, warmup: float, encoding: str) -> dict:

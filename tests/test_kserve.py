@@ -1,8 +1,8 @@
 """The KServe deployment (deploy/kserve/): the manifest and the Dockerfile agree with each other and with the server,
 and the image's entrypoint, run with the image's settings, serves v2 and drains on SIGTERM.
 
-No container engine or Kubernetes runs here (docs/kserve.md): the image itself is built only where docker,
-podman or buildah is installed; everything else is checked from the files.
+No container engine or Kubernetes runs here (docs/open_inference_protocol.md, "Deploying on KServe"): the image
+itself is built only where docker, podman or buildah answers; everything else is checked from the files.
 """
 
 from __future__ import annotations

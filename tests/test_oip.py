@@ -278,3 +278,20 @@ def test_v2_through_the_native_front_end(model_store):
                                                               "labels[0]: must be in 0..3, got 9")
     finally:
         front.stop()
+
+
+def test_bench_load_targets_v1_and_v2_ask_for_the_same_work(served):
+    """bench/oip.py compares these two load targets: the same samples, the same bytes of samples."""
+    from bench.load import GrpcTarget, GrpcV2Target
+
+    spec = {"address": served.target, "model": "tiny-cgan", "num_classes": 4}
+    v1, v2_target = GrpcTarget(spec, 1), GrpcV2Target(spec, 1)
+    try:
+        for encoding in ("float32", "uint8"):
+            size1, size2 = v1.call(0, 7, 16, encoding), v2_target.call(0, 7, 16, encoding)
+            per_sample = 64 * (4 if encoding == "float32" else 1)
+            # (v1 also returns the conditions, 16 x 4 floats)
+            assert size1 > 16 * per_sample and size2 > 16 * per_sample and abs(size1 - size2) <= 300
+    finally:
+        v1.close()
+        v2_target.close()
