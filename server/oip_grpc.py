@@ -19,7 +19,7 @@ from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from server import oip
 from server.config import Config
 from server.engine import Call
-from server.errors import InvalidArgument, require
+from server.errors import InvalidArgument
 from server.registry import Registry
 from server.service import unary_rpc
 from server.telemetry import Telemetry
@@ -41,32 +41,38 @@ def parameters(params) -> dict:
 
 
 def decode_inputs(request: v2.ModelInferRequest) -> list[oip.Input]:
-    """The request's input tensors, from raw_input_contents or from each tensor's typed contents."""
+    """The request's input tensors, from raw_input_contents or from each tensor's typed contents. (The checks
+    format their message only when they fail: this runs on every request.)"""
     raw = request.raw_input_contents
-    require(not raw or len(raw) == len(request.inputs), "raw_input_contents",
-            f"has {len(raw)} entries for {len(request.inputs)} inputs")
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(f"has {len(raw)} entries for {len(request.inputs)} inputs", "raw_input_contents")
     out = []
     for i, t in enumerate(request.inputs):
         field = t.name[:40] or f"inputs[{i}]"
         dtype = oip.NUMPY.get(t.datatype)
-        require(dtype is not None, f"{field}.datatype", f"unknown datatype {t.datatype[:20]!r}")
-        count = oip.element_count(t.shape, field)
+        if dtype is None:
+            raise InvalidArgument(f"unknown datatype {t.datatype[:20]!r}", f"{field}.datatype")
+        shape = list(t.shape)
+        count = oip.element_count(shape, field)
         if raw:
-            require(not t.HasField("contents"), f"{field}.contents", "give raw_input_contents or contents, not both")
+            if t.HasField("contents"):
+                raise InvalidArgument("give raw_input_contents or contents, not both", f"{field}.contents")
             data = raw[i]
-            require(len(data) == count * dtype.itemsize, f"{field}.data",
-                    f"has {len(data)} bytes, shape {list(t.shape)} of {t.datatype} needs {count * dtype.itemsize}")
+            if len(data) != count * dtype.itemsize:
+                raise InvalidArgument(f"has {len(data)} bytes, shape {shape} of {t.datatype} needs "
+                                      f"{count * dtype.itemsize}", f"{field}.data")
             array = np.frombuffer(data, dtype)
         else:
-            require(t.datatype in _CONTENTS, f"{field}.contents", f"{t.datatype} travels as raw_input_contents only")
+            if t.datatype not in _CONTENTS:
+                raise InvalidArgument(f"{t.datatype} travels as raw_input_contents only", f"{field}.contents")
             values = getattr(t.contents, _CONTENTS[t.datatype])
-            require(len(values) == count, f"{field}.contents",
-                    f"has {len(values)} values, shape {list(t.shape)} needs {count}")
+            if len(values) != count:
+                raise InvalidArgument(f"has {len(values)} values, shape {shape} needs {count}", f"{field}.contents")
             try:
                 array = np.array(values, dtype)
             except (OverflowError, ValueError):
                 raise InvalidArgument(f"values out of range for {t.datatype}", f"{field}.contents") from None
-        out.append(oip.Input(t.name, t.datatype, array.reshape([int(d) for d in t.shape])))
+        out.append(oip.Input(t.name, t.datatype, array.reshape(shape)))
     return out
 
 

@@ -224,7 +224,7 @@ class RestApi:
             status, code, body = _STATUS.get(err.code, 500), err.code.name, _error(str(err))
             headers = _JSON
         if status == 200 and endpoint in ("ServerLive", "ServerReady", "ModelReady"):
-            body = b""
+            headers, body = [], b""  # the answer is the status
         self.telemetry.observe_call(f"http:{endpoint}", model_ref, code, time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": status,
                     "headers": headers + [(b"content-length", str(len(body)).encode())]})
