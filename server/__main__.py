@@ -7,6 +7,7 @@ One of three process shapes: one server process (the default), `--workers N` pro
 import logging
 import sys
 
+from server import preflight
 from server.app import Supervisor, serve_one
 from server.config import Config, from_args
 from server.frontend import NativeFrontend
@@ -17,6 +18,11 @@ log = logging.getLogger("ganserve.server")
 
 def serve(config: Config) -> int:
     setup_logging(config.log_level, config.log_format)
+    try:
+        preflight.check(config)
+    except preflight.ConfigError as e:  # one line naming the setting and the fix, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if config.frontend == "python" and config.workers == 1:
         return serve_one(config)
     try:

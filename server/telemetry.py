@@ -3,7 +3,7 @@
 One CollectorRegistry per server instance, so several servers in one process (tests) do not collide.
 
     ganserve_requests_total{method, model, code}     every RPC, by final status
-    ganserve_request_seconds{method}                 latency histogram
+    ganserve_request_seconds{method, model}          latency histogram, per model ("-" when none was resolved)
     ganserve_batch_samples{model}                    rows per ONNX Runtime generator call
     ganserve_queue_depth{model}                      requests waiting in the model's batcher
     ganserve_stream_chunks_total{model}              SampleStream chunks produced
@@ -43,8 +43,8 @@ class Telemetry:
         r = self.registry
         self.requests = Counter("ganserve_requests", "RPCs by method, model and status", ["method", "model", "code"],
                                 registry=r)
-        self.latency = Histogram("ganserve_request_seconds", "RPC latency", ["method"], buckets=_LATENCY_BUCKETS,
-                                 registry=r)
+        self.latency = Histogram("ganserve_request_seconds", "RPC latency by method and model", ["method", "model"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("ganserve_batch_samples", "rows per generator run", ["model"], buckets=_BATCH_BUCKETS,
                                registry=r)
         self.queue = Gauge("ganserve_queue_depth", "requests waiting in the batcher", ["model"], registry=r)
@@ -79,11 +79,12 @@ class Telemetry:
         children[1].set(depth)
 
     def observe_call(self, method: str, model: str, code: str, seconds: float) -> None:
-        """One finished RPC: counted by (method, model, code), timed by method."""
+        """One finished RPC: counted by (method, model, code), timed by (method, model)."""
         key = (method, model, code)
         children = self._call_children.get(key)
         if children is None:  # (bounded: methods x served models x codes)
-            children = self._call_children[key] = (self.requests.labels(method, model, code), self.latency.labels(method))
+            children = self._call_children[key] = (self.requests.labels(method, model, code),
+                                                   self.latency.labels(method, model))
         children[0].inc()
         children[1].observe(seconds)
 

@@ -59,3 +59,36 @@ def test_boolean_settings_parse_words_and_refuse_others():
     for argv, env in ((["--inline-when-idle", "maybe"], {}), ([], {"GANSERVE_INLINE_WHEN_IDLE": "2"})):
         with pytest.raises(SystemExit):
             from_args(argv, env=env)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--providers", "cuda"], "error: --providers cuda: providers=cuda but onnxruntime offers only"),
+    (["--store", "/nonexistent/store"], "error: --store /nonexistent/store: no such folder"),
+    (["--tls-cert", "/nope/cert.pem", "--tls-key", "/nope/key.pem"], "error: --tls-cert /nope/cert.pem: no such file"),
+    (["--auth-token-file", "/nope/token"], "error: --auth-token-file /nope/token: no such file"),
+    (["--address", "BUSY"], "error: --address: [Errno 98] cannot serve on 127.0.0.1:"),
+])
+def test_start_up_configuration_errors_are_one_line_and_exit_2(flags, message, tmp_path):
+    """No traceback: the setting, what is wrong, the fix; exit status 2 (as argparse's own refusals)."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if "cuda" in flags:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("this machine has CUDA: --providers cuda is valid here")
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        flags = [address if f == "BUSY" else f for f in flags]
+        done = subprocess.run([sys.executable, "-m", "server", "--address", "127.0.0.1:0", "--metrics-port", "-1",
+                               "--store", str(root / "model_store"), *flags], cwd=root, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
