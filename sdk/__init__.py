@@ -15,12 +15,13 @@ from sdk._errors import (AuthenticationError, CancelledError, DeadlineExceededEr
                          GanserveError, InternalError, InvalidArgumentError, NotFoundError, ResourceExhaustedError,
                          UnavailableError)
 from sdk._images import grid, save_grid, to_pil
-from sdk._types import (Chunk, Divergence, Evaluation, Interpolation, Inversion, ModelInfo, SampleResult)
+from sdk._types import (Chunk, Divergence, Evaluation, Interpolation, Inversion, ModelInfo, SampleResult,
+                        VersionStatus)
 
 __all__ = [
     "Client", "AsyncClient",
     "GanserveError", "InvalidArgumentError", "NotFoundError", "FailedPreconditionError", "ResourceExhaustedError",
     "UnavailableError", "DeadlineExceededError", "AuthenticationError", "CancelledError", "InternalError",
     "to_pil", "save_grid", "grid",
-    "ModelInfo", "SampleResult", "Chunk", "Interpolation", "Inversion", "Divergence", "Evaluation",
+    "ModelInfo", "VersionStatus", "SampleResult", "Chunk", "Interpolation", "Inversion", "Divergence", "Evaluation",
 ]

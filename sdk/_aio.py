@@ -122,9 +122,10 @@ class AsyncClient(_Base):
         req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels)
         return T.evaluation(await self._call("EvaluateDivergence", req, timeout))
 
-    async def list_models(self, all_versions: bool = False, *, timeout: float | None = None) -> list[T.ModelInfo]:
+    async def list_models(self, all_versions: bool = False, *, index: bool = False,
+                          timeout: float | None = None) -> list[T.ModelInfo]:
         """See Client.list_models."""
-        reply = await self._call("ListModels", pb.ListModelsRequest(all_versions=all_versions), timeout)
+        reply = await self._call("ListModels", pb.ListModelsRequest(all_versions=all_versions, index=index), timeout)
         return [T.model_info(m) for m in reply.models]
 
     async def get_model(self, model: str, *, timeout: float | None = None) -> T.ModelInfo:

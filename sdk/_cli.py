@@ -171,17 +171,19 @@ def cmd_evaluate(c: Client, a) -> str:
 
 
 def cmd_models(c: Client, a) -> str:
-    models = c.list_models(all_versions=a.all)
+    models = c.list_models(all_versions=a.all, index=a.index)
     if a.json:
         return json.dumps([dataclasses.asdict(m) for m in models], indent=2)
     rows = []
     for m in models:
         caps = [k for k in ("conditional", "soft_labels", "invertible", "optimizable", "has_critic") if getattr(m, k)]
         rows.append([m.name, str(m.version), m.kind, m.data_kind, "x".join(map(str, m.output_shape)), str(m.latent_dim),
-                     str(m.num_classes), ",".join(caps) or "-", ",".join(map(str, m.available_versions))])
+                     str(m.num_classes), ",".join(caps) or "-", ",".join(map(str, m.available_versions)),
+                     m.state + ("*" if m.is_default else "") + (f" ({m.state_reason})" if m.state_reason else "")])
     if not rows:
         return "no models served"
-    return _table(rows, ["name", "version", "kind", "data", "shape", "latent", "classes", "capabilities", "versions"])
+    return _table(rows, ["name", "version", "kind", "data", "shape", "latent", "classes", "capabilities", "versions",
+                         "state"])
 
 
 def add_connection_args(p: argparse.ArgumentParser, timeout: float | None = None) -> None:
@@ -256,7 +258,9 @@ def parser() -> argparse.ArgumentParser:
                    "density's contours (ring8, grid25), else the metrics with their intervals")
 
     s = sub.add_parser("models", help="list served models")
-    s.add_argument("--all", action="store_true", help="every version, not only the newest")
+    s.add_argument("--all", action="store_true", help="every callable version, not only the default one")
+    s.add_argument("--index", action="store_true", help="every version in the store with its state and reason "
+                   "(UNAVAILABLE, CANDIDATE, RETIRED too); * marks the version the bare name means")
     s.add_argument("--json", action="store_true", help="every field of every model, as JSON")
     return p
 

@@ -153,9 +153,11 @@ class Client(_Base):
         req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels)
         return T.evaluation(self._call("EvaluateDivergence", req, timeout))
 
-    def list_models(self, all_versions: bool = False, *, timeout: float | None = None) -> list[T.ModelInfo]:
-        """The served models (each model's default version; every callable version with all_versions=True)."""
-        reply = self._call("ListModels", pb.ListModelsRequest(all_versions=all_versions), timeout)
+    def list_models(self, all_versions: bool = False, *, index: bool = False,
+                    timeout: float | None = None) -> list[T.ModelInfo]:
+        """The served models (each model's default version; every callable version with all_versions=True; every
+        version in the store whatever its state, with `.state` and `.state_reason`, with index=True)."""
+        reply = self._call("ListModels", pb.ListModelsRequest(all_versions=all_versions, index=index), timeout)
         return [T.model_info(m) for m in reply.models]
 
     def get_model(self, model: str, *, timeout: float | None = None) -> T.ModelInfo:

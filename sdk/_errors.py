@@ -11,7 +11,8 @@
     ├── CancelledError           CANCELLED
     └── InternalError            INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS, ABORTED
 
-`err.field_violations` holds the server's google.rpc.BadRequest details as (field, description) pairs.
+`err.field_violations` holds the server's google.rpc.BadRequest details as (field, description) pairs; `err.reason`
+is the server's reason without the field name (e.g. why a model version is UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class GanserveError(Exception):
         self.code = code
         self.details = details
         self.field_violations = field_violations or []
+
+    @property
+    def reason(self) -> str:
+        """The server's reason without the field name: "tiny-gan@2 is UNAVAILABLE: ... non-finite value(s) ..."."""
+        return self.field_violations[0][1] if self.field_violations else self.details
 
     @property
     def field(self) -> str | None:

@@ -26,6 +26,15 @@ _INTERP = {"slerp": pb.SLERP, "linear": pb.LINEAR}
 
 
 @dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str                           # READY | UNAVAILABLE | CANDIDATE | RETIRED
+    reason: str                          # why it is not READY ("" when it is)
+    resident: bool
+    is_default: bool
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: int
@@ -46,6 +55,11 @@ class ModelInfo:
     available_versions: list[int]
     created: str
     max_batch_size: int
+    state: str = "READY"                 # READY | UNAVAILABLE | CANDIDATE | RETIRED (the repository index)
+    state_reason: str = ""               # why it is not READY: load failure, quality gate, version policy
+    is_default: bool = False             # "name" alone resolves to this version
+    resident: bool = False               # its sessions are in memory (versions load on first use)
+    versions: list[VersionStatus] = field(default_factory=list)  # every version of the model in the store
 
     @property
     def ref(self) -> str:
@@ -287,7 +301,13 @@ def model_info(m: pb.ModelInfo) -> ModelInfo:
         value_range=(m.value_min, m.value_max) if m.value_min != m.value_max else None,
         conditional=caps.conditional, soft_labels=caps.soft_labels, invertible=caps.invertible,
         optimizable=caps.optimizable, has_critic=caps.has_critic, metrics=dict(m.metrics),
-        available_versions=list(m.available_versions), created=m.created, max_batch_size=m.max_batch_size)
+        available_versions=list(m.available_versions), created=m.created, max_batch_size=m.max_batch_size,
+        state=_state(m.state), state_reason=m.state_reason, is_default=m.is_default, resident=m.resident,
+        versions=[VersionStatus(v.version, _state(v.state), v.reason, v.resident, v.is_default) for v in m.versions])
+
+
+def _state(value: int) -> str:
+    return pb.VersionState.Name(value).removeprefix("VERSION_STATE_") if value else "READY"
 
 
 def _images(samples: pb.Tensor, png) -> np.ndarray | list[bytes]:

@@ -25,7 +25,7 @@ def test_models_table(server):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["name", "version", "kind", "data", "shape", "latent", "classes", "capabilities",
-                                "versions"]
+                                "versions", "state"]
     row = next(line for line in lines if line.startswith("tiny-cgan"))
     assert row.split()[:7] == ["tiny-cgan", "1", "cgan", "image", "1x8x8", "8", "4"]
     assert "conditional,soft_labels,invertible,optimizable" in row

@@ -200,3 +200,36 @@ def test_a_store_of_1000_generators_starts_in_seconds_and_stays_within_budget(tm
     finally:
         channel.close()
         running.app.stop(0)
+
+
+def test_sdk_and_cli_show_states_and_the_servers_reason(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from sdk import Client, NotFoundError
+
+    store = tmp_path / "store"
+    _republish(store, tmp_path, metrics=GOOD)
+    _republish(store, tmp_path, metrics=WORSE, seed=1)
+    _republish(store, tmp_path, metrics=GOOD, seed=2, onnx="fixed-batch-inside")
+    running = start_server(store, reload_interval_s=0, metrics_port=-1)
+    try:
+        with Client(running.target) as c:
+            with pytest.raises(NotFoundError) as err:
+                c.sample(1, model="tiny-gan@3")
+            assert err.value.field == "model" and err.value.reason.startswith("tiny-gan@3 is UNAVAILABLE: graphs.generator")
+            index = {m.version: m for m in c.list_models(index=True) if m.name == "tiny-gan"}
+            assert [(v, index[v].state, index[v].is_default) for v in (1, 2, 3)] == [
+                (1, "READY", True), (2, "CANDIDATE", False), (3, "UNAVAILABLE", False)]
+            assert index[2].state_reason.startswith("quality gate: frechet 30")
+            assert [(v.version, v.state) for v in c.get_model("tiny-gan").versions] == [
+                (1, "READY"), (2, "CANDIDATE"), (3, "UNAVAILABLE")]
+        env = dict(os.environ, GANSERVE_TARGET=running.target, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        out = subprocess.run([sys.executable, "-m", "sdk", "models", "--index"], env=env, capture_output=True, text=True,
+                             timeout=120).stdout
+        rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("tiny-gan")}
+        assert "READY*" in rows["1"] and "CANDIDATE (quality gate: frechet 30" in rows["2"]
+        assert "UNAVAILABLE (graphs.generator fails on a probe batch of 2" in rows["3"]
+    finally:
+        running.app.stop(0)
