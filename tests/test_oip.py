@@ -8,7 +8,9 @@ to v1. tritonclient itself is in tests/test_oip_tritonclient.py; bad input in te
 from __future__ import annotations
 
 import json
+import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -295,3 +297,53 @@ def test_bench_load_targets_v1_and_v2_ask_for_the_same_work(served):
     finally:
         v1.close()
         v2_target.close()
+
+
+def test_rest_over_tls_with_client_certificates(model_store, tmp_path):
+    """The REST port takes the gRPC port's TLS settings: HTTPS, and a client certificate when a CA is set."""
+    import ssl
+
+    from tests.test_server_reliability import _certificates
+
+    c = _certificates(tmp_path)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, address="localhost:0", http_port=0,
+                           http_address="localhost", tls_cert=str(c["server_cert"]), tls_key=str(c["server_key"]),
+                           tls_client_ca=str(c["ca_cert"]))
+    url = f"https://localhost:{running.app.http.port}/v2/models/tiny-gan"
+    try:
+        context = ssl.create_default_context(cafile=str(c["ca_cert"]))
+        context.load_cert_chain(str(c["client_cert"]), str(c["client_key"]))
+        with urllib.request.urlopen(url, context=context, timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["name"] == "tiny-gan"
+        no_cert = ssl.create_default_context(cafile=str(c["ca_cert"]))
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            urllib.request.urlopen(url, context=no_cert, timeout=10).read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10).read()
+    finally:
+        running.app.stop(0)
+
+
+def test_workers_share_the_rest_port(model_store):
+    """`--workers 2 --http-port P`: the supervisor claims P, both workers serve it (SO_REUSEPORT), SIGTERM stops all."""
+    from tests.conftest import free_port
+    from tests.test_server_workers import _serving, _start
+
+    port, http_port = free_port(), free_port()
+    proc = _start(model_store, port, "--workers", "2", "--http-port", str(http_port))
+    try:
+        _serving(f"127.0.0.1:{port}")
+        body = {"inputs": json_inputs({"seed": ("INT64", [3]), "n": ("INT64", [2])})}
+        replies, deadline = [], time.monotonic() + 60
+        while len(replies) < 8:  # a new connection each time: the kernel spreads them over the workers
+            status, _, data = http(http_port, "/v2/models/tiny-gan/infer", body)
+            assert status in (200, 503) and time.monotonic() < deadline, data  # 503: a worker still loading
+            if status == 200:
+                replies.append(data)
+        assert len(set(replies)) == 1  # every worker gives the same bytes for the seed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
