@@ -85,6 +85,9 @@ def _ref(name: str, version: str) -> str:
     """The registry reference a v2 (name, version) pair means; INVALID_ARGUMENT for a malformed one."""
     if not name:
         raise InvalidArgument("name a model", "model_name")
+    if "@" in name:  # v1's name@version; v2 has its own field for the version
+        raise InvalidArgument(f"a v2 model name has no @version (give the version as model_version), got "
+                              f"{name[:80]!r}", "model_name")
     if not version:
         return name
     if not (version.isascii() and version.isdigit() and len(version) <= 9 and int(version) >= 1):

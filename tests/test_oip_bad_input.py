@@ -52,6 +52,7 @@ CASES = [
     Case("unknown model", NF, 404, "model_name", model="nope"),
     Case("unknown version", NF, 404, "model_name", version="7"),
     Case("malformed version", IA, 400, "model_version", version="x1"),
+    Case("v1's name@version as the model name", IA, 400, "model_name", model="tiny-cgan@1"),
     Case("the evaluator (a classifier, not a v2 model)", NF, 404, "model_name", model="tiny-eval"),
     Case("missing seed", IA, 400, "seed", inputs=[_labels([1])]),
     Case("seed of the wrong datatype (FP32)", IA, 400, "seed.datatype", inputs=[("seed", "FP32", [1], [1.0])]),
