@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ganserve import metrics
+from ganserve import data, metrics
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine, validate
 from server.config import Config
@@ -66,8 +66,6 @@ def _side(src: pb.DataSource, name: str, n: int, seed: int, registry: Registry, 
     if which is None:
         raise InvalidArgument("give samples, a reference or a model", name)
     if which == "reference":
-        from ganserve import data
-
         ref = src.reference
         require(ref in MIXTURE_REFERENCES + IMAGE_REFERENCES, f"{name}.reference",
                 f"unknown reference {ref[:40]!r}; known: {', '.join(IMAGE_REFERENCES + MIXTURE_REFERENCES)}")

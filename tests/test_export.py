@@ -9,7 +9,7 @@ ort = pytest.importorskip("onnxruntime")
 from training.dcgan import Discriminator, Generator  # noqa: E402
 from training.evaluator import EvaluatorConfig, MnistClassifier  # noqa: E402
 from training.export import export_onnx, graph_spec, ort_samples_per_s  # noqa: E402
-from training.gan import _Critic  # noqa: E402
+from training.gan_export import _Critic  # noqa: E402
 
 
 def _soft(n, gen):

@@ -203,7 +203,7 @@ def _linear_version(tmp_path, scales):
 
 
 def test_jacobian_spectrum_known_linear_map(tmp_path):
-    from training.inversion import jacobian_spectrum
+    from training.inversion_cost import jacobian_spectrum
 
     # Singular values of W are the column norms; in [0, 1] pixel units they halve.
     s = jacobian_spectrum(_linear_version(tmp_path, [4.0, 2.0, 1.0, 0.3]), n=2)
@@ -213,7 +213,7 @@ def test_jacobian_spectrum_known_linear_map(tmp_path):
 
 
 def test_grad_cost_agrees_with_finite_differences(tmp_path):
-    from training.inversion import grad_cost
+    from training.inversion_cost import grad_cost
 
     r = grad_cost(_linear_version(tmp_path, [4.0, 2.0, 1.0, 0.3]), batch=8, threads=1, repeats=1)
     assert 0.999 <= r["cosine_grad_graph_vs_fd"] <= 1.0 + 1e-9

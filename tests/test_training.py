@@ -106,7 +106,7 @@ def test_coded_generator_draws_clusters_at_their_prior():
 
 def test_cluster_data_is_unsupervised_and_deterministic():
     from ganserve.data import load_digits
-    from training.gan import cluster_data
+    from training.gan_data import cluster_data
 
     d = load_digits("train")
     a1, p1, info = cluster_data(d.images, 10, seed=0, labels=d.labels)

@@ -12,6 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from matplotlib.figure import (
+    Figure,  # the object API: files only, no pyplot state, no backend switched
+)
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 def seed_all(seed: int) -> torch.Generator:
@@ -55,8 +61,6 @@ def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizers: dict[
 
     Written to a temporary name, fsynced, then renamed over `path`: a kill leaves the previous checkpoint.
     """
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     opt_rest = {}
     for name, m in modules.items():
@@ -87,8 +91,6 @@ def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizers: dict[
 def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                     rng: torch.Generator | None = None) -> dict[str, Any]:
     """Restore what `save_checkpoint` wrote (strictly: every module key must match); return `meta`."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = f.metadata()
@@ -107,8 +109,6 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizers: dict[
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["meta"])
 
@@ -146,7 +146,9 @@ class Curves:
         self.out = Path(out)
         self.history: dict[str, list[tuple[int, float]]] = history or {}
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # optional: tensorboard may be absent
+            )
 
             self.tb = SummaryWriter(str(self.out / "tb"))
         except Exception:  # tensorboard missing: the PNG curves still work
@@ -169,16 +171,12 @@ class Curves:
 
     def plot(self, path: Path, groups: list[tuple[str, list[str]]], smooth: int = 1) -> None:
         """One panel per (title, [keys]); `smooth` = moving-average window for noisy per-step values."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         groups = [(t, [k for k in ks if k in self.history]) for t, ks in groups]
         groups = [(t, ks) for t, ks in groups if ks]
         if not groups:
             return
-        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(groups), 3.2))
+        axes = fig.subplots(1, len(groups), squeeze=False)
         for ax, (title, keys) in zip(axes[0], groups):
             for k in keys:
                 steps, vals = map(np.asarray, zip(*self.history[k]))
@@ -194,14 +192,11 @@ class Curves:
         fig.tight_layout()
         tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
         fig.savefig(tmp, dpi=90)
-        plt.close(fig)
         os.replace(tmp, path)
 
 
 def image_grid(images: np.ndarray, nrow: int, path: Path, value_range=(-1.0, 1.0), upscale: int = 2) -> None:
     """Save (N, 1, H, W) images as one grayscale PNG grid, `nrow` per row."""
-    from PIL import Image
-
     lo, hi = value_range
     x = np.clip((np.asarray(images, np.float32) - lo) / (hi - lo), 0, 1)[:, 0]  # (N, H, W)
     n, h, w = x.shape
@@ -218,12 +213,8 @@ def image_grid(images: np.ndarray, nrow: int, path: Path, value_range=(-1.0, 1.0
 
 def scatter_png(points: np.ndarray, means: np.ndarray, path: Path, title: str = "", lim: float | None = None) -> None:
     """Generated 2-D points (blue) over the mixture means (red crosses)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, c="tab:blue")
     ax.scatter(means[:, 0], means[:, 1], s=30, marker="x", c="tab:red")
     if lim is None:
@@ -234,4 +225,3 @@ def scatter_png(points: np.ndarray, means: np.ndarray, path: Path, title: str = 
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

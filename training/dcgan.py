@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from training.coded import CodedGenerator
+
 
 class Generator(nn.Module):
     """z (B, latent_dim) [, y (B, num_classes)] -> x (B, 1, S, S) in [-1, 1], S = image_size (28 or 8)."""
@@ -75,6 +77,4 @@ class Discriminator(nn.Module):
 
 def coded_generator(latent_dim: int, probs, width: int = 64, image_size: int = 28):
     """A self-conditioned DCGAN generator: z (B, latent_dim) -> x, the cluster drawn from z_0 (training.coded)."""
-    from training.coded import CodedGenerator
-
     return CodedGenerator(latent_dim, probs, Generator(latent_dim - 1, len(probs), width, image_size))

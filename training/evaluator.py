@@ -19,6 +19,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from ganserve.data import load_mnist
+from training.common import (
+    Curves,
+    checkpoint_meta,
+    load_checkpoint,
+    save_checkpoint,
+    seed_all,
+)
+from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
 
 
 @dataclass(frozen=True)
@@ -101,11 +112,6 @@ def train(cfg: EvaluatorConfig, out: Path, resume: bool = False, log=print, data
 
     `data` = (train Split, test Split) overrides MNIST (tests pass small arrays).
     """
-    from tqdm import tqdm
-
-    from training.common import Curves, checkpoint_meta, load_checkpoint, save_checkpoint, seed_all
-    from ganserve.data import load_mnist
-
     torch.set_num_threads(cfg.threads)
     gen = seed_all(cfg.seed)
     if data is None:
@@ -168,8 +174,6 @@ def train(cfg: EvaluatorConfig, out: Path, resume: bool = False, log=print, data
 
 def export(result: dict, out: Path) -> dict:
     """classifier.onnx into `out`; returns {"graphs", "files", "export"} for the manifest."""
-    from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
-
     model = result["model"]
     path = Path(out) / "classifier.onnx"
     parity = export_onnx(model, {"x": torch.rand(2, 1, 28, 28)}, ["logits", "features"], path,

@@ -13,18 +13,37 @@ The shipped generator is the EMA one; its BatchNorm statistics are re-estimated 
 before evaluation and export (the training G's running statistics belong to other weights).
 """
 
+
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from tqdm import tqdm
 
-from training import losses
+from ganserve.data import MIXTURES
+from training import evaluate, losses
+from training.coded import CodedGenerator
+from training.common import EMA, Curves, load_checkpoint, save_checkpoint, seed_all
+from training.dcgan import Discriminator, Generator, coded_generator
+from training.gan_data import RealData, random_labels
+
+# the family API that training.run calls: Config, train(), export(), manifest_fields()
+from training.gan_export import (
+    export,
+    manifest_fields,
+    quality,
+    recalibrate_batchnorm,
+    sample,
+    save_preview,
+)
+from training.toy import PointDiscriminator, PointGenerator
+
+__all__ = ["Config", "GANConfig", "build_networks", "export", "manifest_fields", "train", "train_one"]
 
 DATASETS = ("mnist", "digits", "ring8", "grid25")
 
@@ -121,23 +140,16 @@ Config = GANConfig  # what training.run builds from a config file
 def build_networks(cfg: GANConfig, cluster_probs=None) -> tuple[nn.Module, nn.Module]:
     """G and D for `cfg`; self-conditioned models need the clusters' prior (uniform when not given: a
     checkpoint load then restores the real one, which lives in G's buffers)."""
-    from training.coded import CodedGenerator
-
     probs = None
     if cfg.clusters:
         probs = np.full(cfg.clusters, 1 / cfg.clusters) if cluster_probs is None else cluster_probs
     if cfg.points:
-        from ganserve.data import MIXTURES
-        from training.toy import PointDiscriminator, PointGenerator
-
         scale = cfg.point_scale or float(np.abs(MIXTURES[cfg.data]().means).max())
         d = PointDiscriminator(cfg.d_width, cfg.layers, scale, cfg.clusters)
         if cfg.clusters:
             return (CodedGenerator(cfg.latent_dim, probs,
                                    PointGenerator(cfg.latent_dim - 1, cfg.g_width, cfg.layers, scale, cfg.clusters)), d)
         return PointGenerator(cfg.latent_dim, cfg.g_width, cfg.layers, scale), d
-    from training.dcgan import Discriminator, Generator, coded_generator
-
     if cfg.clusters:
         return (coded_generator(cfg.latent_dim, probs, cfg.g_width, cfg.image_size),
                 Discriminator(cfg.clusters, cfg.d_width, cfg.image_size))
@@ -145,164 +157,11 @@ def build_networks(cfg: GANConfig, cluster_probs=None) -> tuple[nn.Module, nn.Mo
             Discriminator(cfg.num_classes, cfg.d_width, cfg.image_size))
 
 
-class RealData:
-    """Real batches: MNIST/digits images scaled to [-1, 1] with labels, or fresh mixture samples.
-
-    Self-conditioned (cfg.clusters): the label is replaced by a k-means cluster. Images are clustered once; for
-    mixtures, k-means runs on a fixed sample of `cluster_sample` points and every fresh batch is assigned to its
-    nearest centroid (the k-means cells), the mode a point came from never being looked at.
-    """
-
-    cluster_sample = 20000
-
-    def __init__(self, cfg: GANConfig, gen: torch.Generator, data=None):
-        self.cfg, self.gen = cfg, gen
-        self.cluster_probs, self.cluster_info, self.centroids = None, {}, None
-        if cfg.points:
-            from ganserve.data import MIXTURES
-
-            self.mixture = MIXTURES[cfg.data]()
-            self.source, self.sha256 = f"ganserve.data.{cfg.data}()", "analytic"
-            if cfg.clusters:
-                x, modes = self.mixture.sample(self.cluster_sample, cfg.seed, return_modes=True)
-                assign, self.cluster_probs, self.cluster_info = cluster_data(x, cfg.clusters, cfg.seed, labels=modes)
-                self.centroids = torch.from_numpy(
-                    np.stack([x[assign == j].mean(0) for j in range(cfg.clusters)])).float()  # (K, 2)
-            return
-        if data is None:
-            from ganserve.data import load_digits, load_mnist
-
-            data = load_mnist("train", cfg.data_path or None) if cfg.data == "mnist" else load_digits("train")
-        images, labels = np.array(data.images), np.array(data.labels)
-        self.x = torch.from_numpy(images) * 2 - 1  # (N, 1, S, S) in [-1, 1)
-        self.y = torch.from_numpy(labels)
-        self.source, self.sha256 = data.source, data.sha256
-        if cfg.clusters:  # self-conditioning: D and G see the cluster, never the label
-            assign, self.cluster_probs, self.cluster_info = cluster_data(images, cfg.clusters, cfg.seed,
-                                                                         labels=labels)
-            self.y = torch.from_numpy(assign)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cfg.points:
-            means = torch.from_numpy(self.mixture.means).float()
-            modes = torch.randint(0, len(means), (n,), generator=self.gen)
-            x = means[modes] + self.mixture.std * torch.randn(n, 2, generator=self.gen)
-            if self.centroids is None:
-                return x, None
-            return x, F.one_hot(torch.cdist(x, self.centroids).argmin(1), self.cfg.clusters).float()
-        idx = torch.randint(0, len(self.y), (n,), generator=self.gen)
-        k = self.cfg.d_classes
-        y = F.one_hot(self.y[idx], k).float() if k else None  # (n, K): the class, or the cluster
-        return self.x[idx], y
-
-
-def cluster_data(data: np.ndarray, k: int, seed: int, labels: np.ndarray | None = None,
-                 dims: int = 50) -> tuple[np.ndarray, np.ndarray, dict]:
-    """k-means (k-means++ start) on the top `dims` principal components of the data (images: the pixels; points:
-    all of their coordinates, a rotation): (assign (N,), probs (k,), info).
-
-    Unsupervised: `labels` (the digit, the mixture's mode) are only used to report the clusters' purity (the
-    fraction of items whose label is their cluster's majority label), never to form them. Deterministic for a
-    given seed.
-    """
-    from scipy.cluster.vq import kmeans2
-
-    x = data.reshape(len(data), -1).astype(np.float64)
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x[:: max(1, len(x) // 10000)], full_matrices=False)  # PCA on <= ~10k rows
-    p = x @ vt[: min(dims, vt.shape[0])].T
-    _, assign = kmeans2(p, k, iter=30, minit="++", seed=np.random.default_rng(seed))
-    counts = np.bincount(assign, minlength=k)
-    if (counts == 0).any():
-        raise ValueError(f"k-means left {int((counts == 0).sum())} of {k} clusters empty; use fewer clusters")
-    info = {"clusters": k, "pca_dims": int(p.shape[1]), "min_size": int(counts.min()), "max_size": int(counts.max())}
-    if labels is not None:
-        info["purity"] = round(float(sum(np.bincount(labels[assign == j]).max() for j in range(k)) / len(labels)), 4)
-        info["labels_per_cluster_max"] = int(max(len(np.unique(labels[assign == j])) for j in range(k)))
-    return assign.astype(np.int64), counts / counts.sum(), info
-
-
-def random_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, k) one-hot vectors of uniform random classes."""
-    return F.one_hot(torch.randint(0, k, (n,), generator=gen), k).float()
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(g: nn.Module, cfg: GANConfig, n_batches: int = 40, batch: int = 256, seed: int = 0) -> None:
-    """Re-estimate BatchNorm running statistics for the current weights (cumulative average over batches)."""
-    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    gen = torch.Generator().manual_seed(seed)
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    g.train()
-    for _ in range(n_batches):
-        z = torch.randn(batch, cfg.latent_dim, generator=gen)
-        g(z, random_labels(batch, cfg.num_classes, gen)) if cfg.num_classes else g(z)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    g.eval()
-
-
-@torch.no_grad()
-def sample(g: nn.Module, cfg: GANConfig, n: int, seed: int, labels: np.ndarray | None = None,
-           batch: int = 1000) -> np.ndarray:
-    """n samples of generator `g` in eval mode: images (n, 1, S, S) in [-1, 1] or points (n, 2)."""
-    from protos.latents import latents
-
-    g.eval()
-    z = torch.from_numpy(latents(seed, n, cfg.latent_dim))
-    out = []
-    for i in range(0, n, batch):
-        if cfg.num_classes:
-            y = F.one_hot(torch.from_numpy(np.asarray(labels[i:i + batch], np.int64)), cfg.num_classes).float()
-            out.append(g(z[i:i + batch], y).numpy())
-        else:
-            out.append(g(z[i:i + batch]).numpy())
-    return np.concatenate(out)
-
-
-# --- per-epoch evaluation -----------------------------------------------------------------------------
-
-def quality(g: nn.Module, cfg: GANConfig, evaluator, n: int, seed: int = 0) -> dict[str, float]:
-    """The quality metrics of generator `g` (see training.evaluate); {} when no evaluator is available."""
-    from training import evaluate
-
-    if cfg.points:
-        from ganserve.data import MIXTURES
-
-        return evaluate.point_metrics(sample(g, cfg, n, seed), MIXTURES[cfg.data]())
-    if evaluator is None or cfg.data != "mnist":
-        return {}
-    labels = np.arange(n) % 10 if cfg.num_classes else None
-    x01 = (sample(g, cfg, n, seed, labels) + 1) / 2
-    return evaluate.image_metrics(evaluator, x01, labels, evaluate.real_reference(evaluator, n))
-
-
-def save_preview(g: nn.Module, cfg: GANConfig, path: Path, title: str = "") -> None:
-    from training.common import image_grid, scatter_png
-
-    if cfg.points:
-        from ganserve.data import MIXTURES
-
-        mix = MIXTURES[cfg.data]()
-        scatter_png(sample(g, cfg, 2500, seed=12345), mix.means, path, title)
-    else:
-        labels = np.repeat(np.arange(10), 10) if cfg.num_classes else None  # a row per class
-        image_grid(sample(g, cfg, 100, seed=12345, labels=labels), 10, path)
-
 
 # --- training ------------------------------------------------------------------------------------------
 
 def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None) -> dict:
     """Train one seed; returns {"g_ema", "d", "steps", "wall_time_s", "history", "metrics", "data"}."""
-    from tqdm import tqdm
-
-    from training.common import EMA, Curves, load_checkpoint, save_checkpoint, seed_all
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -324,8 +183,6 @@ def train_one(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=N
     wasserstein = cfg.loss.startswith("wgan")
     evaluator = None
     if cfg.data == "mnist":
-        from training import evaluate
-
         evaluator = evaluate.find_evaluator(cfg.evaluator_store, required=False)
         if evaluator is None:
             log(f"no mnist-evaluator in {cfg.evaluator_store}: per-epoch evaluator metrics are skipped")
@@ -452,15 +309,9 @@ def plot_curves(curves, cfg: GANConfig, path: Path) -> None:
 
 def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None) -> dict:
     """Train `cfg` (and, for mixtures with seeds > 1, the extra seeds), measure the final quality."""
-    from dataclasses import replace
-
     res = train_one(cfg, out, resume, log, data)
     wall_all = res["wall_time_s"]
     if cfg.points:
-        from ganserve.data import MIXTURES
-
-        from training import evaluate
-
         mix = MIXTURES[cfg.data]()
         per_seed = [evaluate.point_metrics(sample(res["g_ema"], cfg, 2500, seed=0), mix)]
         for s in range(cfg.seed + 1, cfg.seed + cfg.seeds):
@@ -480,98 +331,3 @@ def train(cfg: GANConfig, out: Path, resume: bool = False, log=print, data=None)
     return res
 
 
-# --- export and manifest --------------------------------------------------------------------------------
-
-class _Critic(nn.Module):
-    """D with ONNX-friendly names: x (B, ...) [, y (B, K)] -> score (B, 1).
-
-    A self-conditioned D (cluster-projection) is exported unconditional, at the clusters' prior vector pi:
-    D(x, pi) = sum_k pi_k D(x, e_k) since D is linear in y. A convex combination of the per-cluster critics is
-    as Lipschitz as the worst of them, so critic-based Wasserstein bounds stay valid (and a discriminator's JS
-    estimate stays a lower bound).
-    """
-
-    def __init__(self, d: nn.Module, conditional: bool, prior: torch.Tensor | None = None):
-        super().__init__()
-        self.d, self.conditional = d, conditional
-        self.register_buffer("prior", prior.reshape(1, -1).clone() if prior is not None else None)
-
-    def forward(self, x, y=None):
-        if self.prior is not None:
-            return self.d(x, self.prior.expand(x.shape[0], -1))
-        return self.d(x, y) if self.conditional else self.d(x)
-
-
-def export(result: dict, out: Path) -> dict:
-    """generator.onnx + critic.onnx (+ samples.png, curves.png) in `out`; parity, speed and final metrics."""
-    from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
-
-    from training import evaluate
-
-    cfg: GANConfig = result["config"]
-    out = Path(out)
-    g, d = result["g_ema"].eval(), result["d"].eval()
-    k = cfg.num_classes
-    x_shape = (2,) if cfg.points else (1, cfg.image_size, cfg.image_size)
-
-    def probe_g(n, gen):
-        p = {"z": torch.randn(n, cfg.latent_dim, generator=gen)}
-        if k:
-            p["y"] = torch.softmax(3 * torch.randn(n, k, generator=gen), 1)  # soft labels too
-        return p
-
-    def probe_d(n, gen):
-        x = torch.randn(n, *x_shape, generator=gen)
-        p = {"x": x if cfg.points else x.clamp(-1, 1)}
-        if k:
-            p["y"] = torch.softmax(3 * torch.randn(n, k, generator=gen), 1)
-        return p
-
-    parity = {"generator": export_onnx(g, probe_g(2, torch.Generator().manual_seed(0)), ["x"],
-                                       out / "generator.onnx", probe=probe_g),
-              "critic": export_onnx(_Critic(d, bool(k), g.probs if cfg.clusters else None), probe_d(2, torch.Generator().manual_seed(0)), ["score"],
-                                    out / "critic.onnx", probe=probe_d)}
-
-    def feeds(n):
-        return {name: t.numpy() for name, t in probe_g(n, torch.Generator().manual_seed(1)).items()}
-
-    speed = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b), 1) for b in (1, 256)}
-    speed_1t = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b, threads=1), 1)
-                for b in (1, 256)}
-    save_preview(g, cfg, out / "samples.png", cfg.name)
-    metrics = dict(result.get("metrics", {}))
-    if not cfg.points and cfg.data == "mnist":
-        ev = evaluate.find_evaluator(cfg.evaluator_store, required=False)
-        if ev is not None:
-            metrics.update(evaluate.evaluate_generator_onnx(out / "generator.onnx", cfg.latent_dim, k, ev,
-                                                            n=10000, seed=0))
-    graphs = {"generator": graph_spec(out / "generator.onnx"), "critic": graph_spec(out / "critic.onnx")}
-    graphs["critic"]["estimates"] = "wasserstein" if cfg.loss.startswith("wgan") else "js"
-    files = {"generator.onnx": out / "generator.onnx", "critic.onnx": out / "critic.onnx",
-             "samples.png": out / "samples.png", "curves.png": out / "curves.png"}
-    fields = {"latent_code": g.latent_code()} if cfg.clusters else {}
-    return {"graphs": graphs, "files": files, "metrics": metrics, "fields": fields,
-            "export": {"parity_max_abs_diff": parity, "inprocess_samples_per_s": speed["batch_256"],
-                       "samples_per_s": speed, "samples_per_s_1_thread": speed_1t, "ort_threads": 2,
-                       "generator_params": param_count(g), "critic_params": param_count(d), "opset": 17}}
-
-
-def manifest_fields(cfg: GANConfig) -> dict:
-    kind = "cgan" if cfg.conditional else ("wgan-gp" if cfg.loss == "wgan-gp" else "gan")
-    what = {"ns": "non-saturating GAN", "minimax": "minimax GAN", "hinge": "hinge-loss GAN",
-            "wgan-gp": "WGAN-GP", "wgan-clip": "WGAN (weight clipping)"}[cfg.loss]
-    if cfg.r1:
-        what += f" + R1 penalty (gamma {cfg.r1:g})"
-    if cfg.clusters:
-        what += (f", self-conditioned on {cfg.clusters} k-means clusters (unsupervised; the cluster is drawn from "
-                 f"z_0)")
-    if cfg.points:
-        return {"kind": kind, "data_kind": "points", "latent_dim": cfg.latent_dim, "num_classes": 0,
-                "class_names": [], "output": {"shape": [2], "value_range": None}, "max_batch_size": 65536,
-                "description": f"{what} on the {cfg.data} 2-D Gaussian mixture (MLP, EMA generator)"}
-    return {"kind": kind, "data_kind": "image", "latent_dim": cfg.latent_dim, "num_classes": cfg.num_classes,
-            "class_names": [str(i) for i in range(cfg.num_classes)],
-            "output": {"shape": [1, cfg.image_size, cfg.image_size], "value_range": [-1.0, 1.0]},
-            "max_batch_size": 4096,
-            "description": f"{'conditional ' if cfg.conditional else ''}{what} on {cfg.data} "
-                           f"(DCGAN-style{', projection discriminator' if cfg.conditional else ''}, EMA generator)"}

@@ -47,7 +47,6 @@ Run: python -m training.run latent-constraint-mnist [--key=value ...]   (trainin
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +54,36 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ganserve.data import load_mnist
+from training.common import Curves, load_checkpoint, save_checkpoint, seed_all
+
+# the family API that training.run calls: Config, train(), export(), manifest_fields()
+from training.latent_export import (
+    export,
+    latent_report,
+    latents_for_preview,
+    manifest_fields,
+)
+from training.latent_nets import (
+    NUM_CLASSES,
+    Actor,
+    ConstrainedGenerator,
+    Critic,
+    EncoderMean,
+    Recovery,
+    bce_fake,
+    bce_real,
+    distance_penalty,
+    gated_update,
+    gradient_penalty,
+    one_hot,
+)
 from training.vae import VAE, VAEConfig, vae_loss
 
-NUM_CLASSES = 10
+__all__ = ["Actor", "Config", "ConstrainedGenerator", "Critic", "EncoderMean", "LatentConstraintConfig", "Recovery",
+           "distance_penalty", "encode_all", "export", "gated_update", "latent_report", "latents_for_preview",
+           "manifest_fields", "one_hot", "train", "train_vae"]
 
 
 @dataclass(frozen=True)
@@ -100,126 +124,6 @@ class LatentConstraintConfig:
 
     def vae_config(self) -> VAEConfig:
         return VAEConfig(latent_dim=self.latent_dim, hidden=self.vae_hidden, sigma_x=self.sigma_x, beta=self.beta)
-
-
-# --- networks ----------------------------------------------------------------------------------------
-
-def _mlp(n_in: int, hidden: int, n_layers: int = 3) -> nn.Sequential:
-    layers, n = [], n_in
-    for _ in range(n_layers):
-        layers += [nn.Linear(n, hidden), nn.LeakyReLU(0.2)]
-        n = hidden
-    return nn.Sequential(*layers)
-
-
-class Actor(nn.Module):
-    """G(z[, y]) -> z' = (1 - g) z + g dz. z (B, d), y (B, K) class probabilities (K = 0: unconditional)."""
-
-    def __init__(self, latent_dim: int, num_classes: int, hidden: int, gate_bias_init: float = -1.0):
-        super().__init__()
-        self.num_classes = num_classes
-        self.body = _mlp(latent_dim + num_classes, hidden)
-        self.dz = nn.Linear(hidden, latent_dim)    # separate heads (no Split op in the exported graph)
-        self.gate = nn.Linear(hidden, latent_dim)
-        nn.init.constant_(self.gate.bias, gate_bias_init)  # start closer to the identity
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(torch.cat([z, y], 1) if self.num_classes else z)  # (B, hidden)
-        return gated_update(z, self.dz(h), torch.sigmoid(self.gate(h)))
-
-
-def gated_update(z: torch.Tensor, dz: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The paper's gated residual: z' = (1 - g) z + g dz; g = 0 leaves z unchanged."""
-    return (1.0 - g) * z + g * dz
-
-
-class Critic(nn.Module):
-    """D(z[, y]) -> logit (B,)."""
-
-    def __init__(self, latent_dim: int, num_classes: int, hidden: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.body = _mlp(latent_dim + num_classes, hidden)
-        self.out = nn.Linear(hidden, 1)
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(self.body(torch.cat([z, y], 1) if self.num_classes else z)).squeeze(1)
-
-
-class Recovery(nn.Module):
-    """R(u, y) -> z: the actor's input from u = mu_q(decoder(z')), the encoder's reading of the image (L_rec)."""
-
-    def __init__(self, latent_dim: int, num_classes: int, hidden: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.body = _mlp(latent_dim + num_classes, hidden, n_layers=2)
-        self.out = nn.Linear(hidden, latent_dim)
-
-    def forward(self, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(self.body(torch.cat([u, y], 1) if self.num_classes else u))
-
-
-class ConstrainedGenerator(nn.Module):
-    """decoder o actor, the served generator: z (B, d), y (B, K) -> x (B, 1, 28, 28) in [-1, 1]."""
-
-    def __init__(self, decoder: nn.Module, actor: Actor | None):
-        super().__init__()
-        self.decoder, self.actor = decoder, actor
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.actor is not None:
-            z = self.actor(z, y) if self.actor.num_classes else self.actor(z)
-        return self.decoder(z) * 2.0 - 1.0
-
-
-class EncoderMean(nn.Module):
-    """The VAE encoder's mean as an inversion start: x (B, 1, 28, 28) in [-1, 1] -> z (B, d)."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder((x + 1.0) * 0.5)[0]
-
-
-# --- losses (pure functions of logits) -----------------------------------------------------------------
-
-def bce_real(logits: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-
-
-def bce_fake(logits: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
-
-
-def gradient_penalty(critic, real: tuple[torch.Tensor, ...], fake: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Gulrajani et al. 2017, eq. 3: E[(||grad_z D(u)||_2 - 1)^2] at u = a real + (1 - a) fake, a ~ U[0, 1].
-
-    `real` and `fake` are tuples of critic inputs ((z,) or (z, y)), all interpolated with the same a; the
-    gradient is taken with respect to the latent z only. The label is a condition, not a coordinate of the data:
-    penalising grad_y too bounds |D(z, y) - D(z, y')| by ||y - y'|| = sqrt(2), so the critic cannot tell a
-    mismatched label from the true one by more than ~1.4 nats of logit and the actor gets almost no class signal
-    (measured: 10.5% conditional accuracy with grad_y in the penalty, the same seed and budget).
-    """
-    a = torch.rand(real[0].shape[0], 1, device=real[0].device)
-    u = [(a * r + (1 - a) * f).detach() for r, f in zip(real, fake)]
-    u[0].requires_grad_(True)
-    out = critic(*u)
-    (grad,) = torch.autograd.grad(out.sum(), [u[0]], create_graph=True)
-    norm = torch.sqrt(grad.pow(2).sum(1) + 1e-12)
-    return (norm - 1.0).pow(2).mean()
-
-
-def distance_penalty(z_new: torch.Tensor, z: torch.Tensor, sigma_bar: torch.Tensor) -> torch.Tensor:
-    """Engel et al. 2017 L_dist: mean over the batch of sum_j log(1 + (z'_j - z_j)^2) / sigma_bar_j^2."""
-    return (torch.log1p((z_new - z).pow(2)) / sigma_bar.pow(2)).sum(1).mean()
-
-
-# --- training ------------------------------------------------------------------------------------------
-
-def one_hot(y: torch.Tensor, k: int = NUM_CLASSES) -> torch.Tensor:
-    return F.one_hot(y, k).float()
 
 
 def train_vae(vae: VAE, x01: torch.Tensor, cfg: LatentConstraintConfig, log=print) -> list[float]:
@@ -373,9 +277,6 @@ def _modules(cfg: LatentConstraintConfig) -> dict[str, nn.Module]:
 def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=print) -> dict:
     """1. VAE; 2. conditional actor-critic; 3. realism actor-critic. A checkpoint after each stage; --resume
     skips the finished stages (a killed stage restarts from its beginning)."""
-    from training.common import Curves, load_checkpoint, save_checkpoint, seed_all
-    from ganserve.data import load_mnist
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -441,107 +342,3 @@ def train(cfg: LatentConstraintConfig, out: Path, resume: bool = False, log=prin
             "metrics": {"elbo_test_nats": elbo_test, "elbo_train_nats": meta["history"]["vae"][-1],
                         "sigma_z_mean": float(sigma.mean())},
             "training_extra": {"stage_times_s": meta["times_s"]}}
-
-
-@torch.no_grad()
-def latent_report(result: dict, evaluator, n: int = 10000, seed: int = 0) -> dict:
-    """The numbers of issue 4, item 4, with the project's evaluator (10k samples, latents of `seed`):
-
-    - the holes: decoded prior samples vs reconstructions of test images (evaluator confidence, Frechet);
-    - the realism actor: prior samples before/after (Frechet distance, mean evaluator confidence);
-    - the mean latent shift ||z' - z|| of both actors on prior samples.
-    """
-    from protos.latents import latents
-    from training import evaluate
-    from ganserve import metrics as M
-
-    mods = result["modules"]
-    dec = mods["vae"].decoder
-    z = torch.from_numpy(latents(seed, n, result["config"].latent_dim))
-    y = one_hot(torch.arange(n) % NUM_CLASSES)
-    ref = evaluate.real_reference(evaluator, n)
-    x_test = result["x_test"][:n]
-    mu, _ = mods["vae"].encoder(x_test)
-
-    def stats(x01: torch.Tensor) -> dict:
-        logits, feats = evaluator(x01.numpy())
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        return {"confidence": float(p.max(1).mean()), "frechet": M.frechet_distance(ref["features"], feats)}
-
-    out = {}
-    for tag, x01 in (("prior", dec(z)), ("reconstruction", dec(mu)), ("realism", dec(mods["realism_actor"](z))),
-                     ("conditional", dec(mods["actor"](z, y)))):
-        st = stats(x01)
-        out[f"{tag}_confidence"], out[f"{tag}_frechet"] = st["confidence"], st["frechet"]
-    out["latent_shift_conditional"] = float((mods["actor"](z, y) - z).norm(dim=1).mean())
-    out["latent_shift_realism"] = float((mods["realism_actor"](z) - z).norm(dim=1).mean())
-    out["prior_latent_norm"] = float(z.norm(dim=1).mean())
-    return out
-
-
-def export(result: dict, out: Path) -> dict:
-    """generator.onnx = decoder o actor (z, y) -> x in [-1, 1]; samples.png (a row per class), holes.png,
-    curves.png; parity, speed, the evaluator metrics of 10k conditional samples, the latent report."""
-    from training import evaluate
-    from training.common import image_grid
-    from training.export import export_onnx, graph_spec, ort_samples_per_s, param_count
-
-    cfg: LatentConstraintConfig = result["config"]
-    mods = result["modules"]
-    out = Path(out)
-    gen = ConstrainedGenerator(mods["vae"].decoder, mods["actor"]).eval()
-
-    def probe(n, g):
-        return {"z": torch.randn(n, cfg.latent_dim, generator=g),
-                "y": torch.softmax(3 * torch.randn(n, NUM_CLASSES, generator=g), 1)}
-
-    parity = {"generator": export_onnx(gen, probe(2, torch.Generator().manual_seed(0)), ["x"],
-                                       out / "generator.onnx", probe=probe)}
-    # encoder.onnx: the VAE encoder's mean, x in [-1, 1] -> z (an inversion start; it takes no label, and the
-    # inversion runtime feeds a graph only the inputs it declares).
-    enc_probe = lambda n, g: {"x": torch.rand(n, 1, 28, 28, generator=g) * 2 - 1}  # noqa: E731
-    parity["encoder"] = export_onnx(EncoderMean(mods["vae"].encoder).eval(), enc_probe(2, torch.Generator().manual_seed(0)),
-                                    ["z"], out / "encoder.onnx", probe=enc_probe)
-
-    def feeds(n):
-        return {k: v.numpy() for k, v in probe(n, torch.Generator().manual_seed(1)).items()}
-
-    speed = {f"batch_{b}": round(ort_samples_per_s(out / "generator.onnx", feeds, b), 1) for b in (1, 256)}
-    with torch.no_grad():
-        z = torch.from_numpy(latents_for_preview(cfg.latent_dim))
-        y = one_hot(torch.arange(100) // 10)
-        image_grid(gen(z, y).numpy(), 10, out / "samples.png")
-        prior = ConstrainedGenerator(mods["vae"].decoder, None)(z[:20])
-        fixed = ConstrainedGenerator(mods["vae"].decoder, mods["realism_actor"])(z[:20])
-        image_grid(torch.cat([prior, fixed]).numpy(), 20, out / "holes.png")  # top: prior, bottom: realism actor
-    metrics = dict(result["metrics"])
-    ev = evaluate.find_evaluator(cfg.evaluator_store, required=False)
-    if ev is not None:
-        metrics.update(evaluate.evaluate_generator_onnx(out / "generator.onnx", cfg.latent_dim, NUM_CLASSES, ev,
-                                                        n=10000, seed=0))
-        metrics.update(latent_report(result, ev), evaluator=ev.id)
-    (out / "latent_report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    files = {"generator.onnx": out / "generator.onnx", "encoder.onnx": out / "encoder.onnx",
-             "samples.png": out / "samples.png", "curves.png": out / "curves.png", "holes.png": out / "holes.png"}
-    graphs = {"generator": graph_spec(out / "generator.onnx"), "encoder": graph_spec(out / "encoder.onnx")}
-    return {"graphs": graphs, "files": files, "metrics": metrics,
-            "export": {"parity_max_abs_diff": parity, "inprocess_samples_per_s": speed["batch_256"],
-                       "samples_per_s": speed, "ort_threads": 2, "opset": 17,
-                       "generator_params": param_count(gen)}}
-
-
-def latents_for_preview(dim: int, n: int = 100) -> np.ndarray:
-    from protos.latents import latents
-
-    return latents(12345, n, dim)
-
-
-def manifest_fields(cfg: LatentConstraintConfig) -> dict:
-    return {"kind": "latent-constraint", "data_kind": "image", "latent_dim": cfg.latent_dim,
-            "num_classes": NUM_CLASSES, "class_names": [str(i) for i in range(NUM_CLASSES)],
-            "output": {"shape": [1, 28, 28], "value_range": [-1.0, 1.0]}, "max_batch_size": 4096,
-            "description": f"VAE (latent {cfg.latent_dim}, sigma_x {cfg.sigma_x}, beta {cfg.beta}) on MNIST made "
-                           "conditional by a latent actor-critic (Engel et al. 2017)"
-                           + (f", latent recovery {cfg.latent_recovery}" if cfg.latent_recovery else "")
-                           + "; generator = decoder o actor"}

@@ -21,7 +21,15 @@ import json
 import sys
 from pathlib import Path
 
-from training.config import ConfigError, build, config_path, parse_overrides, read_toml, to_dict
+from training.config import (
+    ConfigError,
+    build,
+    config_path,
+    parse_overrides,
+    read_toml,
+    to_dict,
+)
+from training.publish import build_manifest, publish_model
 
 # family name in a config file -> module with Config, train(), export(), manifest_fields()
 # On --resume only these may differ from the saved config: run length, logging cadence, CPU threads.
@@ -56,8 +64,6 @@ def smoke_run(config: str, cfg) -> str:
 def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = Path("model_store"),
         resume: bool = False, log=print) -> dict:
     """The whole pipeline; returns {"config", "result", "manifest", "published"}."""
-    from training.publish import build_manifest, publish_model
-
     module, cfg = load(config, overrides)
     out = Path(out or Path("runs") / cfg.name)
     out.mkdir(parents=True, exist_ok=True)

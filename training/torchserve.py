@@ -189,7 +189,10 @@ def export_mar(store: Path, model: str, out: Path, *, version: int | None = None
     The model-config.yaml inside sets TorchServe's worker count and batching for this model
     (batch_size 1 = no batching); registration parameters given to the management API override them.
     """
-    from model_archiver.model_packaging import ModelArchiverConfig, generate_model_archive
+    from model_archiver.model_packaging import (
+        ModelArchiverConfig,
+        generate_model_archive,
+    )
 
     vdir = resolve_version(store, model, version)
     manifest = json.loads((vdir / "manifest.json").read_text())

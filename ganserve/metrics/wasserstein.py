@@ -19,7 +19,7 @@ def _ot():
     use because it adds ~0.45 s (sklearn) to a server start that may never evaluate a divergence (measured)."""
     for lib in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):
         os.environ.setdefault(f"POT_BACKEND_DISABLE_{lib}", "1")
-    import ot
+    import ot  # lazy on purpose: see the docstring (measured start-up cost)
 
     return ot
 
