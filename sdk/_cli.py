@@ -106,7 +106,7 @@ def cmd_interpolate(c: Client, a) -> str:
 
 
 def _load_images(paths: list[Path]) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # Pillow is the thin SDK's optional extra (images); only this command needs it
 
     out = []
     for p in paths:

@@ -142,7 +142,7 @@ def plot(c: Client, a, evals: list, out: Path) -> str:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after use("Agg"): no window
     except ImportError:
         raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
     try:

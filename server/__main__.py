@@ -8,7 +8,8 @@ import logging
 import sys
 
 from server import preflight
-from server.app import Supervisor, serve_one
+from server.app import serve_one
+from server.supervisor import Supervisor
 from server.config import Config, from_args
 from server.frontend import NativeFrontend
 from server.telemetry import setup_logging

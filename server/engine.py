@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ganserve import images
+from ganserve.inversion.runtime import DEFAULTS, Stopped, pixel_mse01
 from protos import latents as latent_fn
 from protos.ganserve.v1 import generator_pb2 as pb
 from server.errors import BadModelOutput, Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
@@ -219,10 +220,6 @@ def guess_labels(registry: Registry, model: LoadedModel, x: np.ndarray) -> np.nd
 def invert(model: LoadedModel, x: np.ndarray, y: np.ndarray | None, method: str, *, steps: int | None,
            lr: float | None, prior_weight: float | None, call: Call) -> Inversion:
     """Images (N, *shape) in the model's value range -> latents, with the shared torch-free runtime."""
-    from dataclasses import replace
-
-    from ganserve.inversion.runtime import DEFAULTS, Stopped, pixel_mse01
-
     settings = replace(DEFAULTS, **{k: v for k, v in (("steps", steps), ("lr", lr), ("prior_weight", prior_weight))
                                     if v is not None})
     zs, steps = [], 0

@@ -30,7 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from server.app import App, QuickCrashes
+from server.app import App
+from server.supervisor import QuickCrashes
 from server.config import Config
 
 log = logging.getLogger("ganserve.frontend")

@@ -25,6 +25,12 @@ FORBIDDEN = {
     "training": {"server", "sdk", "bench"},
 }
 MAX_LINES = 400
+# (module, import) -> why this arrow against the rule is there
+EXCEPTIONS = {
+    ("sdk/batch.py", "ganserve.scale.batch"): "--engine ray runs generators in-process on Ray: the full install only",
+}
+# modules allowed over MAX_LINES for now, each with the reason; this list only shrinks
+OVERSIZE = {"bench/soak.py": "being split by the reliability round-2 work (hostile requests added to the soak)"}
 GENERATED = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
 
 
@@ -44,7 +50,7 @@ def _imports(tree: ast.AST):
 
 
 def _lazy(tree: ast.Module):
-    """Imports inside function bodies (not module level, not `if TYPE_CHECKING`/try blocks at module level)."""
+    """Imports inside function bodies."""
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(fn):
@@ -58,7 +64,7 @@ def test_imports_run_one_way(room):
     for path in _modules(room):
         for node, name in _imports(ast.parse(path.read_text())):
             top = name.split(".")[0]
-            if top in FORBIDDEN[room]:
+            if top in FORBIDDEN[room] and (str(path.relative_to(ROOT)), name) not in EXCEPTIONS:
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert not bad, "imports against the direction of the house:\n" + "\n".join(bad)
 
@@ -69,8 +75,9 @@ def test_no_hidden_imports_without_a_reason(room):
     for path in _modules(room):
         lines = path.read_text().splitlines()
         for node in _lazy(ast.parse("\n".join(lines))):
-            here, before = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
-            if "#" not in here and not before.strip().startswith("#"):
+            here = lines[node.lineno - 1]
+            above = lines[max(0, node.lineno - 4):node.lineno - 1]  # a reason on the line or just above it
+            if "#" not in here and not any("#" in line for line in above):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {here.strip()}")
     assert not bad, "imports inside functions with no stated reason:\n" + "\n".join(bad)
 
@@ -78,7 +85,7 @@ def test_no_hidden_imports_without_a_reason(room):
 @pytest.mark.parametrize("room", ROOMS)
 def test_rooms_stay_readable(room):
     big = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules(room)
-           if (n := len(p.read_text().splitlines())) > MAX_LINES]
+           if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(ROOT)) not in OVERSIZE]
     assert not big, f"hand-written modules over {MAX_LINES} lines (split them):\n" + "\n".join(big)
 
 

@@ -305,7 +305,6 @@ def test_invert_past_its_deadline_stops_costing_cpu(shipped):
     import grpc
     import psutil
 
-    from protos import tensors
     from protos.ganserve.v1 import generator_pb2 as pb
     from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 

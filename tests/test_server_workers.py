@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from server.app import claim_port
+from server.supervisor import claim_port
 from server.config import Config
 from tests.conftest import free_port, sigterm_during_slow_stream
 
@@ -84,6 +84,19 @@ def _served(worker: psutil.Process, port: int) -> bool:
     return any(c.laddr and c.laddr.port == port and c.raddr for c in worker.net_connections(kind="tcp"))
 
 
+def _listening(worker: psutil.Process, port: int) -> bool:
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+               for c in worker.net_connections(kind="tcp"))
+
+
+def _until(check, timeout_s: float, what: str) -> None:
+    """Wait for `check()` (a worker binds only after its own start-up, which a busy machine slows down)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def test_workers_share_the_port_spread_connections_and_stop_together(model_store):
     port = free_port()
     proc = _start(model_store, port, "--workers", "2")
@@ -91,6 +104,7 @@ def test_workers_share_the_port_spread_connections_and_stop_together(model_store
         _serving(f"127.0.0.1:{port}")
         workers = _workers(proc)
         assert len(workers) == 2
+        _until(lambda: all(_listening(w, port) for w in workers), 120, "both workers listening on the port")
         # 24 connections: the kernel hashes each to one of the two listening sockets; all 24 on one worker
         # would happen with probability 2^-23. Connections are kept open meanwhile, so each is counted.
         channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])

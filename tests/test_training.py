@@ -14,7 +14,7 @@ from training.config import ConfigError, build, config_path  # noqa: E402
 from ganserve.data import Split  # noqa: E402
 from training.dcgan import Discriminator, Generator  # noqa: E402
 from training.evaluator import EvaluatorConfig, MnistClassifier, random_shift  # noqa: E402
-from training.gan import GANConfig, build_networks  # noqa: E402
+from training.gan import GANConfig  # noqa: E402
 from training.run import load  # noqa: E402
 from training.toy import PointDiscriminator, PointGenerator  # noqa: E402
 
