@@ -96,3 +96,12 @@ def test_the_floor_and_the_server_load_without_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_onnx_runtime_sessions_are_opened_in_one_place():
+    """ganserve.store.sessions.open_session is the one way to open a session (bench measures the engine itself;
+    the TorchServe handler runs inside a .mar, where ganserve is absent)."""
+    allowed = {"ganserve/store/sessions.py", "training/torchserve.py"}
+    found = [f"{p.relative_to(ROOT)}" for room in ("ganserve", "server", "training", "sdk")
+             for p in _modules(room) if "InferenceSession(" in p.read_text()]
+    assert sorted(set(found) - allowed) == []

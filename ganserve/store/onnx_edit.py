@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ganserve.store.sessions import open_session
+
 LATENT_DISTRIBUTIONS = ("normal", "uniform", "uniform01")  # N(0,1), U(-1,1), U(0,1)
 
 
@@ -50,11 +52,7 @@ def fixed_batch(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # a failing run is an answer here, not an error to print
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString(), log_severity=4)  # a failing run is an answer here
     return session.run(None, feeds)
 
 

@@ -81,8 +81,8 @@ def choose_providers(setting: str = "auto") -> list[str]:
     return list(CPU)
 
 
-def open_session(model: str | Path | bytes, *, threads: int = 1,
-                 providers: list[str] | tuple[str, ...] = CPU) -> ort.InferenceSession:
+def open_session(model: str | Path | bytes, *, threads: int = 1, providers: list[str] | tuple[str, ...] = CPU,
+                 log_severity: int = 3) -> ort.InferenceSession:
     """A session on an ONNX file or serialized model bytes (a derived graph).
 
     One inter-op thread; `threads` intra-op threads, which sleep between runs instead of spinning when there are
@@ -91,7 +91,7 @@ def open_session(model: str | Path | bytes, *, threads: int = 1,
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = log_severity  # 3: errors only; 4: nothing (a failing run is itself the answer)
     if threads > 1:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
