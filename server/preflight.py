@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ganserve.store.sessions import choose_providers
-from server.app import claim_port
+from server.supervisor import claim_port
 from server.config import Config
 
 
