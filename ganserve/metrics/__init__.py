@@ -12,6 +12,7 @@ intervals holds the shared confidence-interval recipes and registry the table. V
 reason in `Estimate.note`, never NaN; `bootstrap=0` skips the interval (ci_low = ci_high = value).
 """
 
+from ._inputs import Cancelled
 from .frechet import Gaussian, frechet_distance, gaussian_kl, gaussian_w2_squared, kid
 from .histogram import class_histogram, classes_covered, conditional_accuracy
 from .mixtures import mixture_metrics
@@ -22,7 +23,7 @@ from .results import (DUPLICATE_LIMIT, FRECHET_MAX_BOOTSTRAP, INPUTS, LOG2, MAX_
 
 __all__ = [
     "DATA_KINDS", "DUPLICATE_LIMIT", "FRECHET_MAX_BOOTSTRAP", "INPUTS", "LOG2", "MAX_BOOTSTRAP", "METRICS",
-    "QUADRATIC_MAX_N", "SORT_MAX_N", "W1_MAX_POINTS", "Estimate", "Gaussian", "Metric", "MetricError",
+    "QUADRATIC_MAX_N", "SORT_MAX_N", "W1_MAX_POINTS", "Cancelled", "Estimate", "Gaussian", "Metric", "MetricError",
     "class_histogram", "classes_covered", "conditional_accuracy", "default_metrics", "density_coverage",
     "estimate", "frechet_distance", "gaussian_kl", "gaussian_w2_squared", "kid", "metrics_table_markdown",
     "mixture_metrics", "precision_recall",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import special
@@ -114,3 +116,28 @@ def rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     seed = int_option("seed", seed, 0, 2**64 - 1)
     rng, boot_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     return rng, boot_rng
+
+
+class Cancelled(Exception):
+    """Raised inside a long estimator loop when the caller's `cancelled()` returned True (the server passes
+    its call's deadline/cancellation check)."""
+
+
+_CANCELLED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("cancelled", default=None)
+
+
+@contextlib.contextmanager
+def cancellation(cancelled: Callable[[], bool] | None):
+    """Make `checkpoint()` in this thread's estimator loops consult `cancelled` while the block runs."""
+    token = _CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCELLED.reset(token)
+
+
+def checkpoint() -> None:
+    """Raise Cancelled if the current estimate's caller asked to stop; called once per chunk or resample."""
+    cancelled = _CANCELLED.get()
+    if cancelled is not None and cancelled():
+        raise Cancelled("the estimate was cancelled by its caller")

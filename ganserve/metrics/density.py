@@ -9,7 +9,7 @@ import numpy as np
 from scipy import special
 
 from . import _inputs as I
-from .intervals import boot_mean, boot_note, clip, percentile_ci
+from .intervals import boot_mean, boot_note, clip, extrapolated, extrapolation_note, half_sample_ci, percentile_ci
 from .neighbours import atoms, kth_nonzero_distance
 from .results import LOG2, QUADRATIC_MAX_N, MetricError, Result
 
@@ -104,7 +104,17 @@ def mc_metric(kind: str):
         if math.isinf(value):
             side = "Q" if kind == "kl_pq" else "P"
             notes.append(f"+inf: {side}'s density is 0 at some samples of the other side")
-        if bootstrap > 0 and math.isfinite(value):
+        if kind == "kl_pq" and not q_known and math.isfinite(value):
+            # The k-NN density of Q is biased where Q is sparse, as for knn_kl_pq: the same correction and interval.
+            stat = lambda u, v: float(np.mean(p.log_density(u) - log_q_knn(u, v, k)))  # noqa: E731
+            value, plain, levels = extrapolated(stat, x, y, rng, smallest=max(k + 2, 20))
+            notes.append(extrapolation_note(plain, value, levels))
+            if bootstrap > 0 and min(len(x), len(y)) >= 2 * max(k + 2, 20):
+                ci, note = half_sample_ci(stat, x, y, value, boot_rng, confidence, smallest=max(k + 2, 20))
+                notes.append(note)
+            else:
+                ci = (value, value)
+        elif bootstrap > 0 and math.isfinite(value):
             reps = sum(c * boot_mean(t, boot_rng, bootstrap) for t, c in terms)
             ci = percentile_ci(reps, value, confidence)
             notes.append(boot_note(bootstrap, "Monte Carlo terms")

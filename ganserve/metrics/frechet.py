@@ -87,29 +87,47 @@ def mean_cov(x: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np
         return mu, (xc.T @ xc) / (len(x) - 1)
     mu = w @ x / w.sum()
     xc = x - mu
-    return mu.astype(np.float64), ((xc.T * w) @ xc / (w.sum() - 1)).astype(np.float64)
+    return mu, (xc.T * w) @ xc / (w.sum() - 1)
+
+
+def _scale(a: np.ndarray, b: np.ndarray) -> float:
+    """A power of two near the largest magnitude: features are divided by it before any product (so 1e20-sized
+    features cannot overflow a square) and the Frechet distance, of degree 2, is multiplied back by its square."""
+    top = max(float(np.abs(a).max()), float(np.abs(b).max()))
+    return 1.0 if top == 0.0 else float(2.0 ** math.frexp(top)[1])
+
+
+def _unscaled(value: float, s: float, metric: str) -> float:
+    out = value * s * s
+    if not math.isfinite(out):
+        raise MetricError(f"{metric}: the features are too large (up to {s:.3g}): the squared distance overflows "
+                          "float64; rescale them")
+    return out
 
 
 def frechet_distance(a, b) -> float:
     """Frechet distance between Gaussians fitted to features a (N, F) and b (M, F) (FID's formula, on
     whatever features are given; on evaluator features call it "Frechet distance on evaluator features")."""
     x, y = I.pair(a, b, "frechet")
-    return frechet_from_stats(*mean_cov(x), *mean_cov(y))
+    s = _scale(x, y)
+    return _unscaled(frechet_from_stats(*mean_cov(x / s), *mean_cov(y / s)), s, "frechet")
 
 
 def frechet(p, q, *, rng, boot_rng, bootstrap, confidence):
     a, b = I.pair(p, q, "frechet")
+    s = _scale(a, b)
+    a, b = a / s, b / s  # exact (a power of two); undone on the result
     value = frechet_from_stats(*mean_cov(a), *mean_cov(b))
     b_eff = min(bootstrap, FRECHET_MAX_BOOTSTRAP)
     notes = ["squared W2 between Gaussians fitted to the features; biased upward at finite n"]
     if b_eff > 1:
         same = len(a) == len(b)  # paired resampling, as in sliced_w
-        a32, b32 = a.astype(np.float32), b.astype(np.float32)  # only the spread of the resamples is used
         reps = []
         for _ in range(b_eff):
-            wa = np.bincount(boot_rng.integers(0, len(a), len(a)), minlength=len(a)).astype(np.float32)
-            wb = wa if same else np.bincount(boot_rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float32)
-            reps.append(frechet_from_stats(*mean_cov(a32, wa), *mean_cov(b32, wb)))
+            I.checkpoint()
+            wa = np.bincount(boot_rng.integers(0, len(a), len(a)), minlength=len(a)).astype(np.float64)
+            wb = wa if same else np.bincount(boot_rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float64)
+            reps.append(frechet_from_stats(*mean_cov(a, wa), *mean_cov(b, wb)))
         # Resamples hold repeated points, so their Frechet distances carry extra upward bias: a percentile
         # interval would sit above the estimate. Use their spread only (normal interval).
         ci = normal_ci(value, float(np.std(reps, ddof=1)), confidence)
@@ -118,25 +136,30 @@ def frechet(p, q, *, rng, boot_rng, bootstrap, confidence):
                      + (" (capped: each refits two covariances)" if b_eff < bootstrap else ""))
     else:
         ci = (value, value)
+    value, ci = _unscaled(value, s, "frechet"), (_unscaled(ci[0], s, "frechet"), _unscaled(ci[1], s, "frechet"))
     return Result(value, ci, len(a), len(b), "; ".join(notes), "Frechet distance between fitted Gaussians")
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(x.y / d + 1)^3 for float32 inputs (the products in float32, the rest in float64)."""
-    g = (x @ y.T).astype(np.float64)
-    return (g / x.shape[1] + 1.0) ** 3
+    """(x.y / d + 1)^3, float64."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def _kid_subsets(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, subsets: int, subset_size: int):
+def _kid_subsets(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, subsets: int, subset_size: int,
+                 same: bool):
     """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 on `subsets` random subsets (Binkowski et al. 2018, as in
-    their reference code). Returns per-subset estimates and the first-order (Hoeffding) variance terms."""
+    their reference code: independent subsets on each side). When P and Q are the same array the two subsets
+    are disjoint, so that they are independent samples as the estimator assumes (overlapping subsets of one
+    set bias it below 0). Returns per-subset estimates and the first-order (Hoeffding) variance terms."""
     m = subset_size
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    same = len(x) == len(y)  # equal sizes: the same subset indices on both sides (data-independent choice)
     est, var_gx, var_gy = [], [], []
     for _ in range(subsets):
-        ix = rng.choice(len(x), m, replace=False)
-        iy = ix if same else rng.choice(len(y), m, replace=False)
+        I.checkpoint()
+        if same:
+            perm = rng.permutation(len(x))
+            ix, iy = perm[:m], perm[m:2 * m]
+        else:
+            ix, iy = rng.choice(len(x), m, replace=False), rng.choice(len(y), m, replace=False)
         xs, ys = x[ix], y[iy]
         kxx, kyy, kxy = _poly_kernel(xs, xs), _poly_kernel(ys, ys), _poly_kernel(xs, ys)
         rxx = (kxx.sum(1) - np.diag(kxx)) / (m - 1)  # (m,) mean similarity of each x to the other x's
@@ -150,17 +173,24 @@ def _kid_subsets(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, subsets
 def kid_metric(p, q, *, rng, boot_rng, bootstrap, confidence, subsets=50, subset_size=1000):
     a, b = I.pair(p, q, "kid")
     subsets = I.int_option("subsets", subsets, 2, 10_000)
-    m = min(I.int_option("subset_size", subset_size, 2, 100_000), len(a), len(b))
-    est, vgx, vgy = _kid_subsets(a, b, rng, int(subsets), m)
+    same = a.shape == b.shape and bool(np.array_equal(a, b))
+    m = min(I.int_option("subset_size", subset_size, 2, 100_000), len(a) // 2 if same else min(len(a), len(b)))
+    if m < 2:
+        raise MetricError(f"kid: P and Q are the same {len(a)} points; disjoint subsets need at least 4")
+    est, vgx, vgy = _kid_subsets(a, b, rng, int(subsets), m, same)
+    if not np.all(np.isfinite(est)):
+        raise MetricError("kid: the features are too large for the cubic kernel (its values overflow float64); "
+                          "rescale them")
     value = float(est.mean())
     # Variance of the mean of S subset U-statistics (an incomplete U-statistic): the full-data first-order
     # term 4 Var(g)/n per side, plus the between-subset spread beyond it divided by S.
     v_full = 4.0 * vgx / len(a) + 4.0 * vgy / len(b)
     v_sub = float(np.var(est, ddof=1)) if len(est) > 1 else 0.0
-    se = math.sqrt(v_full + max(v_sub - v_full, 0.0) / len(est))
+    se = math.sqrt(v_full + max(v_sub - v_full, 0.0) / len(est)) if bootstrap > 0 else 0.0
     ci = normal_ci(value, se, confidence)
-    note = (f"mean of {len(est)} subsets of {m}; interval: normal, first-order U-statistic variance plus "
-            "subset spread; unbiased, so it can be slightly negative when P = Q")
+    note = (f"mean of {len(est)} subsets of {m}" + (" (P and Q identical: disjoint subsets)" if same else "")
+            + "; interval: normal, first-order U-statistic variance plus "
+            + "subset spread; unbiased, so it can be slightly negative when P = Q")
     return Result(value, ci, len(a), len(b), note, "unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018)")
 
 

@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
+from ._inputs import checkpoint
+
 SPLIT_GROUPS = 10
 
 
@@ -38,6 +40,7 @@ def boot_mean(terms: np.ndarray, rng: np.random.Generator, bootstrap: int) -> np
     out = np.empty(bootstrap)
     block = max(1, (1 << 22) // max(n, 1))
     for start in range(0, bootstrap, block):
+        checkpoint()
         stop = min(bootstrap, start + block)
         out[start:stop] = terms[rng.integers(0, n, size=(stop - start, n))].mean(1)
     return out
@@ -78,10 +81,76 @@ def split_ci(estimator: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray
         return (value, value), f"no interval: too few points for {min_size}-point groups"
     perm_a = rng.permutation(len(a))
     perm_b = perm_a if len(a) == len(b) else rng.permutation(len(b))  # equal sizes: paired, as elsewhere
-    vals = [estimator(a[np.sort(ia)], b[np.sort(ib)])
+    vals = [(checkpoint(), estimator(a[np.sort(ia)], b[np.sort(ib)]))[1]
             for ia, ib in zip(np.array_split(perm_a, groups), np.array_split(perm_b, groups))]
     se = float(np.std(vals, ddof=1)) / math.sqrt(groups)
     half = stats.t.ppf(0.5 + confidence / 2.0, groups - 1) * se
     note = (f"interval: Student-t, variance from {groups} disjoint random groups of ~{len(a) // groups} points "
             f"(var / {groups}), seeded")
+    return (value - half, value + half), note
+
+
+BIAS_EXPONENTS = np.linspace(1 / 3, 1.0, 9)  # the bias's rate a in n^-a, fitted in this range: 1/3 measured for
+                        # WKV k=1 on N(0,1) vs N(3,1) (0.94, 0.75, 0.58, 0.46, 0.34, 0.22 low at n = 250 ... 10k);
+                        # faster on well-overlapping problems (a 3-D shift), where a = 1/3 over-corrects
+VARIANCE_RATE = 0.25    # sd ~ n^-0.3 measured for the corrected estimate on that problem (0.54 at n=1k, 0.27 at 10k),
+                        # not n^-0.5; 0.25 leaves a margin for the noise of the half-samples' own spread
+LEVELS = 5              # sizes n, n/2, ..., n/16
+HALF_SAMPLES = 16       # random half-samples behind the interval
+
+
+def extrapolated(stat: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y: np.ndarray,
+                 rng: np.random.Generator, smallest: int) -> tuple[float, float, int]:
+    """(bias-corrected estimate, plain estimate, levels used) of a statistic of two samples whose bias falls as
+    a power of n: Richardson extrapolation over sample size (the generalized jackknife of Gray & Schucany 1972;
+    ensembles of k-NN divergence estimators cancel bias terms the same way, Sricharan, Wei & Hero 2013).
+
+    1. Estimate at sizes n/2^j, j = 0..J-1: the mean over 2^j disjoint random groups at level j
+       (J <= LEVELS, every group >= `smallest` points).
+    2. Fit M_j = D + c (2^j)^a by least squares for each a in BIAS_EXPONENTS, keep the best fit, return its D
+       (with J < 4 levels a is not identifiable: a = 1/3).
+    """
+    plain = stat(x, y)
+    levels = max(1, min(LEVELS, int(np.log2(min(len(x), len(y)) / smallest)) + 1))
+    if levels < 2:
+        return plain, plain, 1
+    means = [plain]
+    for j in range(1, levels):
+        checkpoint()
+        px = rng.permutation(len(x))
+        py = px if len(x) == len(y) else rng.permutation(len(y))  # paired when sizes match: identical inputs stay so
+        means.append(np.mean([stat(x[np.sort(a)], y[np.sort(b)])
+                              for a, b in zip(np.array_split(px, 2**j), np.array_split(py, 2**j))]))
+    best = (math.inf, plain)
+    for a in (BIAS_EXPONENTS if levels >= 4 else BIAS_EXPONENTS[:1]):
+        design = np.stack([np.ones(levels), (2.0 ** np.arange(levels)) ** a], 1)  # (J, 2)
+        coef = np.linalg.lstsq(design, np.array(means), rcond=None)[0]
+        best = min(best, (float(((design @ coef - means) ** 2).sum()), float(coef[0])))
+    return best[1], plain, levels
+
+
+def extrapolation_note(plain: float, value: float, levels: int) -> str:
+    if levels < 2:
+        return "too few points to correct the bias: plain estimate (biased low when Q is sparse where P has mass)"
+    return (f"bias-corrected: the plain estimate {plain:.4g} at n, n/2, ..., n/{2 ** (levels - 1)} extrapolated to "
+            f"n = inf with a fitted bias ~ n^-a, a in [1/3, 1]; estimated bias of the plain estimate "
+            f"{plain - value:+.3g}")
+
+
+def half_sample_ci(stat, x: np.ndarray, y: np.ndarray, value: float, rng: np.random.Generator, confidence: float,
+                   smallest: int) -> tuple[tuple[float, float], str]:
+    """Student-t interval for `extrapolated` from HALF_SAMPLES random half-samples (subsampling, Politis, Romano
+    & Wolf 1999). Over random halves of one sample a statistic with sd ~ n^-b spreads as sd(n) sqrt(2^(2b) - 1)
+    (for a mean, b = 1/2: exactly sd(n)); b = VARIANCE_RATE, measured, since a k-NN estimate's variance falls
+    more slowly than 1/n when Q is sparse where P has mass."""
+    vals = []
+    for _ in range(HALF_SAMPLES):
+        checkpoint()
+        ix = np.sort(rng.choice(len(x), len(x) // 2, replace=False))
+        iy = ix if len(x) == len(y) else np.sort(rng.choice(len(y), len(y) // 2, replace=False))
+        vals.append(extrapolated(stat, x[ix], y[iy], rng, smallest)[0])
+    se = float(np.std(vals, ddof=1)) / math.sqrt(2.0 ** (2 * VARIANCE_RATE) - 1.0)
+    half = stats.t.ppf(0.5 + confidence / 2.0, HALF_SAMPLES - 1) * se
+    note = (f"interval: Student-t ({HALF_SAMPLES - 1} df), standard error from {HALF_SAMPLES} random half-samples "
+            f"scaled for sd ~ n^-{VARIANCE_RATE} (measured); calibrated to cover the true value")
     return (value - half, value + half), note

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ._inputs import checkpoint
 from .results import DUPLICATE_LIMIT, MetricError
 
 TREE_MAX_DIM = 8  # cKDTree is fast in low dimension; above that, chunked distance matrices win
@@ -49,6 +50,7 @@ def kth_nonzero_distance(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[np
     dup = np.empty(n, np.int64)
     rn, qn = sq_norms(r32), sq_norms(q32)
     for s, e in chunks(n, m):
+        checkpoint()
         d2 = qn[s:e, None] + rn[None] - 2.0 * (q32[s:e] @ r32.T)  # (c, m)
         same = d2 <= 1e-6 * (qn[s:e, None] + rn[None]) + 1e-30
         dup[s:e] = same.sum(1)
