@@ -324,6 +324,7 @@ def test_rest_over_tls_with_client_certificates(model_store, tmp_path):
         running.app.stop(0)
 
 
+@pytest.mark.slow
 def test_workers_share_the_rest_port(model_store):
     """`--workers 2 --http-port P`: the supervisor claims P, both workers serve it (SO_REUSEPORT), SIGTERM stops all."""
     from tests.conftest import free_port
