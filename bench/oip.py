@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     newest = max((d for d in (args.store / args.model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
     manifest = json.loads((newest / "manifest.json").read_text())
     num_classes = manifest["num_classes"] if manifest["kind"] in ("cgan", "latent-constraint") else 0
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load = Load()
     try:
         with Ganserve(args.store, args=("--metrics-port", "-1")) as server:

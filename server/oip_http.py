@@ -88,7 +88,8 @@ def decode_infer(body: bytes, header_length: str | None) -> tuple[list[oip.Input
     binary = b""
     if header_length is not None:
         require(header_length.isdigit() and int(header_length) <= len(body), "Inference-Header-Content-Length",
-                f"must be the JSON header's length in bytes, at most the body's {len(body)}, got {header_length[:20]!r}")
+                f"must be the JSON header's length in bytes, at most the body's {len(body)}, "
+                f"got {header_length[:20]!r}")
         body, binary = body[:int(header_length)], body[int(header_length):]
     try:
         request = json.loads(body)
@@ -238,8 +239,8 @@ class RestApi:
                             [(b"www-authenticate", b"Bearer")])
 
     async def _read_body(self, headers: dict, receive) -> bytes:
-        """The request body, or 413 past max_request_bytes (as over gRPC). An over-size body is read to its end and dropped (not
-        kept): answering before the client has sent it all would reset the connection under the client's feet."""
+        """The request body, or 413 past max_request_bytes (as over gRPC). An over-size body is read to its end and
+        dropped (not kept): answering before the client has sent it all would reset the connection under its feet."""
         limit = self.config.max_request_bytes
         declared = headers.get(b"content-length", b"0")
         chunks, size = [], int(declared) if declared.isdigit() and int(declared) > limit else 0
@@ -283,16 +284,20 @@ class RestApi:
     def _metadata(self, name: str, version: str) -> tuple[str, list, bytes]:
         """On a pool thread (a version that is not resident loads first): (model ref, headers, JSON body)."""
         model = oip.resolve(self.registry, name, version)
-        spec = lambda s: {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}  # noqa: E731
+
+        def specs(tensors: list[oip.TensorSpec]) -> list[dict]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+
         return model.ref, _JSON, _dumps({"name": model.name, "versions": oip.versions(self.registry, model),
-                                         "platform": oip.PLATFORM, "inputs": [spec(s) for s in oip.input_specs(model)],
-                                         "outputs": [spec(s) for s in oip.output_specs(model)]})
+                                         "platform": oip.PLATFORM, "inputs": specs(oip.input_specs(model)),
+                                         "outputs": specs(oip.output_specs(model))})
 
     def _infer(self, name: str, version: str, payload: bytes, headers: dict) -> tuple[str, list, bytes]:
         """On a pool thread: decode, check, run through the batcher, encode. (model ref, headers, body)."""
         model = oip.resolve(self.registry, name, version)
         length = headers.get(HEADER_LENGTH.encode())
-        inputs, params, requested, binary, rid = decode_infer(payload, None if length is None else length.decode("latin-1"))
+        inputs, params, requested, binary, rid = decode_infer(payload,
+                                                              None if length is None else length.decode("latin-1"))
         call = Call(deadline=oip.deadline(params))
         job = oip.prepare(model, inputs, params, requested, self.config)
         out_headers, body = encode_infer(model, oip.run(job, call), binary, rid)

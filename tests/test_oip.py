@@ -26,6 +26,7 @@ from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from tests.conftest import start_server
 
+TOKEN = ("authorization", "Bearer s3cret")
 NUMPY = {"INT64": np.int64, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64}
 
 
@@ -130,7 +131,8 @@ def test_model_metadata_lists_the_true_inputs_and_outputs(served, stubs, model, 
 V1_PAIRS = [  # (v2 model, v2 inputs, v2 parameters, the v1 method and request that must give the same bytes)
     ("tiny-cgan", {"seed": ("INT64", [5]), "labels": ("INT64", [1, 2, 3])}, {},
      "SampleConditional", pb.SampleConditionalRequest(model="tiny-cgan", n=3, seed=5, labels=[1, 2, 3])),
-    ("tiny-cgan", {"seed": ("INT64", [9]), "n": ("INT32", [4]), "labels": ("INT64", [2])}, {"samples_datatype": "UINT8"},
+    ("tiny-cgan", {"seed": ("INT64", [9]), "n": ("INT32", [4]), "labels": ("INT64", [2])},
+     {"samples_datatype": "UINT8"},
      "SampleConditional", pb.SampleConditionalRequest(model="tiny-cgan", n=4, seed=9, labels=[2],
                                                       encoding=pb.ENCODING_UINT8)),
     ("tiny-cgan", {"seed": ("UINT64", [2**64 - 1]), "soft_labels": ("FP32", [[0.5, 0.5, 0, 0]] * 2)}, {},
@@ -159,7 +161,8 @@ def test_same_seed_same_bytes_as_v1_over_grpc_and_rest(served, stubs, model, inp
     status, headers, data = http(port, f"/v2/models/{model}/infer", body)  # JSON out
     assert status == 200 and headers["content-type"] == "application/json", data
     (out,) = json.loads(data)["outputs"]
-    assert out["shape"] == list(want.shape) and out["datatype"] == {"float32": "FP32", "uint8": "UINT8"}[want.dtype.name]
+    assert out["shape"] == list(want.shape)
+    assert out["datatype"] == {"float32": "FP32", "uint8": "UINT8"}[want.dtype.name]
     assert np.asarray(out["data"], want.dtype).tobytes() == want.tobytes()  # JSON numbers round-trip exactly
     body["parameters"] = {**params, "binary_data_output": True}
     status, headers, data = http(port, f"/v2/models/{model}/versions/1/infer", body)  # binary out
@@ -190,7 +193,8 @@ def test_a_v2_call_and_a_v1_call_share_a_batch(model_store):
         with grpc.insecure_channel(running.target) as channel:
             stub, v1_stub = v2_grpc.GRPCInferenceServiceStub(channel), pb_grpc.GeneratorServiceStub(channel)
             with ThreadPoolExecutor(2) as pool:
-                a = pool.submit(stub.ModelInfer, grpc_request("tiny-gan", {"seed": ("INT64", [1]), "n": ("INT64", [5])}))
+                v2_request = grpc_request("tiny-gan", {"seed": ("INT64", [1]), "n": ("INT64", [5])})
+                a = pool.submit(stub.ModelInfer, v2_request)
                 b = pool.submit(v1_stub.Sample, pb.SampleRequest(model="tiny-gan", n=3, seed=2))
                 a.result(timeout=30), b.result(timeout=30)
         stats = {s.name.rsplit("_", 1)[1]: s.value for m in running.app.telemetry.batch.collect() for s in m.samples
@@ -202,7 +206,7 @@ def test_a_v2_call_and_a_v1_call_share_a_batch(model_store):
 
 def test_token_admission_metrics_and_deadline(model_store):
     running = start_server(model_store, reload_interval_s=0, http_port=0, auth_token="s3cret", max_concurrent_rpcs=2)
-    port, good = running.app.http.port, {"authorization": "Bearer s3cret"}
+    port, good = running.app.http.port, dict([TOKEN])
     request = grpc_request("tiny-gan", {"seed": ("INT64", [1])})
     body = {"inputs": json_inputs({"seed": ("INT64", [1])})}
     try:
@@ -211,21 +215,22 @@ def test_token_admission_metrics_and_deadline(model_store):
             # probes are open; everything else needs the token
             assert stub.ServerLive(v2.ServerLiveRequest()).live and stub.ServerReady(v2.ServerReadyRequest()).ready
             assert http(port, "/v2/health/ready")[0] == 200
-            for call in (lambda: stub.ModelInfer(request), lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name="x"))):
+            for call in (lambda: stub.ModelInfer(request),
+                         lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name="x"))):
                 with pytest.raises(grpc.RpcError) as err:
                     call()
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             status, headers, data = http(port, "/v2/models/tiny-gan/infer", body, {"authorization": "Bearer nope"})
             assert (status, headers["www-authenticate"]) == (401, "Bearer") and b"bearer token" in data
             assert http(port, "/v2/models/tiny-gan", headers={})[0] == 401
-            assert stub.ModelInfer(request, metadata=[tuple(good.items())[0]]).outputs[0].name == "samples"
+            assert stub.ModelInfer(request, metadata=[TOKEN]).outputs[0].name == "samples"
             assert http(port, "/v2/models/tiny-gan/infer", body, good)[0] == 200
             # the admission limit (2 calls in progress) holds v2 calls too
             release = threading.Event()
             held = [running.app.pool.submit(release.wait) for _ in range(2)]
             try:
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.ModelInfer(request, metadata=[tuple(good.items())[0]])
+                    stub.ModelInfer(request, metadata=[TOKEN])
                 assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert http(port, "/v2/models/tiny-gan/infer", body, good)[0] == 429
                 assert http(port, "/v2/health/live")[0] == 200  # probes are never refused
@@ -235,7 +240,7 @@ def test_token_admission_metrics_and_deadline(model_store):
             # Triton's `timeout` parameter (microseconds) is a deadline
             late = grpc_request("tiny-gan", {"seed": ("INT64", [1])}, params={"timeout": 1})
             with pytest.raises(grpc.RpcError) as err:
-                stub.ModelInfer(late, metadata=[tuple(good.items())[0]])
+                stub.ModelInfer(late, metadata=[TOKEN])
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert http(port, "/v2/models/tiny-gan/infer", {**body, "parameters": {"timeout": 1}}, good)[0] == 504
         text = urllib.request.urlopen(f"http://127.0.0.1:{running.app.metrics_port}/metrics").read().decode()

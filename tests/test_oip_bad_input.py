@@ -24,7 +24,8 @@ from tests.test_oip import http
 
 IA, NF, RE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED
 SEED = ("seed", "INT64", [1], [1])
-BINARY_HEADER = b'{"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}}]}'
+BINARY_HEADER = (b'{"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], '
+                 b'"parameters": {"binary_data_size": 8}}]}')
 
 
 @dataclass
