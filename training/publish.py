@@ -85,7 +85,8 @@ class Settings:
     max_batch_size: int = 4096
     evaluate: bool = False          # judge it with the store's evaluator before publishing
     reference: str = ""             # reference data for --evaluate: mnist (default for 1x28x28) | ring8 | grid25
-    eval_n: int = 2000
+    eval_n: int = 0                 # samples for --evaluate; 0 = training.evaluate's protocol (10,000 images, 2,500
+                                    # points), the n the shipped figures use: the gate compares like with like
     candidate: str = ""             # publish as a CANDIDATE with this reason (never the default until promoted)
     store: str = "model_store"
     dry_run: bool = False           # check everything, publish nothing
@@ -220,8 +221,8 @@ def prepare(s: Settings, work: Path, log=print) -> tuple[dict[str, Any], dict[st
         raise Refused(problems)
     try:
         grad_graph_bytes(gen_path)
-        graphs["generator_grad"] = {"derive": mf.DERIVE_VJP, "inputs": [zy[0], {"name": "target", "dtype": "float32",
-                                    "dims": list(s.data_shape)}, *zy[1:]],
+        graphs["generator_grad"] = {"derive": mf.DERIVE_VJP, "inputs": [*zy, {"name": "target", "dtype": "float32",
+                                    "dims": list(s.data_shape)}],  # the builder appends target to G's inputs
                                     "outputs": [{"name": "loss", "dtype": "float32", "dims": []},
                                                 {"name": "grad_z", "dtype": "float32", "dims": [s.latent_dim]}]}
         log("gradient graph: derived at load from the generator (Invert OPTIMIZE and HYBRID)")
@@ -252,17 +253,18 @@ def _stage(manifest: dict[str, Any], files: dict[str, Path], work: Path) -> Path
     return staged
 
 
-def _evaluate(s: Settings, staged: Path, log) -> dict[str, Any]:
+def _evaluate(s: Settings, staged: Path, log) -> tuple[dict[str, Any], dict[str, Any]]:
     if s.data_shape == (1, 28, 28) and tuple(s.value_range) != (-1.0, 1.0):
         raise Refused([f"evaluate: the MNIST evaluator reads samples in [-1, 1]; this model's are {list(s.value_range)}"])
     try:
-        result = ev.evaluate_model(staged, Path(s.store), n=s.eval_n, inversion=False)
+        result = ev.evaluate_model(staged, Path(s.store), n=s.eval_n or None, inversion=False)
     except (ValueError, FileNotFoundError, mf.ManifestError) as e:
         raise Refused([f"evaluate: {e}"]) from e
     figures = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                and k not in ("n", "seed")}
-    log("evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if k in TOLERANCES))
-    return figures
+    log(f"evaluation (n = {result['n']}): " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if k in TOLERANCES))
+    return figures, {"n": result["n"], "seed": result["seed"], "evaluator": result.get("evaluator", ""),
+                     "reference": s.reference or "mnist"}
 
 
 def publish(s: Settings, log=print) -> Path | None:
@@ -273,8 +275,7 @@ def publish(s: Settings, log=print) -> Path | None:
         staged = _stage(manifest, files, work)
         log(f"checked as the server loads it: {', '.join(sorted(manifest['graphs']))}")
         if s.evaluate:
-            manifest["metrics"] = _evaluate(s, staged, log)
-            manifest["training"]["evaluation"] = {"n": s.eval_n, "reference": s.reference or "mnist"}
+            manifest["metrics"], manifest["training"]["evaluation"] = _evaluate(s, staged, log)
         if s.dry_run:
             log("dry run: nothing published")
             return None

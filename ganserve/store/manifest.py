@@ -39,7 +39,9 @@ manifest.json (format 1):
                   product; deterministic, ~0.1 s), so the store does not hold the generator's weights twice.
     files         {file name: sha256 hex}
     training      {config, seed, steps, wall_time_s, data {source, sha256}, ...}   free-form
-    metrics       {name: number}                                                  free-form scalars
+    metrics       {name: number}        free-form scalars; the quality gate judges some (ganserve/store/policy.py)
+    candidate     optional str: published as a CANDIDATE with this reason (a smoke run), never the default
+                  until promoted (python -m ganserve.store promote)
     export        {parity_max_abs_diff: {graph: float}, inprocess_samples_per_s: float, ...}
 """
 
