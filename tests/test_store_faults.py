@@ -88,9 +88,14 @@ def test_a_store_with_one_broken_version_of_each_kind_starts_and_says_why(tmp_pa
         info = stub.GetModel(pb.GetModelRequest(model="tiny-gan"))
         assert info.version == 1 and list(info.available_versions) == [1]
         assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=3, seed=1)).model == "tiny-gan@1"
+        index = {m.version: m for m in stub.ListModels(pb.ListModelsRequest(index=True)).models
+                 if m.name == "tiny-gan"}
         for version, how in enumerate(kinds, start=2):
             details = _not_found(stub, f"tiny-gan@{version}")
             assert f"tiny-gan@{version} is UNAVAILABLE: " in details and {**ONNX_FAULTS, **STORE_FAULTS}[how] in details
+            assert index[version].state == pb.VERSION_STATE_UNAVAILABLE
+            assert {**ONNX_FAULTS, **STORE_FAULTS}[how] in index[version].state_reason
+        assert index[1].state == pb.VERSION_STATE_READY and index[1].is_default and index[1].resident
         # hot reload goes on for the other model and for this one
         publish_points(store, build / "p2")
         _wait(lambda: stub.GetModel(pb.GetModelRequest(model="tiny-points")).version == 2, what="tiny-points@2")
