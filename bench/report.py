@@ -61,7 +61,7 @@ def _ort_best(model: dict, batch: str) -> float:
 
 
 def targets(res: dict) -> list[dict]:
-    """Issue 7 item 3, each as {target, measured, met} (met None when it could not be measured)."""
+    """The performance targets, each as {target, measured, met} (met None when it could not be measured)."""
     out = []
     srv = res.get("servers", {})
 
@@ -320,7 +320,7 @@ def _target_part(res: dict) -> list[str]:
     if res.get("targets"):
         rows = [[t["target"], t["measured"], {True: "met", False: "MISSED", None: "(info)"}[t["met"]]]
                 for t in res["targets"]]
-        parts.append("### Issue 7 targets\n\n" + _table(["target", "measured (same run)", ""], rows))
+        parts.append("### Targets\n\n" + _table(["target", "measured (same run)", ""], rows))
     return parts
 
 

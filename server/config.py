@@ -201,7 +201,7 @@ ENV_ONLY = ("auth_token",)  # secrets: a command line is readable by every user 
 
 
 class _Refused(argparse.Action):
-    """A flag that only says what to use instead (issue 25, F5)."""
+    """A flag that only says what to use instead."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"{option_string} is refused: a token on the command line is visible to every user of this "

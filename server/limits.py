@@ -1,4 +1,4 @@
-"""Limits on what one request or one client can make a server process hold (issue 25).
+"""Limits on what one request or one client can make a server process hold.
 
 `RequestLimits` (an interceptor) and `RequestChecks` (also used for the native front end's batches): every
 request's size against `max_request_bytes` (`max_upload_bytes` for EvaluateDivergence, whose uploads are
@@ -40,7 +40,7 @@ def return_large_buffers() -> bool:
         return False
 
 
-# -- per-message limits (issue 25, F2) -------------------------------------------------------------------------
+# -- per-message limits ------------------------------------------------------------------------------------------------
 
 SERVICE = "ganserve.v1.GeneratorService"
 UPLOAD_METHODS = frozenset({f"/{SERVICE}/EvaluateDivergence"})  # may carry uploaded samples: max_upload_bytes

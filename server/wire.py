@@ -1,4 +1,4 @@
-"""Counting a serialized protobuf message's repeated elements before it is decoded (issue 25, F2).
+"""Counting a serialized protobuf message's repeated elements before it is decoded.
 
 Decoding amplifies: an element of a repeated message field can be 2 bytes on the wire and ~56 bytes decoded
 (upb), a packed int32 label 1 byte and 4-8, an empty string 2 bytes and 16 (measured on 8 MiB messages:

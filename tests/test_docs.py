@@ -78,7 +78,26 @@ def test_relative_links_resolve(page):
 def test_no_reference_outside_the_repository(page):
     """Pages cite what a reader of the repository can open: no design notes kept elsewhere, no issue tracker."""
     text = page.read_text()
-    assert not re.findall(r"DESIGN\.md|\.\./shared|/work/|\bissues? \d+|\bissue-\d+", text)
+    assert OUTSIDE.findall(text) == []
+
+
+OUTSIDE = re.compile(r"DESIGN\.md|\.\./shared|/work/|\b[Ii]ssues? \d+|\b[Ii]ssue-\d+|\b[Ii]ssue's\b")
+CODE = (".py", ".go", ".js", ".proto", ".toml", ".sh", ".cfg", ".yaml", ".yml")
+
+
+def test_code_cites_nothing_outside_the_repository():
+    """Docstrings and comments cite what a reader of the repository can open (docs/design.md for the history),
+    not an issue tracker or design notes kept elsewhere."""
+    skip = {".git", ".venv", "build", "node_modules", "model_store", "__pycache__", ".pytest_cache"}
+    hits = []
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        if skip & set(rel.parts) or not path.is_file() or not (path.suffix in CODE or path.name == "Makefile"):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if OUTSIDE.search(line) and path != Path(__file__):
+                hits.append(f"{rel}:{number}: {line.strip()}")
+    assert hits == [], "\n".join(hits)
 
 
 def test_readme_links_every_docs_page():

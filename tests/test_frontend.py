@@ -221,7 +221,7 @@ def test_health_is_relayed(native):
 
 
 def test_health_on_huge_unknown_names_keeps_nothing_behind_the_gateway(native):
-    """Issue 25, F1: the relayed Check and Watch on 100 distinct 1 MiB names end NOT_FOUND; neither the
+    """The relayed Check and Watch on 100 distinct 1 MiB names end NOT_FOUND; neither the
     backend's health table nor the gateway's memory keeps them."""
     gateway = psutil.Process(native.proc.pid)
     with grpc.insecure_channel(f"127.0.0.1:{native.port}") as ch:
@@ -246,7 +246,7 @@ def test_health_on_huge_unknown_names_keeps_nothing_behind_the_gateway(native):
 
 
 def test_requests_over_their_limits_get_the_same_status_through_either_front_end(native, server):
-    """Issue 25, F2: a request over max_request_bytes is refused by the gateway before it is batched or
+    """A request over max_request_bytes is refused by the gateway before it is batched or
     relayed, with the Python server's status; a relayed one with too many elements, by the backend."""
     endpoints = b"\x12\x00" * ((4 << 20) - 64)  # 4M empty endpoints, just under 8 MiB
     latents = pb.Tensor(shape=[1, 8], data=bytes(9 << 20))
@@ -297,7 +297,7 @@ def test_bearer_token_is_required_on_batched_and_relayed_calls(model_store):
 
 
 def test_the_gateway_checks_the_token_before_it_reads_a_request(model_store):
-    """Issue 25, F8: without the token, a 60 MB EvaluateDivergence upload (under its limit) or Sample costs the
+    """Without the token, a 60 MB EvaluateDivergence upload (under its limit) or Sample costs the
     gateway its headers, not its body (it read whole bodies first: +700 MB)."""
     from server.frontend import NativeFrontend
 

@@ -99,7 +99,7 @@ def test_bad_inputs_are_named(tiny):
 
 @pytest.mark.parametrize("method,calls_before_stop", [("OPTIMIZE", 7), ("HYBRID", 3), ("ENCODER", 0)])
 def test_should_stop_is_asked_before_every_step(tiny, method, calls_before_stop):
-    """A server's deadline stops the work within one step (issue 20, item 3): should_stop() is asked before every
+    """A server's deadline stops the work within one step: should_stop() is asked before every
     ONNX Runtime call, and the first True raises Stopped."""
     inv, _, x = tiny
     asked = []

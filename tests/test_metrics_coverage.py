@@ -1,5 +1,5 @@
-"""Known-answer coverage suite (issue 29), fast and seeded: each interval that claims the true value covers it
-on the problems the issue names; each fix has a test that failed before it. The longer calibration (more
+"""Known-answer coverage suite, fast and seeded: each interval that claims the true value covers it
+on the problems below; each fix has a test that failed before it. The longer calibration (more
 repeats, n = 10k) is bench/calibrate.py, whose table docs/divergence_evaluation.md shows."""
 
 import math
@@ -104,7 +104,7 @@ def test_cancelled_stops_a_long_estimate():
 
 @pytest.mark.parametrize("metric", ["frechet", "kid", "w1_exact", "sliced_w", "knn_kl_pq", "precision", "density"])
 def test_half_the_points_scaled_by_1e20_give_a_finite_answer_or_a_reason(metric):
-    # Issue 20: frechet and kid reached the client as INTERNAL (NaN from float32 squares).
+    # Once, frechet and kid reached the client as INTERNAL (NaN from float32 squares).
     a = np.random.default_rng(0).normal(size=(200, 2))
     b = a.copy()
     b[:100] *= 1e20

@@ -173,7 +173,7 @@ def test_lazy_load_and_lru_eviction_within_the_budget(tmp_path):
 
 
 def test_a_store_of_1000_generators_starts_in_seconds_and_stays_within_budget(tmp_path):
-    """The issue's bar: 1,000 small generators start in < 5 s (the server's start in this process, imports
+    """The bar: 1,000 small generators start in < 5 s (the server's start in this process, imports
     excluded: bench.many_models measures from spawn too), and a client sampling 200 of them at random keeps
     the resident graphs within --model-memory-mb."""
     from bench.many_models import build_store

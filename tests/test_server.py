@@ -288,7 +288,7 @@ def test_prometheus_metrics(server, stub):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'ganserve_requests_total{code="OK",method="Sample",model="tiny-gan@1"}' in text
     assert 'ganserve_requests_total{code="INVALID_ARGUMENT",method="Sample",model="tiny-gan@1"}' in text
-    # latency per model (issue 28): a dashboard tells a slow model from a fast one
+    # latency per model: a dashboard tells a slow model from a fast one
     stub.SampleConditional(pb.SampleConditionalRequest(model="tiny-cgan", n=2, seed=1, labels=[1]))
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'ganserve_request_seconds_count{method="Sample",model="tiny-gan@1"}' in text

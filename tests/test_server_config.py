@@ -24,7 +24,7 @@ def test_flag_beats_env_beats_default(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--auth-token", "s3cret"], ["--auth-token=s3cret"]])
 def test_a_token_on_the_command_line_is_refused_with_the_alternatives(argv, capsys):
-    """Issue 25, F5: every user of the machine can read a process's command line."""
+    """Every user of the machine can read a process's command line."""
     with pytest.raises(SystemExit) as exit_:
         from_args(argv, env={})
     assert exit_.value.code == 2

@@ -1,4 +1,4 @@
-"""Issue 25 (security hardening) against real servers: nothing a client sends, with or without a token, can
+"""Security hardening against real servers: nothing a client sends, with or without a token, can
 grow the server for good or take it down. Servers run as `python -m server` subprocesses so their RSS is
 theirs alone (psutil); the native front end's cases are in tests/test_frontend.py."""
 

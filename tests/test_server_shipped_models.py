@@ -283,7 +283,7 @@ def test_batch_job_on_a_shipped_model_equals_sample(shipped, tmp_path):
 
 
 def test_every_shipped_model_info_matches_its_declared_kind(shipped):
-    """Issue 20, item 6: mnist-evaluator said IMAGE with output shape [10]; the proto says IMAGE is [C, H, W]."""
+    """mnist-evaluator once said IMAGE with output shape [10]; the proto says IMAGE is [C, H, W]."""
     import grpc
 
     from protos.ganserve.v1 import generator_pb2 as pb
@@ -297,7 +297,7 @@ def test_every_shipped_model_info_matches_its_declared_kind(shipped):
 
 
 def test_invert_past_its_deadline_stops_costing_cpu(shipped):
-    """Issue 20, item 3: Invert{gan-mnist, 256 images, OPTIMIZE, 500 steps} with a 0.5 s deadline computed 23-35 s
+    """Invert{gan-mnist, 256 images, OPTIMIZE, 500 steps} with a 0.5 s deadline computed 23-35 s
     more (the deadline was checked between slices of 32 images). Now it is checked before every step: from
     0.5 s after the deadline the process spends (almost) no CPU."""
     import time

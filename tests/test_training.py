@@ -413,7 +413,7 @@ def test_ema_tracks_weights():
 
 
 def test_sigkill_mid_run_then_resume_publishes(tmp_path):
-    """Issue 8, item 9: SIGKILL a real `python -m training.run` after its first checkpoint, `--resume` it, publish.
+    """SIGKILL a real `python -m training.run` after its first checkpoint, `--resume` it, publish.
 
     Nothing is published by the killed run; the resumed run continues from the checkpoint's step (its curves
     keep the killed run's history) and publishes version 1.

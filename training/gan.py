@@ -69,7 +69,7 @@ class GANConfig:
     latent_regression: float = 0.0   # images: weight of a head on D's features that regresses z from G(z), in
                                      # G's and D's losses (InfoGAN's continuous-code term, Chen et al. 2016,
                                      # eq. 5, on every latent coordinate): keeps z recoverable from the image,
-                                     # which inversion needs (issue 4); 0: off
+                                     # which inversion needs; 0: off
     clip: float = 0.01               # WGAN weight clipping c
     lr_g: float = 2e-4
     lr_d: float = 2e-4

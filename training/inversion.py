@@ -9,7 +9,7 @@ For a published image generator (any kind, including foreign ONNX generators) th
    generator_grad.onnx, so G needs no torch re-implementation and no checkpoint - only its published graph;
 3. exports encoder.onnx (dynamic batch, parity checked against torch);
 4. measures ENCODER / OPTIMIZE / HYBRID with ganserve/inversion/runtime.py (the server's implementation) on
-   1,000 real MNIST test digits and 1,000 of the generator's own samples (issue 4, item 7);
+   1,000 real MNIST test digits and 1,000 of the generator's own samples;
 5. publishes a NEW version of the model: its files copied unchanged plus encoder.onnx, the manifest extended
    with the encoder graph, generator_grad as {"derive": "vjp"} (rebuilt from generator.onnx by the loader, which
    saves storing the generator's weights twice) and the inversion metrics (a published version is never modified).

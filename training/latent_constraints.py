@@ -27,9 +27,8 @@ Generative Models" (ICLR 2018), Section 4 ("Actor-critic pairs"). With the VAE o
   paper's sigma_z bar): moving along a dimension the encoder is sure about costs more.
 
 Latent recovery (ours, not the paper's; config latent_recovery, 0 = off): the served generator is decoder o actor,
-and inversion (issue 4) must recover the actor's INPUT z from an image. A free actor overwrites z (measured on a
-16-d VAE: ||z' - z|| 4.2 against ||z|| 3.9, 7 of 16 directions of d x / d z below 10% of the largest), so no
-inversion can find it. A head R reads what the image shows of z' (the VAE encoder's mean of the decoded z') and
+and inversion must recover the actor's INPUT z from an image. A free actor overwrites z, so no inversion can
+find it (measured: docs/latent_constraints/README.md). A head R reads what the image shows of z' (the VAE encoder's mean of the decoded z') and
 the label, and predicts z; R and the actor minimise, together, the InfoGAN-style term (Chen et al. 2016, the
 continuous-code regression)
 

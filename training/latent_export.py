@@ -19,7 +19,7 @@ from training.latent_nets import NUM_CLASSES, ConstrainedGenerator, EncoderMean,
 
 @torch.no_grad()
 def latent_report(result: dict, evaluator, n: int = 10000, seed: int = 0) -> dict:
-    """The numbers of issue 4, item 4, with the project's evaluator (10k samples, latents of `seed`):
+    """The latent-constraint measures (docs/latent_constraints/README.md), with the project's evaluator (10k samples, latents of `seed`):
 
     - the holes: decoded prior samples vs reconstructions of test images (evaluator confidence, Frechet);
     - the realism actor: prior samples before/after (Frechet distance, mean evaluator confidence);

@@ -22,11 +22,9 @@ Working on the ONNX graph rather than the torch module makes it independent of h
 truth: the gradient is of exactly the graph the server samples from. Weight gradients are never built, so a
 step costs about two forward passes. Checked against torch autograd in tests/test_inversion_grad.py.
 
-Measured (training.inversion_cost.grad_cost, gan-mnist@2, batch 256, 2 ORT threads, cores shared with other jobs):
-forward 1.90 ms/image, generator_grad 4.29 ms/image (2.3x the forward), one-sided finite differences
-(65 forwards) 148 ms/image (35x the gradient graph); the two gradients agree to cosine 0.9998, and central
-differences on the published graphs agree to a max relative error of 2e-3..1e-2 (manifest
-export.generator_grad_fd_max_rel_err).
+Cost and agreement with finite differences, measured (training.inversion_cost.grad_cost):
+docs/inversion/README.md#gradients-without-torch-an-exported-vjp-graph (2.3x a forward pass; finite differences
+35x slower).
 
 Output graph: inputs z (N, latent_dim), target (N, *image) [, y (N, classes)] ->
     loss   (N,)              per-sample sum of squared error ||G(z[, y]) - target||^2

@@ -309,7 +309,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def measure(version_dir: str | Path, evaluator, *, n: int = 1000, settings: InversionSettings = DEFAULTS,
             threads: int = 2, seed: int = 0, methods: tuple[str, ...] = METHODS, log=print) -> dict[str, float]:
-    """Issue 4, item 7: ENCODER / OPTIMIZE / HYBRID on n real MNIST test digits and n of the model's own samples.
+    """ENCODER / OPTIMIZE / HYBRID on n real MNIST test digits and n of the model's own samples.
 
     `evaluator` is training.evaluate.Evaluator (x in [0, 1] -> (logits, features)).
     Real digits (the first n of the test split, in [-1, 1]; conditional models get the true label, as the
