@@ -176,6 +176,10 @@ func (b *batcher) exchange(l *link, msg []byte, items int, deadline time.Time) (
 		if err != nil {
 			return fail("cannot reach", err)
 		}
+		if err := checkPeer(conn); err != nil {
+			conn.Close()
+			return fail("refused", err)
+		}
 		l.conn, l.r = conn, bufio.NewReaderSize(conn, 64<<10)
 	}
 	l.conn.SetDeadline(deadline)

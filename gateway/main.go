@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
@@ -52,7 +53,8 @@ type options struct {
 	tlsCert, tlsKey, tlsClientCA string
 	tokenFile, metricsListen     string
 	drain, queueTimeout          time.Duration
-	parentPipe                   bool
+	parentPipe, tokenStdin       bool
+	conns                        connLimits
 }
 
 func parseFlags(args []string) (options, error) {
@@ -71,9 +73,17 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key (PEM)")
 	fs.StringVar(&o.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates are required")
 	fs.StringVar(&o.tokenFile, "auth-token-file", "", "file holding the bearer token required on every call but health")
+	fs.BoolVar(&o.tokenStdin, "auth-token-stdin", false,
+		"read the bearer token from the first line of standard input (the supervisor's way: no file, no argument)")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 10*time.Second, "a call that waited longer for a batch is refused RESOURCE_EXHAUSTED")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "on SIGTERM/SIGINT, time in-flight calls get to finish")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics on host:port (empty: off)")
+	fs.IntVar(&o.conns.max, "max-connections", 4096, "open client connections at most; more are closed at once")
+	fs.DurationVar(&o.conns.idle, "connection-idle", 5*time.Minute, "close a connection that had no call for this long")
+	fs.DurationVar(&o.conns.age, "connection-max-age", time.Hour, "ask a client to reconnect after this long (0: never)")
+	fs.DurationVar(&o.conns.grace, "connection-age-grace", time.Hour, "calls in flight at a connection's age get this long")
+	fs.DurationVar(&o.conns.handshake, "handshake-timeout", 10*time.Second, "a new connection's TLS and HTTP/2 set-up at most")
+	fs.DurationVar(&o.conns.keepalive, "keepalive", time.Minute, "ping a connection silent this long; close it if no answer in 20 s")
 	fs.BoolVar(&o.parentPipe, "stop-on-stdin-eof", false,
 		"stop (draining) when standard input closes: the supervising process holds its other end, so the gateway "+
 			"never outlives it, even when it is killed")
@@ -87,6 +97,10 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-max-batch, -inflight and -max-queue must be >= 1")
 	case o.queueTimeout <= 0:
 		return o, errors.New("-queue-timeout must be > 0")
+	case o.conns.max < 1 || o.conns.idle <= 0 || o.conns.handshake <= 0 || o.conns.keepalive <= 0 || o.conns.age < 0 ||
+		o.conns.grace < 0:
+		return o, errors.New("-max-connections, -connection-idle, -handshake-timeout and -keepalive must be > 0; " +
+			"-connection-max-age and -connection-age-grace >= 0")
 	case o.maxMessage < 1024 || o.maxRequest < 1024 || o.maxUpload < 1024:
 		return o, errors.New("-max-message-bytes, -max-request-bytes and -max-upload-bytes must be >= 1024")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
@@ -203,7 +217,15 @@ func run(args []string) error {
 		return err
 	}
 	token := ""
-	if o.tokenFile != "" {
+	stdin := bufio.NewReader(os.Stdin)
+	switch {
+	case o.tokenStdin:
+		line, err := stdin.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("-auth-token-stdin: no token line on standard input: %v", err)
+		}
+		token = strings.TrimSpace(line)
+	case o.tokenFile != "":
 		b, err := os.ReadFile(o.tokenFile)
 		if err != nil {
 			return err
@@ -223,6 +245,7 @@ func run(args []string) error {
 		grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(g.forward),
 		grpc.MaxRecvMsgSize(limits.receive()), grpc.MaxSendMsgSize(o.maxMessage),
 	}
+	opts = append(opts, o.conns.serverOptions()...)
 	if o.tlsCert != "" {
 		creds, err := serverCreds(o)
 		if err != nil {
@@ -239,10 +262,11 @@ func run(args []string) error {
 			{StreamName: "SampleConditional", Handler: g.batched("SampleConditional")},
 		}, // the service's other methods reach forward()
 	}, struct{}{})
-	lis, err := net.Listen("tcp", o.listen)
+	tcp, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
+	lis := &limitListener{Listener: tcp, max: o.conns.max}
 	// The supervisor reads these lines for the bound ports (either may ask for port 0).
 	if o.metricsListen != "" {
 		// As the Python server does: metrics are not worth refusing to serve over.
@@ -258,7 +282,7 @@ func run(args []string) error {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	if o.parentPipe {
 		go func() {
-			io.Copy(io.Discard, os.Stdin) // returns when the supervisor's end closes (it exited or died)
+			io.Copy(io.Discard, stdin) // returns when the supervisor's end closes (it exited or died)
 			log.Printf("the supervising process is gone")
 			stop <- syscall.SIGTERM
 		}()

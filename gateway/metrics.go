@@ -162,6 +162,9 @@ func (m *metrics) serve(addr string) (net.Addr, error) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		fmt.Fprint(w, m.text())
 	})
-	go http.Serve(lis, mux)
+	// Timeouts: an idle or slow connection is closed, not kept with its descriptor for as long as it likes.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: 10 * time.Second}
+	go srv.Serve(&limitListener{Listener: lis, max: 64})
 	return lis.Addr(), nil
 }

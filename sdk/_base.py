@@ -4,9 +4,11 @@ other defaults, and the retry decision."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import grpc
@@ -22,6 +24,27 @@ def _read(value: bytes | str | os.PathLike | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
+def _is_local(target: str) -> bool:
+    """Whether a gRPC target is this machine: a Unix socket or a loopback host (a token may travel in clear)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+            break
+    host = target.split(",")[0]  # (ipv4:a:1,b:2 lists several)
+    if host.startswith("["):  # [v6]:port
+        host = host[1:host.find("]")]
+    elif host.count(":") == 1:  # host:port (a bare v6 address has more colons)
+        host = host.split(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Settings:
     """What both clients resolve the same way: target, credentials, metadata, timeout, retries."""
 
@@ -32,6 +55,9 @@ class _Settings:
         token = token if token is not None else os.environ.get(C.ENV_TOKEN)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.tls = bool(tls or root_certificates or client_cert)
+        if token and not self.tls and not _is_local(self.target):
+            warnings.warn(f"sending a bearer token without TLS to {self.target}: anyone on the network path can read "
+                          "it; pass tls=True (and root_certificates= for a private CA)", UserWarning, stacklevel=3)
         self.credentials = grpc.ssl_channel_credentials(_read(root_certificates), _read(client_key),
                                                         _read(client_cert)) if self.tls else None
         self.options = [("grpc.max_receive_message_length", C.MAX_MESSAGE_BYTES),

@@ -29,7 +29,7 @@ from server.engine import make_runner
 from server.gateway_backend import BatchSocket, GatewayBackend
 from server.health import Health
 from server.interceptors import OPEN_THREADS, SERVICE, Admission, CountingPool, TokenAuth
-from server.limits import RequestChecks, RequestLimits, return_large_buffers
+from server.limits import RequestChecks, RequestLimits, connection_options, raise_open_files, return_large_buffers
 from server.oip_grpc import SERVICE as V2_SERVICE
 from server.oip_grpc import InferenceService
 from server.oip_http import HttpServer, RestApi
@@ -70,9 +70,11 @@ class App:
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
         checks = RequestChecks(config)
         interceptors.append(RequestLimits(checks, self.telemetry.refused))  # innermost: wraps the real handlers
+        self.max_connections = raise_open_files(config.max_connections)
         options = [("grpc.max_receive_message_length", checks.receive_limit()),
                    ("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.so_reuseport", int(reuse_port))]  # only workers of one supervisor share a port
+                   ("grpc.so_reuseport", int(reuse_port)),  # only workers of one supervisor share a port
+                   *connection_options(config, self.max_connections)]
         self.server = grpc.server(futures.ThreadPoolExecutor(OPEN_THREADS, thread_name_prefix="open"),
                                   interceptors=interceptors, options=options)
         self.health = Health()  # answers for the names _set_health sets, keeps nothing for others

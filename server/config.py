@@ -100,6 +100,22 @@ class Config:
                 "are 63 MB)"})
     max_message_bytes: int = field(default=64 << 20, metadata={
         "help": "largest reply message (requests: max_request_bytes, max_upload_bytes)"})
+    # connections (docs/security.md): both front ends, the v2 REST port and the metrics endpoint
+    max_connections: int = field(default=4096, metadata={
+        "help": "open client connections at most (more are closed at once); the soft open-file limit is raised "
+                "at start to fit them"})
+    connection_idle_s: float = field(default=300.0, metadata={
+        "help": "close a connection that had no call for this long (clients reconnect on their next call)"})
+    connection_max_age_s: float = field(default=3600.0, metadata={
+        "help": "ask a client to reconnect after this long (spreads load after a scale-out); 0 = never"})
+    connection_age_grace_s: float = field(default=3600.0, metadata={
+        "help": "calls still running when a connection reaches its age get this long to finish (a 10M-sample "
+                "SampleStream takes ~70 min on 2 cores; it can resume from an offset)"})
+    handshake_timeout_s: float = field(default=10.0, metadata={
+        "help": "a new connection must finish its TLS handshake and HTTP/2 preface in this time"})
+    keepalive_s: float = field(default=60.0, metadata={
+        "help": "ping a connection silent this long (while it has calls) and close it if no answer in 20 s; "
+                "clients may ping at most every 5 minutes without calls (2 strikes, then GOAWAY)"})
     # operations
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0 = any free port, -1 = off)"})
     metrics_address: str = field(default="127.0.0.1", metadata={"help": "Prometheus bind address"})
@@ -150,6 +166,11 @@ class Config:
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "bad log_level"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),
             (not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca needs tls_cert and tls_key"),
+            (self.max_connections >= 1, "max_connections must be >= 1"),
+            (min(self.connection_idle_s, self.handshake_timeout_s, self.keepalive_s) > 0,
+             "connection_idle_s, handshake_timeout_s and keepalive_s must be > 0"),
+            (min(self.connection_max_age_s, self.connection_age_grace_s) >= 0,
+             "connection_max_age_s and connection_age_grace_s must be >= 0"),
             (self.metrics_port >= -1, "metrics_port must be -1 (off), 0 (any) or a port"),
             (self.model_memory_mb >= 0, "model_memory_mb must be >= 0 (0 = no limit)"),
             (-1 <= self.http_port <= 65535, "http_port must be -1 (off), 0 (any) or a port"),

@@ -77,12 +77,6 @@ class NativeFrontend:
     def _prepare(self, config: Config) -> None:
         self.socket = os.path.join(self.dir, "backend.sock")  # gRPC: the calls the gateway relays
         self.batch_socket = os.path.join(self.dir, "batch.sock")  # the batches (server/gateway_backend.py)
-        self.token_file = ""
-        if config.token():
-            self.token_file = os.path.join(self.dir, "token")
-            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(config.token())
         backend = dataclasses.replace(config, address=f"unix:{self.socket}", tls_cert="", tls_key="", tls_client_ca="")
         self.app = App(backend, batch_socket=self.batch_socket, public=config)  # bound, not started
 
@@ -92,6 +86,10 @@ class NativeFrontend:
                "-max-batch", str(c.gateway_max_batch), "-inflight", str(c.gateway_inflight),
                "-max-queue", str(c.max_concurrent_rpcs), "-max-message-bytes", str(c.max_message_bytes),
                "-max-request-bytes", str(c.max_request_bytes), "-max-upload-bytes", str(c.max_upload_bytes),
+               "-max-connections", str(c.max_connections), "-connection-idle", f"{c.connection_idle_s}s",
+               "-connection-max-age", f"{c.connection_max_age_s}s",
+               "-connection-age-grace", f"{c.connection_age_grace_s}s",
+               "-handshake-timeout", f"{c.handshake_timeout_s}s", "-keepalive", f"{c.keepalive_s}s",
                "-queue-timeout", f"{c.queue_timeout_ms}ms", "-drain", f"{c.drain_s}s", "-stop-on-stdin-eof"]
         if c.tls_cert:
             cmd += ["-tls-cert", c.tls_cert, "-tls-key", c.tls_key]
@@ -99,16 +97,20 @@ class NativeFrontend:
                 cmd += ["-tls-client-ca", c.tls_client_ca]
         if c.metrics_port >= 0:  # next to this server's: metrics_port + 1 (0: any free port)
             cmd += ["-metrics-listen", f"{c.metrics_address}:{c.metrics_port + 1 if c.metrics_port else 0}"]
-        if self.token_file:
-            cmd += ["-auth-token-file", self.token_file]
+        if c.token():
+            cmd += ["-auth-token-stdin"]  # the first line on its stdin: never in a file or on a command line
         return cmd
 
     def _start_gateway(self) -> None:
         """Start the gateway and wait for its "listening on host:port" line (OSError if it exits instead)."""
-        # stdin: a pipe this process holds and never writes; when this process ends, even by SIGKILL, the pipe
-        # closes and the gateway stops (it would otherwise hold the public port in front of a dead backend).
+        # stdin: a pipe this process holds; the token (if any) is its first line, then nothing more. When this
+        # process ends, even by SIGKILL, the pipe closes and the gateway stops (it would otherwise hold the public
+        # port in front of a dead backend). So the token is never in a file another process could find after a kill.
         # Its log goes to our stderr.
         proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.config.token():
+            proc.stdin.write(self.config.token() + "\n")
+            proc.stdin.flush()
         line = proc.stdout.readline()
         if line.startswith("ganserve-gateway metrics on "):
             self.metrics_url = line.split(" on ", 1)[1].strip()

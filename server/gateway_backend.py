@@ -6,8 +6,9 @@ model version's rows in one generator call beside the batcher's queue, so the Py
 single-sample call drops from a whole gRPC call (~0.3 ms under the GIL) to parsing, checking and encoding it
 (~60 us). Several batches run at once (one per gateway connection), each ONNX Runtime call on its own thread.
 
-`BatchSocket` carries them: a Unix socket in the front end's private folder, one thread per gateway
-connection, each message a 4-byte big-endian length then the serialized message (SampleBatchRequest in,
+`BatchSocket` carries them: a Unix socket in the front end's private folder (0700), which also refuses a
+connection from another user id (SO_PEERCRED; the gateway checks this server's the same way), one thread per
+gateway connection, each message a 4-byte big-endian length then the serialized message (SampleBatchRequest in,
 SampleBatchResponse out). Not gRPC: a Python gRPC server added ~3 ms of GIL-bound hand-offs to every batch.
 """
 
@@ -125,6 +126,16 @@ class GatewayBackend:
 
 
 _HEAD = struct.Struct(">I")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (SO_PEERCRED), None where unknown."""
+    try:
+        _, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except (OSError, AttributeError):  # (not Linux)
+        return None
+    return uid
 
 
 class BatchSocket:
@@ -147,6 +158,11 @@ class BatchSocket:
                 conn, _ = self._sock.accept()
             except OSError:  # closed
                 return
+            uid = peer_uid(conn)
+            if uid is not None and uid != os.getuid():  # a second check behind the folder's 0700
+                log.warning("batch socket: refused a connection from uid %s (this server runs as %d)", uid, os.getuid())
+                conn.close()
+                continue
             with self._lock:
                 self._conns.add(conn)
             threading.Thread(target=self._serve, args=(conn,), name="batch-conn", daemon=True).start()

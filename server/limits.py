@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import resource
 
 import grpc
 
@@ -140,3 +141,49 @@ class RequestLimits(grpc.ServerInterceptor):
             if hasattr(inner, attr):
                 setattr(behaviour, attr, getattr(inner, attr))
         return handler._replace(request_deserializer=deserializer, **{kind: behaviour})
+
+
+# -- connections (issue 25, F3) --------------------------------------------------------------------------------
+
+FD_RESERVE = 256  # descriptors kept for everything but client connections: store files, sessions, sockets, logs
+KEEPALIVE_TIMEOUT_S = 20
+MIN_CLIENT_PING_S = 300  # clients pinging more often without calls get strikes (gRPC's default, stated here)
+MAX_PING_STRIKES = 2
+
+
+def raise_open_files(connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the common soft default, 1,024, is what idle
+    connections exhausted); returns how many connections fit: `connections`, or fewer when even the hard
+    limit is too low (logged)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, connections + FD_RESERVE)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:  # (a container may forbid it)
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, e)
+    fit = max(1, soft - FD_RESERVE)
+    if connections > fit:
+        log.warning("max_connections %d lowered to %d: the open-file limit is %d (raise the hard limit, e.g. "
+                    "ulimit -Hn, LimitNOFILE= in systemd)", connections, fit, soft)
+        return fit
+    return connections
+
+
+def connection_options(config, connections: int) -> list[tuple[str, int]]:
+    """gRPC core's server options for the connection limits of `config` (docs/security.md)."""
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [("grpc.max_allowed_incoming_connections", connections),
+               ("grpc.max_connection_idle_ms", ms(config.connection_idle_s)),
+               ("grpc.server_handshake_timeout_ms", ms(config.handshake_timeout_s)),
+               ("grpc.keepalive_time_ms", ms(config.keepalive_s)),
+               ("grpc.keepalive_timeout_ms", ms(KEEPALIVE_TIMEOUT_S)),
+               ("grpc.http2.min_ping_interval_without_data_ms", ms(MIN_CLIENT_PING_S)),
+               ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES)]
+    if config.connection_max_age_s > 0:
+        options += [("grpc.max_connection_age_ms", ms(config.connection_max_age_s)),
+                    ("grpc.max_connection_age_grace_ms", ms(config.connection_age_grace_s))]
+    return options

@@ -342,6 +342,7 @@ class HttpServer:
                 tls |= {"ssl_ca_certs": config.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
         self.server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False, lifespan="off", server_header=False,
+            limit_concurrency=config.max_connections, timeout_keep_alive=5,  # (503 past it; idle keep-alive closed)
             **tls))
         self._thread: threading.Thread | None = None
 

@@ -27,14 +27,20 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from ganserve.store.policy import TOLERANCES as GATED
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+METRICS_IDLE_S = 10.0  # the metrics endpoint closes a connection silent this long
+METRICS_CONNECTIONS = 64  # and holds at most this many at once (scrapers are few)
 
 
 class Telemetry:
@@ -121,8 +127,9 @@ class Telemetry:
                 self.default.labels(e.name).set(e.version)
 
     def serve(self, address: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        self.http, _ = start_http_server(port, addr=address, registry=self.registry)
+        """Start the /metrics HTTP endpoint (its own thread); returns the bound port."""
+        self.http = MetricsServer((address, port), make_wsgi_app(self.registry))
+        threading.Thread(target=self.http.serve_forever, name="metrics", daemon=True).start()
         self.port = self.http.server_port
         return self.port
 
@@ -131,6 +138,45 @@ class Telemetry:
             self.http.shutdown()
             self.http.server_close()
             self.http = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = METRICS_IDLE_S  # a connection silent this long is closed (the socket's timeout)
+
+    def log_message(self, *args) -> None:  # (scrapes are not worth a log line)
+        pass
+
+
+class MetricsServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's endpoint, bounded (issue 25, F3): its stock server kept a thread and a descriptor per
+    idle connection for as long as the client wished (600 idle connections: 638 threads). Here a connection
+    that sends nothing for METRICS_IDLE_S is closed, and past METRICS_CONNECTIONS at once a new one is closed
+    on arrival."""
+
+    daemon_threads = True
+    request_queue_size = 128  # (socketserver's default backlog, 5, makes a burst of connects wait for SYN retries)
+
+    def __init__(self, address: tuple[str, int], app):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+        super().__init__(address, _QuietHandler)
+        self.set_app(app)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class JsonFormatter(logging.Formatter):

@@ -258,9 +258,8 @@ def test_requests_over_their_limits_get_the_same_status_through_either_front_end
     for method, data in cases:
         statuses = []
         for target in (f"127.0.0.1:{native.port}", server.target):
-            with grpc.insecure_channel(target) as ch:
-                with pytest.raises(grpc.RpcError) as err:
-                    ch.unary_unary(f"/ganserve.v1.GeneratorService/{method}")(data, timeout=30)
+            with grpc.insecure_channel(target) as ch, pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary(f"/ganserve.v1.GeneratorService/{method}")(data, timeout=30)
             statuses.append((err.value.code(), err.value.details()))
         assert statuses[0] == statuses[1], method
         seen.append(statuses[0])
@@ -268,6 +267,20 @@ def test_requests_over_their_limits_get_the_same_status_through_either_front_end
     assert seen[0][1].endswith("over the server's limit of 8388608 bytes (max_request_bytes)")
     assert seen[1] == (grpc.StatusCode.INVALID_ARGUMENT,
                        "endpoints: at most 16 elements (the server's limit), got at least 17")
+
+
+def test_two_thousand_idle_connections_leave_the_gateway_answering(native):
+    """Issue 25, F3, through the gateway (it raises its own open-file limit, Go does at start)."""
+    from tests.test_server_hardening import answers_within_deadlines, idle_connections
+
+    conns = idle_connections(f"127.0.0.1:{native.port}", 2000)
+    try:
+        time.sleep(0.5)
+        assert psutil.Process(native.proc.pid).num_fds() > 2000
+        answers_within_deadlines(f"127.0.0.1:{native.port}")
+    finally:
+        for s in conns:
+            s.close()
 
 
 # -- access, overload, process ------------------------------------------------------------------------------
@@ -598,3 +611,58 @@ def _read(s: socket.socket, n: int) -> bytes:
         assert chunk, "connection closed early"
         out += chunk
     return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root to switch users")
+def test_the_batch_socket_refuses_another_user(tmp_path, backend):
+    """Issue 25, F11: SO_PEERCRED behind the folder's 0700: with the folder and socket opened to all, a process
+    of another uid still gets the connection closed before any batch."""
+    from server.gateway_backend import BatchSocket
+
+    os.chmod(tmp_path, 0o777)
+    path = str(tmp_path / "batch.sock")
+    listener = BatchSocket(path, backend)
+    os.chmod(path, 0o666)
+    raw = gw.SampleBatchRequest(items=[_item("Sample", pb.SampleRequest(model="tiny-gan", n=1))]).SerializeToString()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: nobody (65534) asks for a batch
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(path)
+                    s.settimeout(5)
+                    s.sendall(struct.pack(">I", len(raw)) + raw)
+                    code = 0 if s.recv(4) == b"" else 2  # closed, no reply
+            except OSError:
+                code = 0  # (reset: refused as well)
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        with socket.socket(socket.AF_UNIX) as s:  # this user still gets its batches
+            s.connect(path)
+            s.sendall(struct.pack(">I", len(raw)) + raw)
+            size, = struct.unpack(">I", _read(s, 4))
+            assert len(gw.SampleBatchResponse.FromString(_read(s, size)).results) == 1
+    finally:
+        listener.close()
+
+
+def test_the_gateway_gets_its_token_on_stdin_never_in_a_file_or_argument(model_store):
+    """Issue 25, F5/F11: a killed server leaves no token file behind because there never is one."""
+    from server.frontend import NativeFrontend
+
+    native_binaries()
+    front = NativeFrontend(Config(address="127.0.0.1:0", store=str(model_store), metrics_port=-1,
+                                  reload_interval_s=0, auth_token="t0ken-in-memory")).start()
+    try:
+        assert "t0ken-in-memory" not in " ".join(psutil.Process(front.proc.pid).cmdline())
+        for path in Path(front.dir).rglob("*"):
+            assert not path.is_file() or b"t0ken-in-memory" not in path.read_bytes(), path
+        stub = _stub(f"127.0.0.1:{front.port}")
+        assert stub.Sample(pb.SampleRequest(model="tiny-gan", n=1), metadata=(("authorization", "Bearer t0ken-in-memory"),),
+                           timeout=10).model
+    finally:
+        front.stop()

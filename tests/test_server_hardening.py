@@ -4,11 +4,15 @@ theirs alone (psutil); the native front end's cases are in tests/test_frontend.p
 
 from __future__ import annotations
 
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +36,11 @@ def _rss_mb(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / MB
 
 
+def _common_fd_limit() -> None:
+    """The soft open-file limit most Linux sessions start with (the server raises its own)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
 @pytest.fixture(scope="module")
 def served(model_store):
     """(address, process) of a `python -m server` over the tiny store."""
@@ -39,7 +48,7 @@ def served(model_store):
     proc = subprocess.Popen([sys.executable, "-m", "server", "--address", f"127.0.0.1:{port}",
                              "--store", str(model_store), "--metrics-port", "-1", "--reload-interval-s", "0",
                              "--log-level", "WARNING"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_common_fd_limit)
     address = f"127.0.0.1:{port}"
     try:
         _serving(address)
@@ -147,9 +156,8 @@ def test_an_amplifying_request_is_refused_before_it_costs_memory(served, method,
     address, proc = served
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)]) as ch:
         call = _raw(ch, method)
-        with _PeakRss(proc) as rss:
-            with pytest.raises(grpc.RpcError) as err:
-                call(data, timeout=30, compression=grpc.Compression.Gzip)  # a few 10s of KB on the wire
+        with _PeakRss(proc) as rss, pytest.raises(grpc.RpcError) as err:
+            call(data, timeout=30, compression=grpc.Compression.Gzip)  # a few 10s of KB on the wire
         assert err.value.code().name == code, err.value.details()
         if field:
             assert err.value.details().startswith(f"{field}: at most "), err.value.details()
@@ -260,3 +268,117 @@ def test_a_name_with_a_trailing_newline_is_neither_served_nor_accepted(model_sto
                 assert err.value.details().startswith("model: model name must match")
     finally:
         running.app.stop(0)
+
+
+# -- F3: connections ------------------------------------------------------------------------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def idle_connections(address: str, count: int) -> list[socket.socket]:
+    """`count` HTTP/2 connections that send their preface and nothing else (this process's own open-file limit
+    raised to hold them)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 512), hard))
+    host, port = address.rsplit(":", 1)
+    out = []
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(H2_PREFACE)
+        out.append(s)
+    return out
+
+
+def answers_within_deadlines(address: str) -> None:
+    """Health (2 s) and Sample (5 s) on a new connection."""
+    with grpc.insecure_channel(address) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert pb_grpc.GeneratorServiceStub(ch).Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1), timeout=5).model
+
+
+def test_two_thousand_idle_connections_leave_health_and_sample_answering(served):
+    """The server started under a soft open-file limit of 1,024 (the review: 1,100 idle connections there made
+    health and Sample time out, "File descriptor limit reached"); it raises its own limit at start."""
+    address, proc = served
+    conns = idle_connections(address, 2000)
+    try:
+        time.sleep(0.5)
+        assert psutil.Process(proc.pid).num_fds() > 2000  # all of them held by the server
+        answers_within_deadlines(address)
+    finally:
+        for s in conns:
+            s.close()
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `s` within `seconds` (anything it sends first, a GOAWAY say, is read)."""
+    s.settimeout(seconds)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            if not s.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+    return False
+
+
+def test_silent_and_idle_connections_are_closed(model_store):
+    from tests.conftest import start_server
+
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1, handshake_timeout_s=0.5,
+                           connection_idle_s=0.5)
+    try:
+        host, port = running.target.rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)))  # never sends its HTTP/2 preface
+        idle = idle_connections(running.target, 1)[0]  # a set-up connection without calls
+        assert _closed_within(silent, 10) and _closed_within(idle, 10)
+        answers_within_deadlines(running.target)
+    finally:
+        running.app.stop(0)
+
+
+def test_the_metrics_endpoint_holds_no_thread_per_idle_connection(model_store, monkeypatch):
+    from server import telemetry
+    from tests.conftest import start_server
+
+    monkeypatch.setattr(telemetry._QuietHandler, "timeout", 1.0)
+    running = start_server(model_store, reload_interval_s=0, metrics_port=0)
+    try:
+        url = f"http://127.0.0.1:{running.app.metrics_port}/metrics"
+        threads = threading.active_count()
+        conns = [socket.create_connection(("127.0.0.1", running.app.metrics_port)) for _ in range(300)]
+        time.sleep(0.5)
+        held = threading.active_count() - threads
+        assert held <= telemetry.METRICS_CONNECTIONS  # (the stock server: one thread each, 300)
+        assert all(_closed_within(s, 5) for s in conns[:5])  # silent ones are closed after the idle timeout
+        for s in conns:
+            s.close()
+        time.sleep(0.5)
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            assert b"ganserve_requests_total" in reply.read() or reply.status == 200
+    finally:
+        running.app.stop(0)
+
+
+# -- F11: the SDK says when a token would travel in clear ------------------------------------------------------
+
+@pytest.mark.parametrize("target,options,warns", [
+    ("10.0.0.7:50051", {}, True), ("example.com:443", {}, True), ("dns:///example.com:50051", {}, True),
+    ("localhost:50051", {}, False), ("127.0.0.1:50051", {}, False), ("[::1]:50051", {}, False),
+    ("unix:/tmp/ganserve.sock", {}, False), ("example.com:443", {"tls": True}, False)])
+def test_the_sdk_warns_before_sending_a_token_in_clear_off_this_machine(target, options, warns):
+    from sdk import Client
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Client(target, token="t", **options).close()
+        Client(target, **options).close()  # no token: nothing to say
+    said = [str(w.message) for w in caught if "without TLS" in str(w.message)]
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert said[0].startswith(f"sending a bearer token without TLS to {target}") and "tls=True" in said[0]
