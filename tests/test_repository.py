@@ -4,7 +4,10 @@ within the model-memory budget, and the Prometheus gauges."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,11 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.many_models import build_store
+from ganserve.store import manifest as mf
 from ganserve.store import policy as P
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
-from ganserve.store import manifest as mf
+from sdk import Client, NotFoundError
 from tests.conftest import publish_gan, start_server
 from tests.test_server_reliability import _wait
 from tests.test_store_faults import _bad_generator
@@ -176,7 +181,6 @@ def test_a_store_of_1000_generators_starts_in_seconds_and_stays_within_budget(tm
     """The bar: 1,000 small generators start in < 5 s (the server's start in this process, imports
     excluded: bench.many_models measures from spawn too), and a client sampling 200 of them at random keeps
     the resident graphs within --model-memory-mb."""
-    from bench.many_models import build_store
 
     size = build_store(tmp_path / "store", 1000, tmp_path)
     budget_mb = 40 * size / 2**20  # room for 40 models
@@ -203,11 +207,6 @@ def test_a_store_of_1000_generators_starts_in_seconds_and_stays_within_budget(tm
 
 
 def test_sdk_and_cli_show_states_and_the_servers_reason(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from sdk import Client, NotFoundError
 
     store = tmp_path / "store"
     _republish(store, tmp_path, metrics=GOOD)
