@@ -32,6 +32,26 @@ def test_truncation_bounded_and_deterministic():
     np.testing.assert_array_equal(z[1500:], L.latents(1, 1500, 16, offset=1500, truncation=0.5))
 
 
+def test_truncation_redraws_out_of_range_entries_golden():
+    """Truncation redraws |z| > t from the block's generator (it does not clip): golden values written out from
+    the documented definition. Entries already within t keep their untruncated value; the others are new draws,
+    none of them at the bound (clipping would put 9 of these 12 entries at exactly +-0.5)."""
+    z = L.latents(7, 3, 4, truncation=0.5)
+    golden = np.array([[0.20329022, -0.38270938, 0.36107814, 0.37418032],
+                       [0.19529817, 0.37570348, -0.4020438, -0.41574532],
+                       [-0.06291215, -0.35017, -0.28599533, -0.08078747]], np.float32)
+    np.testing.assert_allclose(z, golden, rtol=0, atol=1e-7)
+    plain = L.latents(7, 3, 4)
+    inside = np.abs(plain) <= 0.5
+    assert inside.sum() == 3  # 9 of the 12 entries were redrawn
+    np.testing.assert_array_equal(z[inside], plain[inside])
+    assert not np.isin(np.abs(z), [0.5]).any()
+    # a second block (offset past 1024) redraws from its own generator
+    np.testing.assert_allclose(L.latents(7, 2, 4, offset=1030, truncation=1.0),
+                               [[-0.83094424, 0.8794884, 0.87261796, 0.076879546],
+                                [0.78190047, 0.8577078, -0.8857835, 0.6834549]], rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("kwargs", [dict(seed=-1, n=1, dim=2), dict(seed=2**64, n=1, dim=2),
                                     dict(seed=1, n=-1, dim=2), dict(seed=1, n=1, dim=0),
                                     dict(seed=1, n=1, dim=2, truncation=-1.0)])

@@ -174,6 +174,21 @@ def test_stream_conditional_and_png(stub):
     assert [p for c in chunks for p in c.png] == list(ref.png)
 
 
+def test_stream_per_sample_labels_follow_each_chunk_offset(stub):
+    """Per-sample labels whose period (3) does not divide the chunk size (4), from offset 5: chunk k must use
+    labels[4k:4k+4], checked against the numpy reference generator, not against the server's own Sample."""
+    n, offset, chunk = 11, 5, 4
+    labels = [i % 3 for i in range(n)]  # chunks [0 1 2 0] [1 2 0 1] [2 0 1]; y[:size] would repeat the first
+    chunks = list(stub.SampleStream(pb.SampleStreamRequest(model="tiny-cgan", n=n, seed=8, offset=offset,
+                                                           labels=labels, chunk_size=chunk, return_latents=True)))
+    assert [c.start for c in chunks] == [5, 9, 13] and [len(arr(c.samples)) for c in chunks] == [4, 4, 3]
+    z = latent_fn.latents(8, n, LATENT, offset=offset)
+    np.testing.assert_array_equal(np.concatenate([arr(c.latents) for c in chunks]), z)
+    y = np.eye(CLASSES, dtype=np.float32)[labels]
+    got = np.concatenate([arr(c.samples) for c in chunks])
+    np.testing.assert_allclose(got, reference_generator(z, y), rtol=0, atol=2e-6)
+
+
 # -- interpolation ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method,name", [(pb.LINEAR, "linear"), (pb.SLERP, "slerp"),
