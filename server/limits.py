@@ -143,7 +143,7 @@ class RequestLimits(grpc.ServerInterceptor):
         return handler._replace(request_deserializer=deserializer, **{kind: behaviour})
 
 
-# -- connections (issue 25, F3) --------------------------------------------------------------------------------
+# -- connections -------------------------------------------------------------------------------------------------------
 
 FD_RESERVE = 256  # descriptors kept for everything but client connections: store files, sessions, sockets, logs
 KEEPALIVE_TIMEOUT_S = 20

@@ -148,7 +148,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer(ThreadingMixIn, WSGIServer):
-    """prometheus_client's endpoint, bounded (issue 25, F3): its stock server kept a thread and a descriptor per
+    """prometheus_client's endpoint, bounded: its stock server kept a thread and a descriptor per
     idle connection for as long as the client wished (600 idle connections: 638 threads). Here a connection
     that sends nothing for METRICS_IDLE_S is closed, and past METRICS_CONNECTIONS at once a new one is closed
     on arrival."""

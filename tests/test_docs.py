@@ -42,6 +42,16 @@ def test_flags_table_has_every_server_flag(capsys):
     assert "| `--inline-when-idle` | `GANSERVE_INLINE_WHEN_IDLE` | `true` |" in table
 
 
+def test_operations_page_lists_every_server_metric():
+    """Every metric the Python server exports has its row in docs/operations.md (counters with their _total)."""
+    from server.telemetry import Telemetry
+
+    page = (ROOT / "docs" / "operations.md").read_text()
+    listed = set(re.findall(r"`(ganserve_[a-z_]+)`", page))
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in Telemetry().registry.collect()}
+    assert len(exported) >= 10 and exported - listed == set()
+
+
 def test_models_block_is_the_summary_table():
     block = generate.models_block()
     assert block.startswith("| model | kind | generator params |")

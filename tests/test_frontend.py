@@ -270,7 +270,7 @@ def test_requests_over_their_limits_get_the_same_status_through_either_front_end
 
 
 def test_two_thousand_idle_connections_leave_the_gateway_answering(native):
-    """Issue 25, F3, through the gateway (it raises its own open-file limit, Go does at start)."""
+    """The connection limit through the gateway (it raises its own open-file limit, Go does at start)."""
     from tests.test_server_hardening import answers_within_deadlines, idle_connections
 
     conns = idle_connections(f"127.0.0.1:{native.port}", 2000)
@@ -615,7 +615,7 @@ def _read(s: socket.socket, n: int) -> bytes:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root to switch users")
 def test_the_batch_socket_refuses_another_user(tmp_path, backend):
-    """Issue 25, F11: SO_PEERCRED behind the folder's 0700: with the folder and socket opened to all, a process
+    """SO_PEERCRED behind the folder's 0700: with the folder and socket opened to all, a process
     of another uid still gets the connection closed before any batch."""
     from server.gateway_backend import BatchSocket
 
@@ -651,7 +651,7 @@ def test_the_batch_socket_refuses_another_user(tmp_path, backend):
 
 
 def test_the_gateway_gets_its_token_on_stdin_never_in_a_file_or_argument(model_store):
-    """Issue 25, F5/F11: a killed server leaves no token file behind because there never is one."""
+    """A killed server leaves no token file behind because there never is one."""
     from server.frontend import NativeFrontend
 
     native_binaries()
