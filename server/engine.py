@@ -17,6 +17,7 @@ import numpy as np
 
 from ganserve import images
 from ganserve.inversion.runtime import DEFAULTS, Stopped, pixel_mse01
+from ganserve.store import manifest as mf
 from protos import latents as latent_fn
 from protos.ganserve.v1 import generator_pb2 as pb
 from server.errors import BadModelOutput, Cancelled, DeadlineExceeded, FailedPrecondition, ResourceExhausted
@@ -178,7 +179,8 @@ class Inversion:
 
 
 def classify(evaluator: LoadedModel, images01: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluator classifier over images in [0, 1]: (logits (N, K), features (N, F))."""
+    """Evaluator classifier over images in its input range ([0, 1]): (logits (N, K), features (N, F))."""
+    mf.check_input_range(evaluator.manifest, images01)  # a caller that forgot to_unit() is a bug, not a result
     session = evaluator.sessions["classifier"]
     graph = evaluator.graph("classifier")
     x_name = graph["inputs"][0]["name"]

@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+PROJECT = Path(__file__).resolve().parent.parent  # relative store paths in configs are read against this
+
+
+def project_path(path: str | Path) -> Path:
+    """A path from a config (e.g. evaluator_store = "model_store"): relative ones are the project's, so a run
+    started from another folder reads the same store instead of silently finding none."""
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT / path
 
 
 class ConfigError(ValueError):

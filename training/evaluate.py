@@ -31,8 +31,9 @@ from ganserve import metrics as M
 from ganserve.data import MIXTURES, load_mnist, reference
 from ganserve.inversion.runtime import measure
 from ganserve.store import sessions as stores
-from ganserve.store.manifest import generator_names, read_manifest, verify_files
+from ganserve.store.manifest import check_input_range, generator_names, read_manifest, verify_files
 from protos.latents import latents
+from training.config import PROJECT, project_path
 
 EVALUATOR = "mnist-evaluator"
 PR_K = 3
@@ -59,6 +60,7 @@ class Evaluator:
         x01 = np.asarray(x01, np.float32)
         if x01.ndim != 4 or x01.shape[1:] != (1, 28, 28):
             raise ValueError(f"evaluator input must be (N, 1, 28, 28), got {x01.shape}")
+        check_input_range(self.manifest, x01)
         logits, feats = [], []
         for i in range(0, len(x01), batch):
             lo, fe = self.session.run(self.outputs, {self.input: np.ascontiguousarray(x01[i:i + batch])})
@@ -68,7 +70,9 @@ class Evaluator:
 
 
 def find_evaluator(store: str | Path = "model_store", required: bool = True) -> Evaluator | None:
-    path = stores.latest(Path(store), EVALUATOR)
+    """The newest mnist-evaluator in `store` (a relative path is the project's: training/config.project_path)."""
+    store = project_path(store)
+    path = stores.latest(store, EVALUATOR)
     if path is None:
         if required:
             raise FileNotFoundError(f"no {EVALUATOR} in {store}: train it with python -m training.run {EVALUATOR}")
@@ -351,7 +355,7 @@ def models_readme(rows: list[dict], command: str, docs: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+", help="model name, name@version, or 'all'")
-    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--store", type=Path, default=PROJECT / "model_store")
     p.add_argument("--n", type=int, default=None, help="samples (default 10000 images / 2500 points)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")

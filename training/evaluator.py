@@ -190,6 +190,7 @@ def manifest_fields(cfg: EvaluatorConfig) -> dict:
     """The manifest's model description (publish adds files, training, metrics, export)."""
     return {"kind": "evaluator", "data_kind": "image", "latent_dim": 0, "num_classes": 10,
             "class_names": [str(i) for i in range(10)], "output": {"shape": [10], "value_range": None},
+            "input": {"value_range": [0.0, 1.0]},  # images in [0, 1]; feeders check it (manifest.check_input_range)
             "max_batch_size": 4096,
             "description": "MNIST CNN classifier: logits for class histograms and conditional accuracy, "
                            f"{cfg.feature_dim}-d penultimate features for Frechet distance, KID, precision/recall"}

@@ -1,7 +1,7 @@
 """Train, export and publish one model: python -m training.run <config> [--key=value ...]
 
     python -m training.run gan-mnist                      # training/configs/gan-mnist.toml
-    python -m training.run gan-mnist --loss=minimax --epochs=2
+    python -m training.run gan-mnist --loss=minimax --steps=200
     python -m training.run gan-mnist --resume             # continue runs/gan-mnist from its last checkpoint
     python -m training.run gan-ring8 --seed=3 --no-publish --out runs/ring-s3
 
@@ -10,6 +10,8 @@ wrong types are errors), print it and save it as <out>/config.json; 2. train (ch
 3. export ONNX and check parity; 4. publish a new version into the store (unless --no-publish); a run shortened
 below its config file's length (--steps=150) publishes as a CANDIDATE: callable as name@version, never the
 default until `python -m ganserve.store promote` (docs/serve_your_own_generator.md#versions).
+`--help` lists every configuration key of every family with its type and default. Relative store paths in a
+config (evaluator_store) are read against the project folder, wherever the command runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 from pathlib import Path
 
 from training.config import (
+    CONFIG_DIR,
+    PROJECT,
     ConfigError,
     build,
     config_path,
@@ -61,7 +65,7 @@ def smoke_run(config: str, cfg) -> str:
     return f"smoke run ({', '.join(cut)}); promote it with python -m ganserve.store promote" if cut else ""
 
 
-def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = Path("model_store"),
+def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = PROJECT / "model_store",
         resume: bool = False, log=print) -> dict:
     """The whole pipeline; returns {"config", "result", "manifest", "published"}."""
     module, cfg = load(config, overrides)
@@ -100,12 +104,31 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
     return {"config": cfg, "result": result, "manifest": manifest, "published": published}
 
 
+def keys_help() -> str:
+    """Every family's configuration keys with their types and defaults (a config file sets some of them)."""
+    lines = [f"configuration keys (--key=value; a config file in {CONFIG_DIR.relative_to(PROJECT)}/ sets its own "
+             f"values, the family's defaults fill the rest): "
+             + ", ".join(sorted(q.stem for q in CONFIG_DIR.glob('*.toml')))]
+    for family, module_name in FAMILIES.items():
+        cls = getattr(importlib.import_module(module_name), "Config", None)
+        if cls is None:  # a family module without a config of its own
+            continue
+        lines.append(f"\n  family {family} ({cls.__name__}):")
+        lines += [f"    --{f.name}={f.default!r}  ({f.type})" for f in dataclasses.fields(cls)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                # the families import torch (seconds): only when help is asked for
+                                epilog=keys_help() if {"-h", "--help"} & set(argv) else None)
     p.add_argument("config", help="config name (training/configs/<name>.toml) or a .toml path")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
-    p.add_argument("--store", type=Path, default=Path("model_store"), help="model store to publish into")
+    p.add_argument("--store", type=Path, default=PROJECT / "model_store",
+                   help="model store to publish into (default: the project's model_store/, wherever you run)")
     p.add_argument("--no-publish", action="store_true", help="train and export only")
     args, rest = p.parse_known_args(argv)
     try:
