@@ -29,11 +29,13 @@ $(STAMP): pyproject.toml Makefile
 
 # The native front end (`--frontend native`, gateway/): Go and grpc-go from Debian's registry, no module
 # download (GOPATH mode over /usr/share/gocode). Root installs the packages when they are missing.
-GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
+GO_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev \
+           golang-github-prometheus-client-golang-dev protobuf-compiler protoc-gen-go
 # build/ganserve-goecho is the benchmark's bare grpc-go floor (bench/goecho/), built alongside.
 GO_BUILD := GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/go-cache go build -trimpath
 define GO_CHECK
 @command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc \
+  && test -d /usr/share/gocode/src/github.com/prometheus/client_golang && command -v protoc-gen-go >/dev/null \
   || { test "$$(id -u)" = 0 && { apt-get install -y -q $(GO_DEBS) || { apt-get update -q && \
        apt-get install -y -q $(GO_DEBS); }; } >/dev/null; } \
   || { echo "the gateway needs: apt-get install $(GO_DEBS)"; exit 1; }

@@ -14,7 +14,7 @@ import (
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
+	protov2 "google.golang.org/protobuf/proto"
 )
 
 // item is one Sample or SampleConditional call waiting for its answer.
@@ -101,7 +101,7 @@ func (b *batcher) run() {
 func (b *batcher) send(l *link, batch []*item) {
 	now := time.Now()
 	live := make([]*item, 0, len(batch))
-	msg := make([]byte, 4, 4+64*len(batch)) // room for the length prefix
+	req := &SampleBatchRequest{Items: make([]*BatchItem, 0, len(batch))} // gateway.pb.go, from protos/internal
 	var latest time.Time
 	bounded := true
 	for _, it := range batch {
@@ -114,26 +114,19 @@ func (b *batcher) send(l *link, batch []*item) {
 				"than the queue timeout of %d ms; retry with backoff", waited.Milliseconds(), b.timeout.Milliseconds())}
 			continue
 		}
-		var body []byte
-		body = protowire.AppendTag(body, 1, protowire.BytesType)
-		body = protowire.AppendString(body, it.method)
-		body = protowire.AppendTag(body, 2, protowire.BytesType)
-		body = protowire.AppendBytes(body, it.req)
+		bi := &BatchItem{Method: it.method, Request: it.req}
 		if d, ok := it.ctx.Deadline(); ok {
-			left := d.Sub(now).Microseconds()
-			if left < 1 {
-				left = 1
+			bi.TimeoutUs = d.Sub(now).Microseconds()
+			if bi.TimeoutUs < 1 {
+				bi.TimeoutUs = 1
 			}
-			body = protowire.AppendTag(body, 3, protowire.VarintType)
-			body = protowire.AppendVarint(body, uint64(left))
 			if d.After(latest) {
 				latest = d
 			}
 		} else {
 			bounded = false
 		}
-		msg = protowire.AppendTag(msg, 1, protowire.BytesType)
-		msg = protowire.AppendBytes(msg, body)
+		req.Items = append(req.Items, bi)
 		live = append(live, it)
 	}
 	if len(live) == 0 {
@@ -141,6 +134,14 @@ func (b *batcher) send(l *link, batch []*item) {
 	}
 	if !bounded {
 		latest = time.Time{} // no deadline on the socket
+	}
+	msg, err := protov2.MarshalOptions{}.MarshalAppend(make([]byte, 4, 4+64*len(live)), req) // 4 bytes: the length
+	if err != nil {
+		b.metrics.sent(len(live), true)
+		for _, it := range live {
+			it.done <- reply{err: status.Errorf(codes.Internal, "gateway: cannot encode a batch: %v", err)}
+		}
+		return
 	}
 	results, err := b.exchange(l, msg, len(live), latest)
 	b.metrics.sent(len(live), err != nil)
@@ -204,67 +205,24 @@ func (b *batcher) exchange(l *link, msg []byte, items int, deadline time.Time) (
 
 // parseResults reads a SampleBatchResponse holding `n` BatchResults.
 func parseResults(data []byte, n int) ([]reply, error) {
-	out := make([]reply, 0, n)
-	err := eachField(data, func(num protowire.Number, body []byte) error {
-		if num != 1 {
-			return nil
-		}
-		var r reply
-		var st []byte
-		if err := eachField(body, func(num protowire.Number, v []byte) error {
-			switch num {
-			case 1:
-				r.data = v
-			case 2:
-				st = v
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if len(st) > 0 {
-			s := &spb.Status{}
-			if err := proto.Unmarshal(st, s); err != nil {
-				return err
-			}
-			r = reply{err: status.ErrorProto(s)}
-		}
-		out = append(out, r)
-		return nil
-	})
-	if err != nil {
+	resp := &SampleBatchResponse{}
+	if err := protov2.Unmarshal(data, resp); err != nil {
 		return nil, err
 	}
-	if len(out) != n {
-		return nil, fmt.Errorf("%d results for %d items", len(out), n)
+	if len(resp.Results) != n {
+		return nil, fmt.Errorf("%d results for %d items", len(resp.Results), n)
 	}
-	return out, nil
-}
-
-// eachField calls fn for every length-delimited field of a message (others are skipped).
-func eachField(data []byte, fn func(protowire.Number, []byte) error) error {
-	for len(data) > 0 {
-		num, typ, k := protowire.ConsumeTag(data)
-		if k < 0 {
-			return protowire.ParseError(k)
-		}
-		data = data[k:]
-		if typ != protowire.BytesType {
-			k = protowire.ConsumeFieldValue(num, typ, data)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			data = data[k:]
+	out := make([]reply, n)
+	for i, r := range resp.Results {
+		if len(r.Status) == 0 {
+			out[i] = reply{data: r.Response}
 			continue
 		}
-		v, k := protowire.ConsumeBytes(data)
-		if k < 0 {
-			return protowire.ParseError(k)
+		s := &spb.Status{}
+		if err := proto.Unmarshal(r.Status, s); err != nil {
+			return nil, err
 		}
-		data = data[k:]
-		if err := fn(num, v); err != nil {
-			return err
-		}
+		out[i] = reply{err: status.ErrorProto(s)}
 	}
-	return nil
+	return out, nil
 }

@@ -64,6 +64,20 @@ class Result:
         return self._value
 
 
+def coalesce(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[slice]]:
+    """Several requests' rows as one batch: each input concatenated in order (no copy for a single request), and
+    each request's slice of the batch's output rows. The one rule for the queue here and the native front end's
+    batches (server/gateway_backend.py)."""
+    spans, lo = [], 0
+    for part in parts:
+        rows = len(next(iter(part.values())))
+        spans.append(slice(lo, lo + rows))
+        lo += rows
+    if len(parts) == 1:
+        return dict(parts[0]), spans
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, spans
+
+
 class _Item:
     __slots__ = ("feeds", "rows", "future", "enqueued", "deadline", "is_active")
 
@@ -260,15 +274,11 @@ class Batcher:
         if not items:
             return
         try:
-            keys = items[0].feeds.keys()
-            feeds = {k: np.concatenate([i.feeds[k] for i in items]) if len(items) > 1 else items[0].feeds[k]
-                     for k in keys}
+            feeds, spans = coalesce([i.feeds for i in items])
             out = self._compute(feeds, idle)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request, logged by the servicer
             for item in items:
                 item.future.set_exception(e)
             return
-        lo = 0
-        for item in items:
-            item.future.set_result(out[lo:lo + item.rows])
-            lo += item.rows
+        for item, span in zip(items, spans):
+            item.future.set_result(out[span])

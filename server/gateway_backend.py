@@ -22,12 +22,12 @@ import threading
 import time
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 
-from protos.ganserve.v1 import gateway_pb2 as gw
+from protos.internal import gateway_pb2 as gw
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine
+from server.batcher import coalesce
 from server.engine import Call
 from server.errors import InvalidArgument, to_rpc_status
 from server.limits import SERVICE, RequestChecks
@@ -101,24 +101,18 @@ class GatewayBackend:
         call = Call(deadline=None if None in deadlines else max(deadlines), is_active=rpcs[members[0][0]].call.is_active)
         model = jobs[0].model
         try:
-            z = np.concatenate([j.z for j in jobs]) if len(jobs) > 1 else jobs[0].z
-            y = None
-            if model.conditional:
-                y = np.concatenate([j.y for j in jobs]) if len(jobs) > 1 else jobs[0].y
-            x = engine.generate_batch(model, z, y, call)
+            feeds, spans = coalesce([{"z": j.z, **({"y": j.y} if model.conditional else {})} for j in jobs])
+            x = engine.generate_batch(model, feeds["z"], feeds.get("y"), call)
         except Exception as e:  # noqa: BLE001 - the run failed: every member gets its status
             for (i, _), method in zip(members, methods):
                 results[i], codes[i] = self._failure(method, e)
             return
-        lo = 0
-        for (i, job), method in zip(members, methods):
-            rows = len(job.z)
+        for (i, job), method, span in zip(members, methods, spans):
             try:
-                reply = self.service.sample_reply(job, x[lo:lo + rows])
+                reply = self.service.sample_reply(job, x[span])
                 results[i] = gw.BatchResult(response=reply.SerializeToString())
             except Exception as e:  # noqa: BLE001
                 results[i], codes[i] = self._failure(method, e)
-            lo += rows
 
     def _failure(self, method: str, err: Exception) -> tuple[gw.BatchResult, grpc.StatusCode]:
         err = chosen_error(method, err, self.service.telemetry)

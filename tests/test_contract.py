@@ -1,5 +1,7 @@
 """The v1 contract: stubs import, messages round-trip, names other services rely on, no drift."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,22 @@ from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 def test_stubs_match_proto():
     assert generate.main(["--check"]) == 0
+
+
+@pytest.mark.skipif(not (shutil.which("protoc") and shutil.which("protoc-gen-go")),
+                    reason="protoc/protoc-gen-go not installed (make gateway installs them)")
+def test_gateway_go_code_is_generated_from_its_proto(tmp_path):
+    """The gateway's messages are protoc-gen-go's output for protos/internal/gateway.proto, byte for byte."""
+    assert generate.generate_go(tmp_path) == [generate.GO_OUT]
+    assert (tmp_path / generate.GO_OUT).read_bytes() == (generate.ROOT / generate.GO_OUT).read_bytes()
+
+
+def test_the_gateway_protocol_is_internal():
+    """Its messages are not part of the public ganserve.v1 package (clients see GeneratorService only)."""
+    from protos.internal import gateway_pb2
+
+    assert gateway_pb2.DESCRIPTOR.package == "ganserve.internal"
+    assert "BatchItem" not in pb.DESCRIPTOR.message_types_by_name
 
 
 def test_service_methods():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 import psutil
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -26,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from protos import tensors
-from protos.ganserve.v1 import gateway_pb2 as gw
+from protos.internal import gateway_pb2 as gw
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server.config import Config
@@ -190,17 +191,24 @@ def test_the_gateway_counts_what_only_it_sees(native):
     def scrape() -> str:
         return urllib.request.urlopen(native.metrics_url, timeout=10).read().decode()
 
+    def values() -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(scrape()) for s in family.samples}
+
+    before = values()  # the server is shared with other tests: compare counts before and after these two calls
     stub = _stub(f"127.0.0.1:{native.port}")
     stub.Sample(pb.SampleRequest(model="tiny-gan", n=1, seed=1), timeout=10)
     with pytest.raises(grpc.RpcError):
         stub.GetModel(pb.GetModelRequest(model="nope"), timeout=10)
-    text = scrape()
-    assert native.metrics_url.endswith("/metrics") and "ganserve_gateway_queue_depth 0" in text
-    count = lambda line: int(next(ln for ln in text.splitlines() if ln.startswith(line)).rsplit(" ", 1)[1])
-    assert count('ganserve_gateway_calls_total{method="Sample",code="OK"}') >= 1
-    assert count('ganserve_gateway_calls_total{method="GetModel",code="NOT_FOUND"}') >= 1
-    assert count('ganserve_gateway_call_seconds_count{method="Sample"}') >= 1
-    assert count('ganserve_gateway_batch_calls_count') >= 1 and count("ganserve_gateway_backend_failures_total") == 0
+    after = values()
+    key = lambda name, labels: (name, tuple(sorted(labels.items())))  # noqa: E731
+    value = lambda name, **labels: after.get(key(name, labels), 0)  # noqa: E731
+    added = lambda name, **labels: value(name, **labels) - before.get(key(name, labels), 0)  # noqa: E731
+    assert native.metrics_url.endswith("/metrics") and value("ganserve_gateway_queue_depth") == 0
+    assert added("ganserve_gateway_calls_total", method="Sample", code="OK") == 1
+    assert added("ganserve_gateway_calls_total", method="GetModel", code="NOT_FOUND") == 1
+    assert added("ganserve_gateway_call_seconds_count", method="Sample") == 1
+    assert added("ganserve_gateway_batch_calls_count") == 1 and value("ganserve_gateway_backend_failures_total") == 0
 
 
 def test_a_passed_deadline_is_answered_deadline_exceeded_and_the_server_goes_on(native):
