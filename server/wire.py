@@ -13,8 +13,9 @@ What it counts, for a message and every sub-message in it (their number is itsel
 - a singular field sent more than `MAX_SINGULAR` times (legal protobuf, "the last one wins", but no client
   does it, and each occurrence is work);
 - unknown fields: at most `MAX_UNKNOWN` occurrences in all.
-A message it cannot walk (a truncated varint, a length past the end, groups) is left to the decoder, whose
-error is the one the client gets: this walk only refuses what it is sure about.
+Groups (a proto2 wire form no field here uses) are skipped and counted as unknown fields. A message it cannot
+walk (a truncated varint, a length past the end, a stray end-group) is left to the decoder, whose error is the
+one the client gets: this walk only refuses what it is sure about.
 """
 
 from __future__ import annotations
@@ -59,6 +60,32 @@ def _packed_elements(payload: memoryview, field: FieldDescriptor, limit: int | N
     return len(data) - len(data.translate(None, _HIGH_BIT))  # bytes that end a varint
 
 
+def _skip_group(buf: memoryview, pos: int, number: int, depth: int) -> int:
+    """The position after the group `number` that starts at `pos` (its fields skipped, nested groups too)."""
+    if depth > MAX_DEPTH:
+        raise _Unwalkable
+    while True:
+        tag, pos = _varint(buf, pos)
+        inner, wire = tag >> 3, tag & 7
+        if wire == 4:
+            if inner != number:
+                raise _Unwalkable
+            return pos
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1 or wire == 5:
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            pos += size
+        elif wire == 3:
+            pos = _skip_group(buf, pos, inner, depth + 1)
+        else:
+            raise _Unwalkable
+        if pos > len(buf):
+            raise _Unwalkable
+
+
 def count_problem(data, descriptor: Descriptor, limits: dict[str, int]) -> tuple[str, str] | None:
     """(field path, reason) of the first count over its limit in serialized `data`, or None."""
     try:
@@ -85,7 +112,13 @@ def _walk(buf: memoryview, desc: Descriptor, limits, path: str, depth: int, unkn
             size, pos = _varint(buf, pos)
             payload = buf[pos:pos + size]
             pos += size
-        else:  # groups (3, 4) or invalid
+        elif wire == 3:  # a group (no proto3 field is one): kept as an unknown field, so counted as one
+            pos = _skip_group(buf, pos, number, depth)
+            unknown[0] += 1
+            if unknown[0] > MAX_UNKNOWN:
+                return path or "(message)", f"more than {MAX_UNKNOWN} fields this server does not know"
+            continue
+        else:  # an end-group without its start, or no wire type at all: the decoder refuses it
             raise _Unwalkable
         if pos > len(buf):
             raise _Unwalkable

@@ -118,6 +118,7 @@ _PACKED_ONES = b"\x01" * (8 * MB - 64)
 AMPLIFIERS = [
     ("SampleConditional", _field(1, b"tiny-cgan") + _field(8, _PACKED_ONES), "INVALID_ARGUMENT", "labels"),
     ("Interpolate", _field(1, b"tiny-gan") + b"\x12\x00" * (4 * MB - 64), "INVALID_ARGUMENT", "endpoints"),
+    ("Interpolate", b"\x0b\x10\x01\x0c" + b"\x12\x00" * (4 * MB - 64), "INVALID_ARGUMENT", "endpoints"),  # after a group
     ("Sample", _field(1, b"tiny-gan") + _field(4, _field(1, _PACKED_ONES)), "INVALID_ARGUMENT", "latents.shape"),
     ("EvaluateDivergence", b"\x1a\x00" * (30 * MB), "INVALID_ARGUMENT", "metrics"),
     ("Invert", _field(1, b"tiny-gan") + _field(3, _PACKED_ONES), "INVALID_ARGUMENT", "labels"),
