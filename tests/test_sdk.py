@@ -362,3 +362,28 @@ def test_retries_go_past_grpcs_five_attempt_cap():
             c.close()
     finally:
         server.stop(0)
+
+
+def test_large_n_memory_is_the_result_plus_a_chunk(client, server, tmp_path, monkeypatch):
+    """sample(20000) peaks at about its result (chunks written in place, no concatenation copy); the CLI's .npz
+    output peaks at a few chunks, far below the 5 MB it writes (numpy allocations, traced)."""
+    import tracemalloc
+
+    from sdk import _cli
+
+    n, per_sample = 20_000, 1 * 8 * 8 * 4 + LATENT * 4  # images + latents, float32
+    tracemalloc.start()
+    try:
+        x = client.sample(n, seed=9, model="tiny-gan")
+        _, peak = tracemalloc.get_traced_memory()
+        assert x.nbytes == n * 256 and peak < 1.3 * n * per_sample, peak
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()  # x is still alive
+        monkeypatch.setenv("GANSERVE_TARGET", server.target)
+        assert _cli.main(["sample", "--model", "tiny-gan", "--n", str(n), "--seed", "9",
+                          "--out", str(tmp_path / "x.npz")]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak - before < 0.25 * n * 256, peak - before  # chunks of 256 samples, not the 5 MB array
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npz")["samples"], x)
