@@ -36,19 +36,15 @@ def _rss_mb(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / MB
 
 
-def _common_fd_limit() -> None:
-    """The soft open-file limit most Linux sessions start with (the server raises its own)."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-
 @pytest.fixture(scope="module")
 def served(model_store):
     """(address, process) of a `python -m server` over the tiny store."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--address", f"127.0.0.1:{port}",
-                             "--store", str(model_store), "--metrics-port", "-1", "--reload-interval-s", "0",
-                             "--log-level", "WARNING"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_common_fd_limit)
+    # started under the soft open-file limit most Linux sessions have, 1,024 (the server raises its own)
+    proc = subprocess.Popen(["sh", "-c", 'ulimit -Sn 1024 && exec "$0" "$@"', sys.executable, "-m", "server",
+                             "--address", f"127.0.0.1:{port}", "--store", str(model_store), "--metrics-port", "-1",
+                             "--reload-interval-s", "0", "--log-level", "WARNING"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
         _serving(address)
