@@ -6,7 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="needs torch (the train extra)")
+
 import torch.nn as nn
 
 from ganserve.inversion.grad_graph import GradGraphError, build_grad_graph

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="needs torch (the train extra)")
+
 import torch.nn as nn
 
 from ganserve.inversion import runtime as rt

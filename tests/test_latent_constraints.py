@@ -4,11 +4,13 @@ import dataclasses
 import math
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="needs torch (the train extra)")
 
 from training.config import ConfigError, build
-from training.latent_constraints import (Actor, ConstrainedGenerator, Critic, LatentConstraintConfig, distance_penalty,
-                                         gated_update, gradient_penalty, train_actor_critic)
+from training.latent_constraints import (
+    Actor, ConstrainedGenerator, Critic, LatentConstraintConfig, distance_penalty, gated_update,
+    gradient_penalty, train_actor_critic)
 from training.vae import VAE, VAEConfig
 
 

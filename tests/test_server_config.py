@@ -33,17 +33,20 @@ def test_a_token_on_the_command_line_is_refused_with_the_alternatives(argv, caps
     assert "s3cret" not in err
 
 
-@pytest.mark.parametrize("argv,env", [
-    (["--providers", "tpu"], {}),
-    (["--max-batch-samples", "0"], {}),
-    (["--idle-threads", "0"], {}),
-    (["--batch-halve-ms", "-1"], {}),
-    (["--tls-cert", "only-a-cert.pem"], {}),
-    ([], {"GANSERVE_MAX_SAMPLES": "many"}),
+@pytest.mark.parametrize("argv,env,message", [
+    (["--providers", "tpu"], {}, "providers must be auto, cpu or cuda"),
+    (["--max-batch-samples", "0"], {}, "max_batch_samples must be >= 1"),
+    (["--idle-threads", "0"], {}, "idle_threads must be >= 1"),
+    (["--batch-halve-ms", "-1"], {}, "batch_halve_ms must be >= 0"),
+    (["--tls-cert", "only-a-cert.pem"], {}, "tls_cert and tls_key go together"),
+    ([], {"GANSERVE_MAX_SAMPLES": "many"}, "GANSERVE_MAX_SAMPLES: invalid literal for int() with base 10: 'many'"),
 ])
-def test_bad_settings_are_refused(argv, env):
-    with pytest.raises((SystemExit, ValueError)):
+def test_bad_settings_are_refused(argv, env, message, capsys):
+    """Refused for the reason given, not for another (a misspelled flag is argparse's 'unrecognized arguments')."""
+    with pytest.raises(SystemExit) as exit_:
         from_args(argv, env=env)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"python -m server: error: {message}"
 
 
 def test_config_validates_itself():
@@ -51,14 +54,16 @@ def test_config_validates_itself():
         Config(log_format="xml")
 
 
-def test_boolean_settings_parse_words_and_refuse_others():
+def test_boolean_settings_parse_words_and_refuse_others(capsys):
     assert from_args([]).inline_when_idle is True
     assert from_args(["--inline-when-idle", "false"]).inline_when_idle is False
     assert from_args([], env={"GANSERVE_INLINE_WHEN_IDLE": "off"}).inline_when_idle is False
     assert from_args(["--inline-when-idle", "1"], env={"GANSERVE_INLINE_WHEN_IDLE": "no"}).inline_when_idle is True
-    for argv, env in ((["--inline-when-idle", "maybe"], {}), ([], {"GANSERVE_INLINE_WHEN_IDLE": "2"})):
-        with pytest.raises(SystemExit):
+    for argv, env, message in ((["--inline-when-idle", "maybe"], {}, "invalid boolean value: 'maybe'"),
+                               ([], {"GANSERVE_INLINE_WHEN_IDLE": "2"}, "expected true or false, got '2'")):
+        with pytest.raises(SystemExit) as exit_:
             from_args(argv, env=env)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags,message", [

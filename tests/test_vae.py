@@ -3,7 +3,8 @@
 import math
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="needs torch (the train extra)")
 
 from training.vae import VAE, VAEConfig, gaussian_log_likelihood, kl_standard_normal, vae_loss
 
