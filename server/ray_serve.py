@@ -3,10 +3,10 @@
     serve run deploy/ray/serve.yaml                          # the config file: replicas, autoscaling, ports
     serve run server.ray_serve:build store=model_store       # or the application builder, settings as k=v
 
-Serve's gRPC proxy speaks our v1 protocol (`grpc_servicer_functions` names the generated `add_..._to_server`)
-and routes each call by method name to the replica method of that name. The replica methods are the
-GeneratorService handlers themselves (server/service.py), so a seed gives the bytes `python -m server` gives,
-and errors keep their chosen status codes. Each replica has its own Registry, which polls the store
+Serve's gRPC proxy speaks our v1 protocol and the Open Inference Protocol's v2 (`grpc_servicer_functions`
+names the generated `add_..._to_server`) and routes each call by method name to the replica method of that
+name. The replica methods are the server's own handlers (server/service.py, server/oip_grpc.py), so a seed
+gives the bytes `python -m server` gives, and errors keep their chosen status codes. Each replica has its own Registry, which polls the store
 (`reload_interval_s`): a version published into the shared store is served by every replica within one
 period. Every reply names its replica in the trailing metadata `ganserve-replica` (to see skew during a
 rollout). Health: Serve's check calls `check_health` (the first store scan done); `grpc.health.v1.Health/Check`
@@ -22,13 +22,16 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from protos.ganserve.v1 import generator_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2 as v2
 from server.app import make_batcher
 from server.config import Config, from_args
+from server.oip_grpc import InferenceService
 from server.registry import Registry
 from server.service import GeneratorService
 from server.telemetry import Telemetry
 
 SERVICER_FUNCTIONS = ["protos.ganserve.v1.generator_pb2_grpc.add_GeneratorServiceServicer_to_server",
+                      "protos.inference.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
                       "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"]
 REPLICA_KEY = "ganserve-replica"
 
@@ -82,6 +85,7 @@ class GanserveReplica:
                                  make_batcher=lambda m: make_batcher(self.config, self.telemetry, m,
                                                                      alone=lambda: self._in_flight <= 1))
         self.service = GeneratorService(self.registry, self.config, self.telemetry)
+        self.v2 = InferenceService(self.registry, self.config, self.telemetry, ready=self.ready)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.registry.scan()
         self.registry.start_polling()
@@ -90,10 +94,12 @@ class GanserveReplica:
         if not self.registry.ready:
             raise RuntimeError("the store has not been scanned yet")
 
+    def ready(self) -> bool:
+        return self.registry.ready and bool(self.registry.models())
+
     def Check(self, request, grpc_context=None):
         _Context(grpc_context, self.replica)
-        ready = self.registry.ready and bool(self.registry.models())
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if ready
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if self.ready()
                                               else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _enter(self, delta: int) -> None:
@@ -104,11 +110,11 @@ class GanserveReplica:
         self.registry.close()
 
 
-def _unary(name: str, reply_type):
+def _unary(servicer: str, name: str, reply_type):
     def method(self, request, grpc_context=None):
         self._enter(1)
         try:
-            return getattr(self.service, name)(request, _Context(grpc_context, self.replica))
+            return getattr(getattr(self, servicer), name)(request, _Context(grpc_context, self.replica))
         except Aborted:  # the status is on the context; the empty reply is never delivered
             return reply_type()
         finally:
@@ -118,11 +124,11 @@ def _unary(name: str, reply_type):
     return method
 
 
-def _streaming(name: str):
+def _streaming(servicer: str, name: str):
     def method(self, request, grpc_context=None):
         self._enter(1)
         try:
-            yield from getattr(self.service, name)(request, _Context(grpc_context, self.replica))
+            yield from getattr(getattr(self, servicer), name)(request, _Context(grpc_context, self.replica))
         except Aborted:
             return
         finally:
@@ -132,10 +138,14 @@ def _streaming(name: str):
     return method
 
 
-# One replica method per RPC of the proto, named as in the proto (the proxy routes by name).
-for _m in pb.DESCRIPTOR.services_by_name["GeneratorService"].methods:
-    setattr(GanserveReplica, _m.name, _streaming(_m.name) if _m.server_streaming
-            else _unary(_m.name, message_factory.GetMessageClass(_m.output_type)))
+# One replica method per RPC of each protocol, named as in its proto (the proxy routes by method name alone:
+# v1's, v2's and the health service's names do not collide).
+for _servicer, _service in (("service", pb.DESCRIPTOR.services_by_name["GeneratorService"]),
+                            ("v2", v2.DESCRIPTOR.services_by_name["GRPCInferenceService"])):
+    for _m in _service.methods:
+        assert not hasattr(GanserveReplica, _m.name), _m.name
+        setattr(GanserveReplica, _m.name, _streaming(_servicer, _m.name) if _m.server_streaming
+                else _unary(_servicer, _m.name, message_factory.GetMessageClass(_m.output_type)))
 
 Ganserve = serve.deployment(GanserveReplica, name="ganserve", max_ongoing_requests=32,
                             ray_actor_options={"num_cpus": 0.5},

@@ -1,6 +1,7 @@
-"""GeneratorService on Ray Serve (server/ray_serve.py): two replicas behind Serve's gRPC proxy answer our SDK
-and a plain gRPC client with the bytes `python -m server` answers for a seed, keep the chosen status codes and
-field violations, report health, and both serve a version published into the store while they run."""
+"""ganserve on Ray Serve (server/ray_serve.py): two replicas behind Serve's gRPC proxy answer our SDK, a plain
+v1 gRPC client and a v2 (Open Inference Protocol) client with the bytes `python -m server` answers for a seed,
+keep the chosen status codes and field violations, report health, and both serve a version published into the
+store while they run."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ import server  # noqa: E402
 from ganserve.scale import cluster  # noqa: E402
 from protos.ganserve.v1 import generator_pb2 as pb  # noqa: E402
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc  # noqa: E402
+from protos.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
+from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
 from sdk import Client, InvalidArgumentError  # noqa: E402
 from server import ray_serve  # noqa: E402
 from tests.conftest import free_port, publish_gan  # noqa: E402
+from tests.test_oip import grpc_request  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,6 +75,13 @@ def test_same_bytes_as_python_m_server(serve_app, server):
         assert len(want.samples.data) > 0
         for reply, _ in got:
             assert reply.SerializeToString() == want.SerializeToString()
+    # the Open Inference Protocol (v2) through the same proxy: the reply python -m server gives
+    v2_request = grpc_request("tiny-cgan", {"seed": ("INT64", [8]), "labels": ("INT64", [1, 3])})
+    with grpc.insecure_channel(target) as ours, grpc.insecure_channel(server.target) as theirs:
+        got = v2_grpc.GRPCInferenceServiceStub(ours).ModelInfer(v2_request, timeout=30)
+        want = v2_grpc.GRPCInferenceServiceStub(theirs).ModelInfer(v2_request, timeout=30)
+        assert got.SerializeToString() == want.SerializeToString() and len(got.raw_output_contents[0]) == 2 * 64 * 4
+        assert v2_grpc.GRPCInferenceServiceStub(ours).ServerReady(v2.ServerReadyRequest(), timeout=30).ready
     with Client(target) as ours, Client(server.target) as theirs:
         np.testing.assert_array_equal(ours.sample(n=7, seed=3, model="tiny-gan"),
                                       theirs.sample(n=7, seed=3, model="tiny-gan"))
