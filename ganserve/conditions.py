@@ -3,11 +3,21 @@ probability vector (soft labels). The server's request checks and the Ray batch 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+CONDITIONAL_KINDS = ("cgan", "latent-constraint")
 SOFT_LABEL_TOLERANCE = 1e-3  # a probability vector may miss a sum of 1 by this much (float rounding), not more
 
 
 def one_hot(labels, k: int) -> np.ndarray:
     """(len(labels), k) float32 rows with a 1 at each label."""
     return np.eye(k, dtype=np.float32)[np.asarray(labels, np.int64)]
+
+
+def is_conditional(manifest: dict[str, Any]) -> bool:
+    """Whether a model's generator takes class conditions: its kind, a second generator input, classes."""
+    gen = manifest["graphs"].get("generator")
+    return (manifest["kind"] in CONDITIONAL_KINDS and gen is not None and len(gen["inputs"]) >= 2
+            and int(manifest["num_classes"]) > 0)

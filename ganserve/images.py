@@ -11,6 +11,26 @@ import io
 import numpy as np
 from PIL import Image
 
+OUTPUT_TOLERANCE = 1e-3  # of the value range: ONNX Runtime's tanh may overshoot by an ulp, a broken model more
+
+
+def output_problem(x: np.ndarray, value_range: tuple[float, float] | None, what: str = "samples") -> str | None:
+    """Why generator output `x` must not be answered ("produced ..."), or None: every value finite and within
+    the value range up to OUTPUT_TOLERANCE. Two reductions (min, max): NaN propagates into both, so this also
+    catches NaN and +-Inf."""
+    if x.size == 0:
+        return None
+    lo_seen, hi_seen = float(x.min()), float(x.max())
+    if not (np.isfinite(lo_seen) and np.isfinite(hi_seen)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        return f"produced {bad} non-finite value(s) (NaN/Inf) out of {x.size} in its {what}"
+    if value_range is not None:
+        lo, hi = value_range
+        tol = OUTPUT_TOLERANCE * (hi - lo)
+        if lo_seen < lo - tol or hi_seen > hi + tol:
+            return f"produced {what} in [{lo_seen:g}, {hi_seen:g}], outside its declared value range [{lo:g}, {hi:g}]"
+    return None
+
 
 def clamp(x: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
     """float32 rows clamped to the value range (ONNX Runtime's tanh can overshoot by an ulp: -1.0000001)."""

@@ -93,26 +93,12 @@ def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call
 
 # -- encodings ------------------------------------------------------------------------------------------
 
-OUTPUT_TOLERANCE = 1e-3  # of the value range: ONNX Runtime's tanh may overshoot by an ulp, a broken model more
-
-
 def check_output(model: LoadedModel, x: np.ndarray, what: str = "samples") -> np.ndarray:
-    """`x` when every value is finite and (for images) within the model's value range up to OUTPUT_TOLERANCE;
-    else BadModelOutput (INTERNAL, naming the model): a wrong answer is never encoded and sent as OK.
-    Two reductions (min, max): NaN propagates into both, so this also catches NaN and +-Inf."""
-    if x.size == 0:
-        return x
-    lo_seen, hi_seen = float(x.min()), float(x.max())
-    if not (np.isfinite(lo_seen) and np.isfinite(hi_seen)):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise BadModelOutput(f"{model.ref} produced {bad} non-finite value(s) (NaN/Inf) out of {x.size} in its "
-                             f"{what}; not answered", model.ref)
-    vr = model.value_range if what == "samples" else None
-    if vr is not None:
-        tol = OUTPUT_TOLERANCE * (vr[1] - vr[0])
-        if lo_seen < vr[0] - tol or hi_seen > vr[1] + tol:
-            raise BadModelOutput(f"{model.ref} produced {what} in [{lo_seen:g}, {hi_seen:g}], outside its declared "
-                                 f"value range [{vr[0]:g}, {vr[1]:g}]; not answered", model.ref)
+    """`x` when every value is finite and (for images) within the model's value range (ganserve.images);
+    else BadModelOutput (INTERNAL, naming the model): a wrong answer is never encoded and sent as OK."""
+    problem = images.output_problem(x, model.value_range if what == "samples" else None, what)
+    if problem:
+        raise BadModelOutput(f"{model.ref} {problem}; not answered", model.ref)
     return x
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ganserve.conditions import is_conditional
 from ganserve.inversion.runtime import Inverter
 from ganserve.store import manifest as mf
 from ganserve.store import sessions as stores
@@ -20,15 +21,6 @@ from server.config import Config
 from server.errors import InvalidArgument
 
 log = logging.getLogger("ganserve.registry")
-
-CONDITIONAL_KINDS = ("cgan", "latent-constraint")
-
-
-def is_conditional(manifest: dict[str, Any]) -> bool:
-    gen = manifest["graphs"].get("generator")
-    return (manifest["kind"] in CONDITIONAL_KINDS and gen is not None and len(gen["inputs"]) >= 2
-            and int(manifest["num_classes"]) > 0)
-
 
 def capabilities(manifest: dict[str, Any]) -> dict[str, bool]:
     """What the model can do, from its kind and graphs only (never its name). Every graph the manifest names

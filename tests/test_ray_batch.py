@@ -84,11 +84,15 @@ def test_soft_labels_uint8_and_refusals_as_the_single_machine_job(cluster, serve
 
 
 def _shard_makers() -> list[psutil.Process]:
-    """The Ray worker processes running ShardMaker actors (Ray titles them ray::ShardMaker...)."""
+    """This test's cluster's worker processes running ShardMaker actors (Ray titles them ray::ShardMaker...);
+    the cluster's nodes are children of this process."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("ray::ShardMaker" in part for part in (p.info["cmdline"] or [])):
-            found.append(p)
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("ray::ShardMaker" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
     return found
 
 

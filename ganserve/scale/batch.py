@@ -27,7 +27,7 @@ import ray
 import ganserve
 import protos
 from ganserve import images
-from ganserve.conditions import SOFT_LABEL_TOLERANCE, one_hot
+from ganserve.conditions import SOFT_LABEL_TOLERANCE, is_conditional, one_hot
 from ganserve.scale import cluster
 from ganserve.store import manifest as mf
 from ganserve.store import policy as pol
@@ -35,7 +35,6 @@ from ganserve.store import sessions
 from protos import latents as latent_fn
 
 IN_FLIGHT_PER_WORKER = 2
-CONDITIONAL_KINDS = ("cgan", "latent-constraint")
 
 
 def resolve(store: Path, ref: str) -> tuple[Path, dict]:
@@ -66,7 +65,7 @@ def resolve(store: Path, ref: str) -> tuple[Path, dict]:
 
 def check_job(manifest: dict, job: dict) -> None:
     """What the server would refuse, refused before any worker starts (ValueError naming the field)."""
-    conditional = manifest["kind"] in CONDITIONAL_KINDS and int(manifest["num_classes"]) > 0
+    conditional = is_conditional(manifest)
     k = int(manifest["num_classes"])
     if manifest["kind"] == "evaluator" or "generator" not in manifest["graphs"]:
         raise ValueError(f"{job['model']} is not a generator")
@@ -116,6 +115,9 @@ class ShardMaker:
             elif len(self.inputs) > 1:  # (size, K) one-hot rows, as the server builds them from labels
                 feeds[self.inputs[1]] = one_hot(labels * size if len(labels) == 1 else labels[lo:lo + size], self.k)
             x = self.session.run([self.output], feeds)[0]
+            problem = images.output_problem(x, self.value_range)
+            if problem:  # as the server: a wrong answer is never written
+                raise RuntimeError(f"{job['model']} {problem}; shard not written")
             yield images.to_uint8(x, self.value_range) if job["encoding"] == "uint8" else images.clamp(x, self.value_range)
 
     def make(self, make_shard: Callable, job: dict, index: int, out: str, chunk: int) -> tuple[dict, str]:
