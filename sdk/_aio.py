@@ -116,10 +116,10 @@ class AsyncClient(_Base):
         return T.inversion(await self._call("Invert", req, timeout))
 
     async def evaluate(self, p: Any, q: Any, metrics: Sequence[str] = (), *, n: int = 0, seed: int | None = None,
-                       bootstrap: int = 0, confidence: float = 0.0, q_labels: Sequence[int] | None = None,
-                       timeout: float | None = None) -> T.Evaluation:
+                       bootstrap: int | None = None, confidence: float = 0.0, q_labels: Sequence[int] | None = None,
+                       options: dict[str, dict] | None = None, timeout: float | None = None) -> T.Evaluation:
         """See Client.evaluate."""
-        req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels)
+        req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels, options)
         return T.evaluation(await self._call("EvaluateDivergence", req, timeout))
 
     async def list_models(self, all_versions: bool = False, *, index: bool = False,

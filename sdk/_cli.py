@@ -253,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", help="metric names (default: the server's set for the data)")
     s.add_argument("--n", type=int, default=0, help="samples per side (0: the server's default)")
     s.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default 0)")
-    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap replicates for intervals (0: server default)")
+    s.add_argument("--bootstrap", type=int, default=None,
+                   help="resamples for intervals (default: the server's; 0: no interval)")
     s.add_argument("--plot", type=Path, help="PNG: class histograms side by side (images), samples over the true "
                    "density's contours (ring8, grid25), else the metrics with their intervals")
 

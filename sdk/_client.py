@@ -145,12 +145,13 @@ class Client(_Base):
         return T.inversion(self._call("Invert", req, timeout))
 
     def evaluate(self, p: Any, q: Any, metrics: Sequence[str] = (), *, n: int = 0, seed: int | None = None,
-                 bootstrap: int = 0, confidence: float = 0.0, q_labels: Sequence[int] | None = None,
-                 timeout: float | None = None) -> T.Evaluation:
+                 bootstrap: int | None = None, confidence: float = 0.0, q_labels: Sequence[int] | None = None,
+                 options: dict[str, dict] | None = None, timeout: float | None = None) -> T.Evaluation:
         """Divergences between P and Q; each is a reference name, a model name, {"model":..., "labels":[...]},
         {"histogram": counts} or an array of samples. Returns an `Evaluation`: `.results` (each a `Divergence` with
-        `.value`, `.ci_low`, `.ci_high`, `.unit`, `.estimator`), also by name: `ev["kl_pq"]`."""
-        req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels)
+        `.value`, `.ci_low`, `.ci_high`, `.unit`, `.estimator`), also by name: `ev["kl_pq"]`. bootstrap: None for
+        the server's default, 0 for no interval; options: per metric, e.g. {"knn_kl_pq": {"k": 5}} (MetricOptions)."""
+        req = T.evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels, options)
         return T.evaluation(self._call("EvaluateDivergence", req, timeout))
 
     def list_models(self, all_versions: bool = False, *, index: bool = False,

@@ -117,6 +117,7 @@ class Divergence:
     unit: str
     lower_bound: bool
     note: str
+    per_sample: np.ndarray | None = None  # with options {metric: {"per_sample": True}}
 
 
 @dataclass(frozen=True)
@@ -282,10 +283,18 @@ def data_source(spec, labels=None) -> pb.DataSource:
     return pb.DataSource(samples=tensors.from_array(np.asarray(spec)))
 
 
-def evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels=None) -> pb.EvaluateDivergenceRequest:
+def evaluate_request(p, q, metrics, n, seed, bootstrap, confidence, q_labels=None,
+                     options=None) -> pb.EvaluateDivergenceRequest:
+    """bootstrap None: the server default; 0: no interval. options: {metric: {option: value}} (MetricOptions)."""
     fields = dict(p=data_source(p), q=data_source(q, q_labels), metrics=list(metrics or []),
-                  n=integer("n", n, 0, 2**32 - 1), bootstrap=integer("bootstrap", bootstrap, 0, 2**32 - 1),
-                  confidence=real("confidence", confidence))
+                  n=integer("n", n, 0, 2**32 - 1), confidence=real("confidence", confidence))
+    if bootstrap is not None:
+        fields["bootstrap"] = integer("bootstrap", bootstrap, 0, 2**32 - 1)
+    if options:
+        try:
+            fields["options"] = {m: pb.MetricOptions(**dict(o)) for m, o in dict(options).items()}
+        except (TypeError, ValueError) as e:
+            raise invalid("options", f"must map metric names to MetricOptions fields: {e}") from e
     _seed(fields, seed)
     return pb.EvaluateDivergenceRequest(**fields)
 
@@ -371,5 +380,7 @@ def inversion(r: pb.InvertResponse) -> Inversion:
 
 def evaluation(r: pb.EvaluateDivergenceResponse) -> Evaluation:
     return Evaluation([Divergence(x.metric, x.value, x.ci_low, x.ci_high, x.confidence, x.n_p, x.n_q, x.estimator,
-                                  x.unit, x.lower_bound, x.note) for x in r.results],
+                                  x.unit, x.lower_bound, x.note,
+                                  tensors.to_array(x.per_sample) if x.HasField("per_sample") else None)
+                       for x in r.results],
                       r.p_description, r.q_description, r.seed)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ganserve import data, metrics
+from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine, validate
 from server.config import Config
@@ -238,12 +239,28 @@ def _estimate(metrics, name: str, pa, qa, field: str, **options):
                               f"{str(e)[:200]}); check their scale and spread", field) from e
 
 
+def _options(request: pb.EvaluateDivergenceRequest, names: list[str]) -> dict[str, dict]:
+    """request.options as {metric: {option: value}}, each checked by ganserve.metrics (one place for the rules);
+    a mistake is INVALID_ARGUMENT naming options[metric]."""
+    out = {}
+    for metric_name, msg in request.options.items():
+        field = f"options[{metric_name[:40]}]"
+        require(metric_name in metrics.METRICS, field, f"unknown metric {metric_name[:40]!r}")
+        given = {f.name: v for f, v in msg.ListFields()}
+        try:
+            out[metric_name] = metrics.validate_options(metric_name, given)
+        except metrics.MetricError as e:
+            raise InvalidArgument(str(e), field) from e
+    return out
+
+
 def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Config, call: Call, *, sample) -> Outcome:
     n = request.n or cfg.default_eval_n
     require(n <= cfg.max_eval_n, "n", f"must be at most {cfg.max_eval_n} (the server's limit), got {n}")
     require(request.bootstrap <= cfg.max_bootstrap, "bootstrap",
             f"must be at most {cfg.max_bootstrap} (the server's limit), got {request.bootstrap}")
-    bootstrap = request.bootstrap or min(DEFAULT_BOOTSTRAP, cfg.max_bootstrap)
+    # Unset: the server default; 0: no interval (ci_low = ci_high = value).
+    bootstrap = request.bootstrap if request.HasField("bootstrap") else min(DEFAULT_BOOTSTRAP, cfg.max_bootstrap)
     confidence = request.confidence or 0.95
     require(0 < confidence < 1, "confidence", f"must be in (0, 1), got {confidence}")
     seed = validate.seed(request.HasField("seed"), request.seed)
@@ -253,6 +270,7 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     for i, m in enumerate(names):
         require(m in metrics.METRICS, f"metrics[{i}]", f"unknown metric {m[:40]!r}; known: {', '.join(sorted(metrics.METRICS))}")
     require(len(set(names)) == len(names), "metrics", "each metric at most once")
+    options = _options(request, names)
     p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
     q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
     points = lambda s: not s.is_image and (s.mixture is not None or s.model is not None)  # generated/reference points
@@ -266,6 +284,9 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
                 extra = CRITIC_METRICS.get(s.model.graph("critic").get("estimates"))
                 if extra and extra not in names:
                     names.append(extra)
+    for metric_name in options:
+        require(metric_name in names, f"options[{metric_name}]",
+                f"metric {metric_name[:40]!r} is not among those computed ({', '.join(names)})")
     evaluator = registry.evaluator()
     num_classes = (evaluator.num_classes if evaluator and (p.is_image or q.is_image) else 0) or max(
         [len(s.counts) for s in (p, q) if s.counts is not None]
@@ -281,14 +302,14 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
         est = _estimate(metrics, name, pa, qa, f"metrics[{i}]", seed=seed, bootstrap=bootstrap,
-                        confidence=confidence)
+                        confidence=confidence, **options.get(name, {}))
         note = est.note or ""
         if metric.input == "histogram":
             note += ("; " if note else "") + f"histograms: P {_counts_text(pa)}; Q {_counts_text(qa)}"
         results.append(pb.DivergenceResult(
             metric=name, value=est.value, ci_low=est.ci_low, ci_high=est.ci_high, confidence=est.confidence,
             n_p=est.n_p, n_q=est.n_q, estimator=est.estimator, unit=est.unit, lower_bound=est.lower_bound,
-            note=note))
+            note=note, per_sample=None if est.per_sample is None else tensors.from_array(est.per_sample)))
     label = ",".join(s.model.ref for s in (p, q) if s.model is not None) or "-"
     reply = pb.EvaluateDivergenceResponse(results=results, p_description=p.description, q_description=q.description,
                                           seed=seed)

@@ -433,7 +433,7 @@ def test_critic_bounds_are_tight_at_the_optimal_critic():
     (("knn_kl_pq", np.zeros((5, 2)), np.ones((5, 3))), {}, "same dimension"),
     (("knn_kl_pq", np.full((5, 1), np.nan), np.ones((5, 1))), {}, "NaN"),
     (("knn_kl_pq", np.random.rand(3, 1), np.random.rand(3, 1)), {"k": 3}, "at least 4 points"),
-    (("precision", np.random.rand(20001, 1), np.random.rand(10, 1)), {}, "over the limit"),
+    (("precision", np.random.rand(50001, 1), np.random.rand(10, 1)), {}, "over the limit"),
     (("w1_1d", np.zeros((3, 2)), np.ones((3, 2))), {}, "1-D"),
     (("mc_kl_pq", np.zeros((3, 2)), np.ones((3, 2))), {}, "log_density"),
     (("kl_pq", [1, 2], [1, 2]), {"confidence": 1.0}, "confidence"),

@@ -178,6 +178,18 @@ def test_wgan_critic_default_metric_value_and_js_refused(wgan_stub):
     (pb.EvaluateDivergenceRequest(p=DS(samples=T(np.zeros((10, 2), np.float32))),
                                   q=DS(samples=T(np.zeros((10, 2), np.float32))), metrics=["w1_1d"]),
      "metrics[0]", "w1_1d is for 1-D samples"),
+    (pb.EvaluateDivergenceRequest(p=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), q=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), metrics=["knn_kl_pq"],
+                                  options={"knn_kl_pq": pb.MetricOptions(k=0)}),
+     "options[knn_kl_pq]", "option k (metric knn_kl_pq) must be an integer in 1..1000, got 0"),
+    (pb.EvaluateDivergenceRequest(p=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), q=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), metrics=["w1_exact"],
+                                  options={"w1_exact": pb.MetricOptions(projections=10)}),
+     "options[w1_exact]", "metric w1_exact does not take option(s) projections (accepted: max_points)"),
+    (pb.EvaluateDivergenceRequest(p=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), q=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), metrics=["w1_exact"],
+                                  options={"sliced_w": pb.MetricOptions(projections=10)}),
+     "options[sliced_w]", "metric 'sliced_w' is not among those computed (w1_exact)"),
+    (pb.EvaluateDivergenceRequest(p=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), q=DS(samples=T(np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32))), metrics=["sinkhorn"],
+                                  options={"sinkhorn": pb.MetricOptions(reg=0.0)}),
+     "options[sinkhorn]", "option reg (metric sinkhorn) must be a number in [0.0001, 10]"),
 ])
 def test_impossible_requests_are_invalid_argument(stub, request_, field, message):
     err = invalid(stub, request_)
@@ -189,3 +201,41 @@ def test_impossible_requests_are_invalid_argument(stub, request_, field, message
         if detail.Unpack(bad):
             fields += [v.field for v in bad.field_violations]
     assert fields == [field], (fields, err.details())
+
+
+# -- options, bootstrap = 0, per-sample membership (issue 29) ------------------------------------------------
+
+def test_bootstrap_zero_means_no_interval_and_unset_means_the_default(stub):
+    x = np.random.default_rng(1).normal(size=(300, 2)).astype(np.float32)
+    p, q = DS(samples=T(x)), DS(samples=T(x + 1))
+    none = evaluate(stub, p, q, ["w1_exact", "frechet"], bootstrap=0)
+    default = evaluate(stub, p, q, ["w1_exact", "frechet"])
+    for name in ("w1_exact", "frechet"):
+        assert none[name].ci_low == none[name].value == none[name].ci_high, none[name]
+        assert default[name].ci_low < default[name].value < default[name].ci_high, default[name]
+        assert none[name].value == default[name].value
+
+
+def test_options_reach_the_estimator_and_per_sample_membership_comes_back(stub):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(400, 2)).astype(np.float32), rng.normal(size=(300, 2)).astype(np.float32) + 0.5
+    r = evaluate(stub, DS(samples=T(x)), DS(samples=T(y)), ["precision", "recall", "sliced_w", "kid"], bootstrap=0,
+                 options={"precision": pb.MetricOptions(k=5, per_sample=True), "recall": pb.MetricOptions(per_sample=True),
+                          "sliced_w": pb.MetricOptions(projections=7), "kid": pb.MetricOptions(subsets=4, subset_size=50)})
+    prec = tensors.to_array(r["precision"].per_sample)
+    rec = tensors.to_array(r["recall"].per_sample)
+    assert prec.shape == (300,) and rec.shape == (400,)  # per Q point, per P point
+    assert prec.mean() == pytest.approx(r["precision"].value) and rec.mean() == pytest.approx(r["recall"].value)
+    assert set(np.unique(prec)) <= {0.0, 1.0} and "k=5" in r["precision"].estimator and "k=3" in r["recall"].estimator
+    assert "7 projections" in r["sliced_w"].estimator and "mean of 4 subsets of 50" in r["kid"].note
+    assert not r["sliced_w"].HasField("per_sample")
+
+
+def test_w2_and_sinkhorn_through_the_rpc_known_answer(stub):
+    # Two point clouds 10 apart (each a tight cluster): W2 = 10 and the Sinkhorn divergence is close to W1 = 10.
+    rng = np.random.default_rng(3)
+    x = rng.normal(scale=0.01, size=(200, 2)).astype(np.float32)
+    r = evaluate(stub, DS(samples=T(x)), DS(samples=T(x + np.float32([10.0, 0.0]))), ["w2_exact", "sinkhorn"])
+    assert r["w2_exact"].value == pytest.approx(10.0, rel=1e-3)
+    assert r["w2_exact"].ci_low <= r["w2_exact"].value <= r["w2_exact"].ci_high
+    assert 9.0 <= r["sinkhorn"].value <= 10.01, r["sinkhorn"]

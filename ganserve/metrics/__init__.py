@@ -17,7 +17,8 @@ from .frechet import Gaussian, frechet_distance, gaussian_kl, gaussian_w2_square
 from .histogram import class_histogram, classes_covered, conditional_accuracy
 from .mixtures import mixture_metrics
 from .prdc import density_coverage, precision_recall
-from .registry import DATA_KINDS, METRICS, default_metrics, estimate, metrics_table_markdown
+from .options import OPTIONS
+from .registry import DATA_KINDS, METRICS, default_metrics, estimate, metrics_table_markdown, validate_options
 from .results import (DUPLICATE_LIMIT, FRECHET_MAX_BOOTSTRAP, INPUTS, LOG2, MAX_BOOTSTRAP, QUADRATIC_MAX_N,
                       SORT_MAX_N, W1_MAX_POINTS, Estimate, Metric, MetricError)
 
@@ -26,5 +27,5 @@ __all__ = [
     "QUADRATIC_MAX_N", "SORT_MAX_N", "W1_MAX_POINTS", "Cancelled", "Estimate", "Gaussian", "Metric", "MetricError",
     "class_histogram", "classes_covered", "conditional_accuracy", "default_metrics", "density_coverage",
     "estimate", "frechet_distance", "gaussian_kl", "gaussian_w2_squared", "kid", "metrics_table_markdown",
-    "mixture_metrics", "precision_recall",
+    "mixture_metrics", "precision_recall", "OPTIONS", "validate_options",
 ]

@@ -21,10 +21,6 @@ def int_option(name: str, value, lo: int, hi: int) -> int:
     return int(value)
 
 
-def check_k(k) -> int:
-    return int_option("k", k, 1, 1000)
-
-
 def counts(x: Any, side: str, metric: str, exact: bool) -> np.ndarray:
     try:
         c = np.asarray(x, dtype=np.float64)

@@ -46,10 +46,7 @@ def mc_metric(kind: str):
     def run(p, q, *, rng, boot_rng, bootstrap, confidence, n=None, k=_DEFAULT_K[kind]):
         name = f"mc_{kind}"
         p = _density_side(p, name)
-        k = I.check_k(k)
         q_known = I.is_density(q)
-        if n is not None:
-            n = I.int_option("n", n, 2, 1_000_000)
         if q_known:
             n = 10_000 if n is None else int(n)
             y = np.asarray(q.sample(n, int(rng.integers(2**63))), np.float64).reshape(n, -1)

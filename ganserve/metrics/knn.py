@@ -46,7 +46,6 @@ def knn_kl_metric(direction: str):
     name = f"knn_kl_{direction}"
 
     def run(p, q, *, rng, boot_rng, bootstrap, confidence, k=1):
-        k = I.check_k(k)
         a, b = I.pair(p, q, name, min_n=k + 1, max_n=QUADRATIC_MAX_N)
         x, y = (a, b) if direction == "pq" else (b, a)
         names = ("P", "Q") if direction == "pq" else ("Q", "P")

@@ -12,8 +12,9 @@ from scipy.spatial import cKDTree
 from . import _inputs as I
 from ._inputs import checkpoint
 from .intervals import split_ci
+from .options import check
 from .neighbours import TREE_MAX_DIM, chunks, sq_norms
-from .results import QUADRATIC_MAX_N, Result
+from .results import FEATURE_MAX_N, Result
 
 _CACHE: OrderedDict = OrderedDict()
 _LOCK = threading.Lock()
@@ -92,7 +93,7 @@ def prdc_per_point(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, np.n
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): the fraction of fake points inside some real
     point's k-NN ball, and of real points inside some fake point's k-NN ball."""
-    x, y = I.pair(real, fake, "precision", min_n=I.check_k(k) + 1, max_n=QUADRATIC_MAX_N)
+    x, y = I.pair(real, fake, "precision", min_n=check("k", k) + 1, max_n=FEATURE_MAX_N)
     pp = prdc_per_point(x, y, k)
     return float(pp["precision"].mean()), float(pp["recall"].mean())
 
@@ -100,15 +101,14 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020): density = mean over fake points of (number of real k-NN
     balls containing it) / k; coverage = fraction of real points whose k-NN ball contains a fake point."""
-    x, y = I.pair(real, fake, "density", min_n=I.check_k(k) + 1, max_n=QUADRATIC_MAX_N)
+    x, y = I.pair(real, fake, "density", min_n=check("k", k) + 1, max_n=FEATURE_MAX_N)
     pp = prdc_per_point(x, y, k)
     return float(pp["density"].mean()), float(pp["coverage"].mean())
 
 
 def prdc_metric(name: str, default_k: int):
-    def run(p, q, *, rng, boot_rng, bootstrap, confidence, k=default_k):
-        k = I.check_k(k)
-        a, b = I.pair(p, q, name, min_n=k + 1, max_n=QUADRATIC_MAX_N)
+    def run(p, q, *, rng, boot_rng, bootstrap, confidence, k=default_k, per_sample=False):
+        a, b = I.pair(p, q, name, min_n=k + 1, max_n=FEATURE_MAX_N)
         terms = prdc_per_point(a, b, k)[name]
         value = float(terms.mean())
         if bootstrap > 0:
@@ -119,6 +119,7 @@ def prdc_metric(name: str, default_k: int):
         else:
             ci, note = (value, value), ""
         cite = "Kynkaanniemi et al. 2019" if name in ("precision", "recall") else "Naeem et al. 2020"
-        return Result(value, ci, len(a), len(b), note, f"k-NN manifolds ({cite}), k={k}")
+        return Result(value, ci, len(a), len(b), note, f"k-NN manifolds ({cite}), k={k}",
+                      terms.copy() if per_sample else None)
 
     return run

@@ -12,9 +12,11 @@ from .frechet import frechet, kid_metric
 from .histogram import histogram_metric
 from .knn import knn_kl_metric
 from .mixtures import mode_metric
+from .options import validate
 from .prdc import prdc_metric
-from .results import (FRECHET_MAX_BOOTSTRAP, MAX_BOOTSTRAP, QUADRATIC_MAX_N, SORT_MAX_N, W1_MAX_POINTS, Estimate,
-                      Metric, MetricError)
+from .results import (FEATURE_MAX_N, FRECHET_MAX_BOOTSTRAP, MAX_BOOTSTRAP, QUADRATIC_MAX_N, SORT_MAX_N,
+                      W1_MAX_POINTS, Estimate, Metric, MetricError)
+from .transport import SINKHORN_MAX_POINTS, sinkhorn, w2_exact
 from .wasserstein import sliced_w, w1_1d, w1_exact
 
 _INTERVALS = {
@@ -24,6 +26,8 @@ _INTERVALS = {
     "sliced_w": "normal, delta method (each point's influence) plus the spread over directions",
     "w1_1d": "percentile bootstrap (multinomial weights on the sorted pooled sample)",
     "frechet": f"normal, standard error of <= {FRECHET_MAX_BOOTSTRAP} bootstrap refits",
+    "w2_exact": "normal on W2^2, delta method with the OT dual potentials; covers E W2(P_n, Q_m)",
+    "sinkhorn": "Student-t from 10 disjoint random groups (variance / 10: parametric rate)",
     "kid": "normal, first-order U-statistic variance plus the subset spread (independent subsets per side)",
     "prdc": "Student-t from 10 disjoint random groups (variance / 10)",
     "density": "percentile bootstrap of the Monte Carlo terms (mc_kl_pq on samples: as knn_kl)",
@@ -72,24 +76,32 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
        "sliced Wasserstein (POT)", sliced_w, ("projections",), SORT_MAX_N),
     _m("w1_1d", "samples", "input units", "1-D W1 = integral |F_P - F_Q| (scipy.stats.wasserstein_distance), "
        "exact for the samples; D = 1 only", "scipy.stats.wasserstein_distance", w1_1d, (), SORT_MAX_N),
+    _m("w2_exact", "samples", "input units", f"exact W2 = sqrt(min over couplings of E|x - y|^2) (POT ot.emd2) on "
+       f"seeded subsamples of at most {W1_MAX_POINTS} points; biased upward at finite n", "exact OT (POT ot.emd2)",
+       w2_exact, ("max_points",)),
+    _m("sinkhorn", "samples", "input units", "Sinkhorn divergence OT_e(P,Q) - OT_e(P,P)/2 - OT_e(Q,Q)/2, Euclidean "
+       "cost, e = reg x median cost (reg 0.05; Genevay et al. 2018, POT ot.sinkhorn2), on seeded subsamples of at "
+       f"most {SINKHORN_MAX_POINTS} points; 0 when P = Q, below W1", "Sinkhorn divergence (POT)", sinkhorn,
+       ("reg", "max_points")),
     _m("frechet", "features", "feature units^2", "Frechet distance on (evaluator) features: |mu_P - mu_Q|^2 + "
        "tr(S_P + S_Q - 2 (S_P^1/2 S_Q S_P^1/2)^1/2) = W2^2 between fitted Gaussians (FID's formula, not on "
-       "Inception features); biased upward at finite n", "Frechet distance between fitted Gaussians", frechet),
+       "Inception features); biased upward at finite n; option extrapolate: Frechet-infinity (Chong & Forsyth "
+       "2020, extrapolated in 1/n)", "Frechet distance between fitted Gaussians", frechet, ("extrapolate",)),
     _m("kid", "features", "kernel units", "unbiased MMD^2 with k(x,y) = (x.y/d + 1)^3, mean over 50 subsets of "
        "1,000 (Binkowski et al. 2018, their code's defaults); unbiased, can be slightly negative", "unbiased MMD^2 (Binkowski et al. 2018)",
        kid_metric, ("subsets", "subset_size")),
     _m("precision", "features", "fraction", "fraction of Q points inside the k-NN ball (k=3) of some P point "
        "(Kynkaanniemi et al. 2019); below 1 even for P = Q (0.47 at k=5, d=1,000, n=10,000)",
-       "k-NN manifolds (Kynkaanniemi et al. 2019)", prdc_metric("precision", 3), ("k",), QUADRATIC_MAX_N),
+       "k-NN manifolds (Kynkaanniemi et al. 2019)", prdc_metric("precision", 3), ("k", "per_sample"), FEATURE_MAX_N),
     _m("recall", "features", "fraction", "fraction of P points inside the k-NN ball (k=3) of some Q point "
        "(Kynkaanniemi et al. 2019)", "k-NN manifolds (Kynkaanniemi et al. 2019)",
-       prdc_metric("recall", 3), ("k",), QUADRATIC_MAX_N),
+       prdc_metric("recall", 3), ("k", "per_sample"), FEATURE_MAX_N),
     _m("density", "features", "ratio", "mean over Q points of (number of P k-NN balls containing it)/k, k=5 "
        "(Naeem et al. 2020); ~1 for P = Q, robust to P outliers", "k-NN manifolds (Naeem et al. 2020)",
-       prdc_metric("density", 5), ("k",), QUADRATIC_MAX_N),
+       prdc_metric("density", 5), ("k", "per_sample"), FEATURE_MAX_N),
     _m("coverage", "features", "fraction", "fraction of P points whose k-NN ball (k=5) holds a Q point "
        "(Naeem et al. 2020); 0.96-0.97 for P = Q (k=5, d=1,000, n=10,000)", "k-NN manifolds (Naeem et al. 2020)",
-       prdc_metric("coverage", 5), ("k",), QUADRATIC_MAX_N),
+       prdc_metric("coverage", 5), ("k", "per_sample"), FEATURE_MAX_N),
     _m("mc_kl_pq", "density", "nats", "E_P[log p - log q] by Monte Carlo with P's exact density; log q exact when Q "
        "is a density (unbiased), else the k-NN density of Q's samples (k=1), bias-corrected by extrapolation over n "
        "like knn_kl_pq",
@@ -116,6 +128,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 ]}
 
 
+def validate_options(metric: str, options: dict) -> dict:
+    """`options` for `metric` checked against ganserve.metrics.options (an unknown metric is a MetricError)."""
+    if metric not in METRICS:
+        raise MetricError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    return validate(metric, METRICS[metric].options, options)
+
+
 def estimate(metric: str, p, q, *, seed: int = 0, bootstrap: int = 200, confidence: float = 0.95,
              cancelled: Callable[[], bool] | None = None, **context) -> Estimate:
     """Estimate `metric` between P (reference) and Q (model); see `METRICS[metric].input` for what P and Q are.
@@ -133,16 +152,14 @@ def estimate(metric: str, p, q, *, seed: int = 0, bootstrap: int = 200, confiden
     if not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
         raise MetricError(f"confidence must be in (0, 1), got {confidence!r}")
     rng, boot_rng = I.rngs(seed)
-    unknown = sorted(set(context) - set(m.options))
-    if unknown:
-        accepted = ", ".join(m.options) or "none"
-        raise MetricError(f"metric {metric} does not take option(s) {', '.join(unknown)} (accepted: {accepted})")
+    context = validate(metric, m.options, context)
     with I.cancellation(cancelled):
         r = m.fn(p, q, rng=rng, boot_rng=boot_rng, bootstrap=int(bootstrap), confidence=float(confidence), **context)
     lo, hi = r.ci
     return Estimate(metric=metric, value=float(r.value), ci_low=float(lo), ci_high=float(hi),
                     confidence=float(confidence), n_p=int(r.n_p), n_q=int(r.n_q),
-                    estimator=r.estimator or m.estimator, unit=m.unit, lower_bound=m.lower_bound, note=r.note)
+                    estimator=r.estimator or m.estimator, unit=m.unit, lower_bound=m.lower_bound, note=r.note,
+                    per_sample=r.per_sample)
 
 
 DATA_KINDS = {

@@ -7,12 +7,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 LOG2 = math.log(2.0)
 INPUTS = ("histogram", "samples", "features", "density", "critic")
 MAX_BOOTSTRAP = 10_000
 W1_MAX_POINTS = 2_000        # exact OT (POT ot.emd2) runs on a seeded subsample of at most this many points
 FRECHET_MAX_BOOTSTRAP = 25   # each resample refits two covariances (float32) and two eigendecompositions
 QUADRATIC_MAX_N = 20_000     # k-NN metrics cost O(n^2 d): refuse larger inputs rather than run for minutes
+FEATURE_MAX_N = 50_000       # precision/recall/density/coverage: chunked O(n^2 d), memory bounded
 SORT_MAX_N = 200_000         # sliced/1-D W1 hold (n, projections) sorted arrays
 DUPLICATE_LIMIT = 32         # k-NN KL: more exact copies of one point than this means atoms, not a density
 
@@ -32,6 +35,8 @@ class Estimate:
     unit: str          # "nats", "bits", "fraction", "feature units^2", ...
     lower_bound: bool = False  # True for variational lower bounds (critic-based estimates)
     note: str = ""
+    # With the option per_sample: each point's term (precision/density: per Q point, recall/coverage: per P point).
+    per_sample: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("value", "ci_low", "ci_high", "confidence"):
@@ -41,6 +46,7 @@ class Estimate:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: infinities become the strings "inf" / "-inf" (JSON has no infinity)."""
         out = asdict(self)
+        out["per_sample"] = None if self.per_sample is None else self.per_sample.tolist()
         for key in ("value", "ci_low", "ci_high"):
             if math.isinf(out[key]):
                 out[key] = "inf" if out[key] > 0 else "-inf"
@@ -78,3 +84,4 @@ class Result:
     n_q: int
     note: str = ""
     estimator: str = ""
+    per_sample: np.ndarray | None = None

@@ -37,7 +37,6 @@ def same_subsample(rng: np.random.Generator, n_p: int, n_q: int, cap: int) -> tu
 def w1_exact(p, q, *, rng, boot_rng, bootstrap, confidence, max_points=W1_MAX_POINTS):
     ot = _ot()
     a, b = I.pair(p, q, "w1_exact", min_n=1)
-    max_points = I.int_option("max_points", max_points, 2, 10_000)
     ip, iq = same_subsample(rng, len(a), len(b), max_points)
     x, y = a[ip], b[iq]
     cost = ot.dist(x, y, metric="euclidean")  # (n, m)
@@ -105,7 +104,7 @@ def w1_influence(order: np.ndarray, gaps: np.ndarray, n: int, m: int) -> tuple[n
 def sliced_w(p, q, *, rng, boot_rng, bootstrap, confidence, projections=100):
     ot = _ot()
     a, b = I.pair(p, q, "sliced_w", min_n=1, max_n=SORT_MAX_N)
-    L = I.int_option("projections", projections, 2, 5000)
+    L = projections
     theta = ot.sliced.get_random_projections(a.shape[1], L, seed=int(rng.integers(2**31)))  # (d, L)
     value = float(ot.sliced_wasserstein_distance(a, b, n_projections=L, p=1, projections=theta))
     # Interval by the delta method: project once, sort once per direction, then the influence of each point.

@@ -397,7 +397,14 @@ class DataSource(_message.Message):
     def __init__(self, samples: _Optional[_Union[Tensor, _Mapping]] = ..., reference: _Optional[str] = ..., model: _Optional[_Union[ModelSource, _Mapping]] = ..., histogram: bool = ...) -> None: ...
 
 class EvaluateDivergenceRequest(_message.Message):
-    __slots__ = ("p", "q", "metrics", "n", "seed", "bootstrap", "confidence")
+    __slots__ = ("p", "q", "metrics", "n", "seed", "bootstrap", "confidence", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetricOptions
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetricOptions, _Mapping]] = ...) -> None: ...
     P_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +412,7 @@ class EvaluateDivergenceRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     p: DataSource
     q: DataSource
     metrics: _containers.RepeatedScalarFieldContainer[str]
@@ -412,10 +420,31 @@ class EvaluateDivergenceRequest(_message.Message):
     seed: int
     bootstrap: int
     confidence: float
-    def __init__(self, p: _Optional[_Union[DataSource, _Mapping]] = ..., q: _Optional[_Union[DataSource, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., bootstrap: _Optional[int] = ..., confidence: _Optional[float] = ...) -> None: ...
+    options: _containers.MessageMap[str, MetricOptions]
+    def __init__(self, p: _Optional[_Union[DataSource, _Mapping]] = ..., q: _Optional[_Union[DataSource, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., bootstrap: _Optional[int] = ..., confidence: _Optional[float] = ..., options: _Optional[_Mapping[str, MetricOptions]] = ...) -> None: ...
+
+class MetricOptions(_message.Message):
+    __slots__ = ("k", "projections", "subsets", "subset_size", "max_points", "reg", "extrapolate", "per_sample")
+    K_FIELD_NUMBER: _ClassVar[int]
+    PROJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    REG_FIELD_NUMBER: _ClassVar[int]
+    EXTRAPOLATE_FIELD_NUMBER: _ClassVar[int]
+    PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    projections: int
+    subsets: int
+    subset_size: int
+    max_points: int
+    reg: float
+    extrapolate: bool
+    per_sample: bool
+    def __init__(self, k: _Optional[int] = ..., projections: _Optional[int] = ..., subsets: _Optional[int] = ..., subset_size: _Optional[int] = ..., max_points: _Optional[int] = ..., reg: _Optional[float] = ..., extrapolate: bool = ..., per_sample: bool = ...) -> None: ...
 
 class DivergenceResult(_message.Message):
-    __slots__ = ("metric", "value", "ci_low", "ci_high", "confidence", "n_p", "n_q", "estimator", "unit", "lower_bound", "note")
+    __slots__ = ("metric", "value", "ci_low", "ci_high", "confidence", "n_p", "n_q", "estimator", "unit", "lower_bound", "note", "per_sample")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     CI_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +456,7 @@ class DivergenceResult(_message.Message):
     UNIT_FIELD_NUMBER: _ClassVar[int]
     LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     metric: str
     value: float
     ci_low: float
@@ -438,7 +468,8 @@ class DivergenceResult(_message.Message):
     unit: str
     lower_bound: bool
     note: str
-    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., confidence: _Optional[float] = ..., n_p: _Optional[int] = ..., n_q: _Optional[int] = ..., estimator: _Optional[str] = ..., unit: _Optional[str] = ..., lower_bound: bool = ..., note: _Optional[str] = ...) -> None: ...
+    per_sample: Tensor
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., confidence: _Optional[float] = ..., n_p: _Optional[int] = ..., n_q: _Optional[int] = ..., estimator: _Optional[str] = ..., unit: _Optional[str] = ..., lower_bound: bool = ..., note: _Optional[str] = ..., per_sample: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EvaluateDivergenceResponse(_message.Message):
     __slots__ = ("results", "p_description", "q_description", "seed")
