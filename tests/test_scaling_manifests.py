@@ -32,7 +32,7 @@ def test_serve_config_is_valid_for_serve_and_builds_our_app():
     assert app.import_path == "server.ray_serve:build"
     assert set(app.args) <= SETTINGS, set(app.args) - SETTINGS
     settings = ray_serve.settings(app.args)
-    assert (settings.store, settings.reload_interval_s, settings.metrics_port) == ("/srv/ganserve/model_store", 2.0, -1)
+    assert (settings.store, settings.reload_interval_s, settings.metrics_port) == ("model_store", 2.0, -1)
     (deployment,) = app.deployments
     assert deployment.name == ray_serve.Ganserve.name
     scaling = deployment.autoscaling_config
