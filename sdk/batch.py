@@ -161,7 +161,11 @@ def run(args) -> int:
         if args.engine == "ray":
             # Imported only when asked: ray is an optional extra (pip install 'ganserve[ray]') and its import
             # alone takes seconds; the SDK itself stays free of it.
-            from ganserve.scale.batch import RayEngine
+            try:
+                from ganserve.scale.batch import RayEngine
+            except ImportError as e:  # the thin SDK (pip install ./sdk) has no generators to run in-process
+                raise SystemExit(f"--engine ray needs the full ganserve install with its ray extra "
+                                 f"(pip install -e '.[ray]' in the repository): {e}") from None
 
             engine = stack.enter_context(RayEngine(args.store, address=args.address, workers=args.workers,
                                                    cpus_per_worker=args.cpus_per_worker, retries=args.retries,
