@@ -5,8 +5,9 @@ Order at start-up: bind, start, report NOT_SERVING on the health service, load t
 Kubernetes readiness probe (or `grpc_health_probe`) passes only once models are loaded; GeneratorService
 calls made before that answer UNAVAILABLE. Token, request limits and admission: server/interceptors.py.
 
-SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get up to `drain_s` to finish,
-then the process exits 0.
+SIGTERM/SIGINT: health goes NOT_SERVING (a new connection's Check sees it) and calls are still served for
+`shutdown_notice_s`; then the port closes (a new connection is refused: UNAVAILABLE), in-flight calls get up to
+`drain_s` to finish, and the process exits 0. Memory budget: server/budget.py; streams: server/streams.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from server.batcher import Batcher
+from server.budget import MemoryBudget, MiB
 from server.config import Config
 from server.engine import make_runner
 from server.gateway_backend import BatchSocket, GatewayBackend
@@ -35,6 +38,7 @@ from server.oip_grpc import InferenceService
 from server.oip_http import HttpServer, RestApi
 from server.registry import Registry
 from server.service import GeneratorService
+from server.streams import StreamGuard
 from server.telemetry import Telemetry
 
 log = logging.getLogger("ganserve.server")
@@ -68,6 +72,12 @@ class App:
         self.telemetry.track_in_flight(lambda: self.pool.in_flight)
         interceptors = [TokenAuth(config.token())] if config.token() else []
         interceptors.append(Admission(self.pool, config.max_concurrent_rpcs, self.telemetry.refused))
+        self.budget = MemoryBudget(config.memory_budget_mb * MiB, f"/{SERVICE}/")
+        self.streams = StreamGuard(max(1, int(config.stream_share * config.max_concurrent_rpcs)),
+                                   config.stream_send_timeout_s, f"/{SERVICE}/", on_refuse=self.telemetry.refused,
+                                   on_end=self.telemetry.stream_ended)
+        self.telemetry.track_limits(self.budget, self.streams)
+        interceptors += [self.streams, self.budget]  # the budget charges what RequestLimits lets through
         checks = RequestChecks(config)
         interceptors.append(RequestLimits(checks, self.telemetry.refused))  # innermost: wraps the real handlers
         self.max_connections = raise_open_files(config.max_connections)
@@ -79,7 +89,7 @@ class App:
                                   interceptors=interceptors, options=options)
         self.health = Health()  # answers for the names _set_health sets, keeps nothing for others
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        service = GeneratorService(self.registry, config, self.telemetry)
+        service = GeneratorService(self.registry, config, self.telemetry, self.budget)
         pb_grpc.add_GeneratorServiceServicer_to_server(service, self.server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.registry, config, self.telemetry, ready=self.ready), self.server)
@@ -159,6 +169,7 @@ class App:
         if self.batches is not None:
             self.batches.close()
         self.health.close()
+        self.streams.close()
         self.registry.close()
         self.telemetry.close()
         self.pool.shutdown(wait=False)
@@ -180,7 +191,11 @@ def serve_one(config: Config, *, reuse_port: bool = False) -> int:
     app.start()
     log.info("listening on %s (port %d)", config.address, app.port)
     stop.wait()
-    log.info("shutting down: draining in-flight requests for up to %.0f s", config.drain_s)
+    app.serving = False
+    app.health.enter_graceful_shutdown()  # new connections still get NOT_SERVING until the port closes
+    log.info("shutting down: health NOT_SERVING for %.1f s, then draining in-flight requests for up to %.0f s",
+             config.shutdown_notice_s, config.drain_s)
+    time.sleep(config.shutdown_notice_s)
     app.stop()
     log.info("stopped")
     return 0

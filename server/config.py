@@ -116,6 +116,16 @@ class Config:
     keepalive_s: float = field(default=60.0, metadata={
         "help": "ping a connection silent this long (while it has calls) and close it if no answer in 20 s; "
                 "clients may ping at most every 5 minutes without calls (2 strikes, then GOAWAY)"})
+    memory_budget_mb: int = field(default=512, metadata={
+        "help": "bytes of GeneratorService requests and replies in flight at once (each request charged 3x its "
+                "size, each reply 3x its float32 samples); a call over it is answered RESOURCE_EXHAUSTED at once. "
+                "Per process (each worker has its own). docs/reliability.md says what it covers"})
+    stream_share: float = field(default=0.5, metadata={
+        "help": "at most this share of max_concurrent_rpcs may be SampleStream calls; more are RESOURCE_EXHAUSTED"})
+    stream_send_timeout_s: float = field(default=30.0, metadata={
+        "help": "a stream whose client has not read for this long (its send blocked) is cancelled (CANCELLED)"})
+    max_stream_s: float = field(default=3600.0, metadata={
+        "help": "a SampleStream ends after this long with DEADLINE_EXCEEDED (continue from the next offset)"})
     # operations
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0 = any free port, -1 = off)"})
     metrics_address: str = field(default="127.0.0.1", metadata={"help": "Prometheus bind address"})
@@ -125,6 +135,9 @@ class Config:
     http_address: str = field(default="127.0.0.1", metadata={"help": "v2 REST bind address (0.0.0.0 in a container)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
     log_format: str = field(default="text", metadata={"help": "text | json (one JSON object per line)"})
+    shutdown_notice_s: float = field(default=1.0, metadata={
+        "help": "SIGTERM: health answers NOT_SERVING (calls still served) for this long before the port closes "
+                "and the drain starts; set it to your readiness probe period so probes see it"})
     drain_s: float = field(default=10.0, metadata={"help": "SIGTERM: wait this long for in-flight requests"})
     # access
     tls_cert: str = field(default="", metadata={"help": "server certificate (PEM); enables TLS with tls_key"})
@@ -162,6 +175,12 @@ class Config:
             (self.max_invert_steps >= 0 and self.max_bootstrap >= 0, "limits must be >= 0"),
             (min(self.max_message_bytes, self.max_request_bytes, self.max_upload_bytes) >= 1024,
              "max_message_bytes, max_request_bytes and max_upload_bytes must be >= 1024"),
+            (self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024"),
+            (self.memory_budget_mb >= 1, "memory_budget_mb must be >= 1"),
+            (0 < self.stream_share <= 1, "stream_share must be in (0, 1]"),
+            (self.stream_send_timeout_s > 0 and self.max_stream_s > 0,
+             "stream_send_timeout_s and max_stream_s must be > 0"),
+            (self.shutdown_notice_s >= 0, "shutdown_notice_s must be >= 0"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "bad log_level"),
             (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),

@@ -39,6 +39,9 @@ log = logging.getLogger("ganserve.divergence")
 MIXTURE_REFERENCES = ("ring8", "grid25")
 IMAGE_REFERENCES = ("mnist-test", "mnist-train", "mnist-valid")
 DEFAULT_BOOTSTRAP = 100
+# sliced_w on two uploaded [4900, 200] float32 samples (7.5 MiB) peaked at ~110 MB of working memory, ~14x their
+# bytes (measured on this machine); the other sample metrics stay below that
+POINTS_WORK_FACTOR = 14
 
 
 @dataclass
@@ -273,6 +276,9 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
     options = _options(request, names)
     p = _side(request.p, "p", n, seed, registry, cfg, call, sample)
     q = _side(request.q, "q", n, (seed + 1) % 2**64, registry, cfg, call, sample)
+    # the estimators' working memory on point/feature samples (images become small features first), charged to
+    # the memory budget before any estimator runs (server/budget.py)
+    call.reserve(POINTS_WORK_FACTOR * sum(s.x.size * 4 for s in (p, q) if s.x is not None and not s.is_image))
     points = lambda s: not s.is_image and (s.mixture is not None or s.model is not None)  # generated/reference points
     if (p.is_image and points(q)) or (q.is_image and points(p)):
         raise InvalidArgument(f"P ({p.description}) and Q ({q.description}) live in different spaces (images against "

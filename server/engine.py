@@ -30,6 +30,9 @@ class Call:
 
     deadline: float | None = None            # time.monotonic() value, or None for no deadline
     is_active: Callable[[], bool] = lambda: True
+    # the call is about to hold this many more bytes (server/budget.py charges them; raises ResourceExhausted
+    # when the server's memory budget has no room)
+    reserve: Callable[[int], None] = lambda nbytes: None
 
     def check(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -60,6 +63,14 @@ def _generator_feeds(model: LoadedModel, z: np.ndarray, y: np.ndarray | None) ->
     return feeds
 
 
+REPLY_COPIES = 3  # a reply's samples are held as the float32 array, the reply tensor's bytes, the serialized message
+
+
+def reply_bytes(model: LoadedModel, n: int) -> int:
+    """What a reply of n samples of `model` holds: REPLY_COPIES x their float32 bytes."""
+    return REPLY_COPIES * 4 * n * int(np.prod(model.output_shape))
+
+
 def generate_batch(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call) -> np.ndarray:
     """G(z[, y]) for rows that already are a batch (the native front end's), run at once beside the queue."""
     call.check()
@@ -72,6 +83,8 @@ def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call
     queued as bulk work that waits for room instead of being refused."""
     feeds = _generator_feeds(model, z, y)
     call.check()
+    if not wait_for_queue:  # (a stream reserves one chunk for all its chunks)
+        call.reserve(reply_bytes(model, len(z)))
     while True:
         try:
             future = model.batcher.submit(feeds, deadline=call.deadline, is_active=call.is_active,
@@ -130,6 +143,7 @@ def stream(model: LoadedModel, *, seed: int, n: int, offset: int, chunk: int, tr
     """Chunks (start index, samples) of samples offset .. offset+n-1 of the seed's sequence, produced one at a
     time: the next chunk is computed only when gRPC asks for it, i.e. when the client's flow-control window
     has room, so a slow reader holds the server to about one chunk in flight."""
+    call.reserve(reply_bytes(model, min(chunk, n)))  # about one chunk is held at a time (flow control)
     for lo in range(0, n, chunk):
         size = min(chunk, n - lo)
         z = latent_fn.latents(seed, size, model.latent_dim, offset=offset + lo, truncation=truncation)
@@ -152,7 +166,8 @@ def interpolate(model: LoadedModel, points: np.ndarray, conditions: np.ndarray |
 
 # -- inversion ------------------------------------------------------------------------------------------
 
-INVERT_SLICE = 32  # images optimised per slice (each image's problem is independent)
+INVERT_SLICE = 16  # images optimised per slice (each image's problem is independent); one step of a slice is
+                   # one ONNX Runtime call (~30 ms for a DCGAN on a free core), the grain of deadline checks
 
 
 @dataclass

@@ -7,6 +7,7 @@ UNKNOWN); each call is counted and timed for Prometheus by method, model and sta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -20,6 +21,7 @@ from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
 from protos.ganserve.v1 import generator_pb2_grpc as pb_grpc
 from server import divergence, engine, validate
+from server.budget import MemoryBudget
 from server.config import Config
 from server.engine import Call
 from server.errors import BadModelOutput, InvalidArgument, ServiceError, require, to_status
@@ -35,11 +37,14 @@ _DTYPE = {"float32": pb.FLOAT32, "uint8": pb.UINT8, "int64": pb.INT64}
 class CallState:
     """Per-call state the wrapper and the method share: the deadline and liveness (`call`), the resolved model."""
 
-    def __init__(self, context: grpc.ServicerContext):
+    def __init__(self, context: grpc.ServicerContext, budget: MemoryBudget | None = None):
         left = context.time_remaining()
         deadline = None if left is None or left > 1e7 else time.monotonic() + left
-        self.call = Call(deadline=deadline, is_active=context.is_active)
+        charge = budget.charge(context) if budget is not None else None
+        self.call = Call(deadline=deadline, is_active=context.is_active,
+                         **({"reserve": charge.reserve} if charge is not None else {}))
         self.model = ""
+        self.cpu0 = time.thread_time()  # the handler thread's CPU at the start (ONNX Runtime runs on it: 1 thread)
 
 
 _ABANDONED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
@@ -52,7 +57,10 @@ def record_call(tel: Telemetry, method: str, rpc: CallState, code: grpc.StatusCo
     deadline = rpc.call.deadline
     late = 0.0 if deadline is None else time.monotonic() - deadline
     if code in _ABANDONED or late > 0:
-        tel.abandoned(method, code.name, max(late, 0.0))
+        # CPU after the deadline, estimated as the time after it times the share of the call's wall time the
+        # handler thread was on a CPU (on shared cores the wall time alone overstates it many times)
+        busy = min(1.0, (time.thread_time() - getattr(rpc, "cpu0", time.thread_time())) / max(seconds, 1e-9))
+        tel.abandoned(method, code.name, max(late, 0.0), max(late, 0.0) * busy)
     if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
         log.debug("%s %s %s %.1f ms", method, rpc.model or "-", code.name, 1000 * seconds,
                   extra={"method": method, "model": rpc.model, "code": code.name, "ms": round(1000 * seconds, 3)})
@@ -79,7 +87,7 @@ def _rpc(fn):
 
     @functools.wraps(fn)
     def unary(self, request, context):
-        rpc, t0, code = CallState(context), time.perf_counter(), grpc.StatusCode.OK
+        rpc, t0, code = CallState(context, self.budget), time.perf_counter(), grpc.StatusCode.OK
         try:
             return fn(self, request, rpc)
         except Exception as e:  # noqa: BLE001 - every failure becomes a chosen status
@@ -100,7 +108,10 @@ def _rpc_stream(fn):
 
     @functools.wraps(fn)
     def streaming(self, request, context):
-        rpc, t0, code = CallState(context), time.perf_counter(), grpc.StatusCode.OK
+        rpc, t0, code = CallState(context, self.budget), time.perf_counter(), grpc.StatusCode.OK
+        lifetime = time.monotonic() + self.config.max_stream_s  # a stream's deadline is at most max_stream_s away
+        if rpc.call.deadline is None or rpc.call.deadline > lifetime:
+            rpc.call = dataclasses.replace(rpc.call, deadline=lifetime)
         try:
             yield from fn(self, request, rpc)
         except GeneratorExit:  # the client went away: stop producing
@@ -171,8 +182,9 @@ def model_info(entry: Entry, registry: Registry) -> pb.ModelInfo:
 
 
 class GeneratorService(pb_grpc.GeneratorServiceServicer):
-    def __init__(self, registry: Registry, config: Config, telemetry: Telemetry):
-        self.registry, self.config, self.telemetry = registry, config, telemetry
+    def __init__(self, registry: Registry, config: Config, telemetry: Telemetry,
+                 budget: MemoryBudget | None = None):
+        self.registry, self.config, self.telemetry, self.budget = registry, config, telemetry, budget
 
     # -- helpers ------------------------------------------------------------------------------------------
     def _generator(self, ref: str, rpc: CallState | None, *, conditional: bool | None, data_kind: str | None = "image",

@@ -15,8 +15,14 @@ One CollectorRegistry per server instance, so several servers in one process (te
     ganserve_calls_in_progress                       RPCs holding a handler thread (queued or running)
     ganserve_abandoned_calls_total{method, code}      calls that ended DEADLINE_EXCEEDED/CANCELLED, or ran past
                                                      their deadline
-    ganserve_seconds_after_deadline_total{method}    handler time spent after calls' deadlines (wall seconds;
-                                                     an upper bound of the CPU the abandoned work cost)
+    ganserve_seconds_after_deadline_total{method}    handler time spent after calls' deadlines (wall seconds)
+    ganserve_cpu_seconds_after_deadline_total{method}  the CPU of it (estimated: the wall time after the deadline
+                                                     x the share of the call the handler thread was on a CPU)
+    ganserve_memory_budget_bytes                     bytes of requests and replies charged to the memory budget
+    ganserve_memory_budget_refusals_total            calls refused RESOURCE_EXHAUSTED by the memory budget
+    ganserve_streams_active                          SampleStream calls holding a slot
+    ganserve_streams_ended_total{reason}             streams the server ended (send_blocked: the client stopped
+                                                     reading for stream_send_timeout_s)
     ganserve_bad_model_outputs_total{model}          replies refused because a model produced NaN/Inf or values
                                                      outside its declared range (answered INTERNAL, logged)
 Calls refused before their handler (server busy; a request over a size or count limit) count in
@@ -70,6 +76,13 @@ class Telemetry:
                                        "or finished past their deadline", ["method", "code"], registry=r)
         self.after_deadline = Counter("ganserve_seconds_after_deadline", "handler time after calls' deadlines",
                                       ["method"], registry=r)
+        self.cpu_after_deadline = Counter("ganserve_cpu_seconds_after_deadline", "handler CPU after calls' "
+                                          "deadlines (estimated)", ["method"], registry=r)
+        self.budget_bytes = Gauge("ganserve_memory_budget_bytes", "bytes charged to the memory budget", registry=r)
+        self.budget_refusals = Counter("ganserve_memory_budget_refusals", "calls refused by the memory budget",
+                                       registry=r)
+        self.streams_active = Gauge("ganserve_streams_active", "SampleStream calls holding a slot", registry=r)
+        self.streams_ended = Counter("ganserve_streams_ended", "streams ended by the server", ["reason"], registry=r)
         self.bad_outputs = Counter("ganserve_bad_model_outputs", "replies refused: a model produced NaN/Inf or "
                                    "values outside its declared range", ["model"], registry=r)
         self.http = None
@@ -97,9 +110,19 @@ class Telemetry:
     def track_in_flight(self, count) -> None:
         self.in_progress.set_function(count)
 
-    def abandoned(self, method: str, code: str, seconds_late: float) -> None:
+    def abandoned(self, method: str, code: str, seconds_late: float, cpu_late: float) -> None:
         self.abandoned_calls.labels(method, code).inc()
         self.after_deadline.labels(method).inc(seconds_late)
+        self.cpu_after_deadline.labels(method).inc(cpu_late)
+
+    def track_limits(self, budget, streams) -> None:
+        """Gauges read from the memory budget (server/budget.py) and the stream guard (server/streams.py)."""
+        self.budget_bytes.set_function(lambda: budget.in_use)
+        self.streams_active.set_function(lambda: streams.active)
+        budget.on_refuse = self.budget_refusals.inc
+
+    def stream_ended(self, reason: str) -> None:
+        self.streams_ended.labels(reason).inc()
 
     def bad_output(self, model: str) -> None:
         self.bad_outputs.labels(model).inc()

@@ -478,11 +478,12 @@ def test_overload_over_grpc_is_resource_exhausted_in_milliseconds(model_store):
 
 
 def test_calls_over_max_concurrent_rpcs_are_refused_at_once_and_health_stays_open(model_store):
-    running = start_server(model_store, reload_interval_s=0, max_concurrent_rpcs=2)
+    running = start_server(model_store, reload_interval_s=0, max_concurrent_rpcs=2, stream_share=1.0)
     channel, stub = _stub(running.target)
     streams = []
     try:
-        # Two streams whose reader does not read: each holds its handler thread (HTTP/2 flow control).
+        # Two streams whose reader does not read: each holds its handler thread (HTTP/2 flow control); streams may
+        # take every slot here (stream_share 1; tests/test_server_streams.py has the default share).
         for seed in (1, 2):
             streams.append(stub.SampleStream(pb.SampleStreamRequest(model="tiny-gan", n=4096 * 200, seed=seed,
                                                                     chunk_size=4096)))
