@@ -27,7 +27,10 @@ message type, instead of gRPC's own INTERNAL "Exception deserializing request!".
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
+import time
 import weakref
 
 import grpc
@@ -84,6 +87,34 @@ class Charge:
         self._budget._give(self._box)
 
 
+class _Trimmer:
+    """glibc's malloc_trim(0), at most once per `period` s, on its own thread, after large requests left: gRPC
+    receives a message in many small HTTP/2 frames whose buffers stay in the allocator's arenas after the call
+    (16 concurrent 7.5 MiB requests left +200 MB in RSS for good; trimmed, +10 MB). A no-op without glibc."""
+
+    def __init__(self, period: float = 1.0):
+        try:
+            self._trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        except (OSError, AttributeError, TypeError):
+            self._trim = None
+        self._due, self._period = threading.Event(), period
+        if self._trim is not None:
+            threading.Thread(target=self._run, name="malloc-trim", daemon=True).start()
+
+    def soon(self) -> None:
+        self._due.set()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self._period)  # let the calls that are ending end, then trim once for all of them
+            self._due.clear()
+            self._trim(0)
+
+
+TRIM_FROM = 1 << 20  # a request or charge at least this large schedules a trim
+
+
 class MemoryBudget(grpc.ServerInterceptor):
     """The budget, and the interceptor that charges GeneratorService calls to it (see the module docstring)."""
 
@@ -95,6 +126,7 @@ class MemoryBudget(grpc.ServerInterceptor):
         self.on_refuse = lambda: None  # (telemetry counts refusals)
         self._wrapped: dict = {}  # method -> (its handler, the charging one)
         self._charges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # servicer context -> Charge
+        self._trimmer = _Trimmer()
 
     # -- accounting -----------------------------------------------------------------------------------------
     def _take(self, nbytes: int) -> bool:
@@ -108,8 +140,10 @@ class MemoryBudget(grpc.ServerInterceptor):
 
     def _give(self, box: list) -> None:
         with self._lock:
-            self.in_use -= box[0]
-            box[0] = 0
+            nbytes, box[0] = box[0], 0
+            self.in_use -= nbytes
+        if nbytes >= TRIM_FROM:
+            self._trimmer.soon()
 
     def refusal(self, nbytes: int, what: str) -> str:
         return (f"server memory budget: {what} needs {nbytes / MiB:.1f} MiB and {self.in_use / MiB:.0f} of "
@@ -140,6 +174,8 @@ class MemoryBudget(grpc.ServerInterceptor):
         def deserialize(raw: bytes):
             nbytes = REQUEST_FACTOR * len(raw)
             if not self._take(nbytes):
+                if len(raw) >= TRIM_FROM:
+                    self._trimmer.soon()
                 return _Refused(self.refusal(nbytes, f"this request ({len(raw) / MiB:.1f} MiB)"))
             charge = Charge(self, nbytes)
             try:

@@ -87,7 +87,8 @@ def _rpc(fn):
 
     @functools.wraps(fn)
     def unary(self, request, context):
-        rpc, t0, code = CallState(context, self.budget), time.perf_counter(), grpc.StatusCode.OK
+        budget = getattr(self, "budget", None)  # (the v2 InferenceService shares this wrapper, without a budget)
+        rpc, t0, code = CallState(context, budget), time.perf_counter(), grpc.StatusCode.OK
         try:
             return fn(self, request, rpc)
         except Exception as e:  # noqa: BLE001 - every failure becomes a chosen status
@@ -108,7 +109,8 @@ def _rpc_stream(fn):
 
     @functools.wraps(fn)
     def streaming(self, request, context):
-        rpc, t0, code = CallState(context, self.budget), time.perf_counter(), grpc.StatusCode.OK
+        budget = getattr(self, "budget", None)  # (the v2 InferenceService shares this wrapper, without a budget)
+        rpc, t0, code = CallState(context, budget), time.perf_counter(), grpc.StatusCode.OK
         lifetime = time.monotonic() + self.config.max_stream_s  # a stream's deadline is at most max_stream_s away
         if rpc.call.deadline is None or rpc.call.deadline > lifetime:
             rpc.call = dataclasses.replace(rpc.call, deadline=lifetime)

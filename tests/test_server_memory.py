@@ -100,8 +100,9 @@ def test_sixteen_near_limit_requests_keep_rss_within_the_budget(server_process):
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and codes["OK"] >= 1 and codes["RESOURCE_EXHAUSTED"] >= 8, codes
     refusals = sorted(s for code, s in results if code == "RESOURCE_EXHAUSTED")
     served = sorted(s for code, s in results if code == "OK")
-    # refused as soon as its bytes are in (~0.4 s for 7.5 MiB x 16 on one connection here), not after the work
-    assert refusals[len(refusals) // 2] < min(1.5, served[0]), (refusals, served)
+    # refused as soon as its bytes are in (0.4-2 s for 16 x 7.5 MiB on one connection of a busy machine), not
+    # after the work (a served call takes 3-6 s here)
+    assert refusals[len(refusals) // 2] < 0.5 * served[0], (refusals, served)
     overhead = CALLS * LIMIT_MB * MIB  # receive buffers
     assert 0 < peak - baseline < BUDGET_MB * MIB + overhead, f"peak +{(peak - baseline) / MIB:.0f} MB"
     assert after - baseline < 64 * MIB, f"after +{(after - baseline) / MIB:.0f} MB"
@@ -144,7 +145,7 @@ def test_the_budget_refuses_a_reply_it_has_no_room_for(model_store):
             assert budget._take(MiB // 2)  # another call holds half the budget
             with pytest.raises(grpc.RpcError) as err:
                 stub.Sample(request, timeout=30)
-            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "this reply" in err.value.details()
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply or working memory" in err.value.details()
             budget._give([MiB // 2])
             _until(lambda: budget.in_use == 0)
     finally:
