@@ -59,7 +59,8 @@ def record_call(tel: Telemetry, method: str, rpc: CallState, code: grpc.StatusCo
     if code in _ABANDONED or late > 0:
         # CPU after the deadline, estimated as the time after it times the share of the call's wall time the
         # handler thread was on a CPU (on shared cores the wall time alone overstates it many times)
-        busy = min(1.0, (time.thread_time() - getattr(rpc, "cpu0", time.thread_time())) / max(seconds, 1e-9))
+        cpu0 = getattr(rpc, "cpu0", None)  # (a native front end's batch item has none: its CPU is the batch's)
+        busy = 0.0 if cpu0 is None else min(1.0, max(0.0, time.thread_time() - cpu0) / max(seconds, 1e-9))
         tel.abandoned(method, code.name, max(late, 0.0), max(late, 0.0) * busy)
     if log.isEnabledFor(logging.DEBUG):  # one structured access-log line per RPC (json format: fields as keys)
         log.debug("%s %s %s %.1f ms", method, rpc.model or "-", code.name, 1000 * seconds,
