@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ganserve-installed
 NODE_STAMP := examples/node_client/node_modules/.package-lock.json
 ARGS   ?=
 
-.PHONY: setup node gateway serve test test-fast bench stubs clean
+.PHONY: setup node gateway serve test test-fast bench stubs clean mutation mutation-sample
 
 setup: $(STAMP) node
 
@@ -56,6 +56,14 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m 'not slow' $(ARGS)
+
+# Mutation testing of the modules that carry the contract (mutmut; tests/mutation.py says which tests each runs):
+# the score and the surviving mutants go to docs/mutation.md. Not part of `make test`. ARGS: module names.
+mutation: setup
+	nice $(PY) -m tests.mutation $(ARGS)
+# A seeded sample of 15 mutants per module (a few minutes): a quick look, not the figure docs/mutation.md reports.
+mutation-sample: setup
+	nice $(PY) -m tests.mutation --sample 15 --page build/mutation/sample.md $(ARGS)
 
 bench: setup
 	$(PY) -m bench $(ARGS)

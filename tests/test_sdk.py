@@ -234,7 +234,7 @@ def test_unavailable_is_retried_within_the_deadline_then_raised():
     t0 = time.monotonic()
     with pytest.raises(UnavailableError):
         c0.list_models()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.5  # not retried: well under the 5 s deadline it would retry up to
     c.close()
 
 
@@ -249,7 +249,7 @@ def test_an_unlucky_backoff_draw_does_not_end_the_retries_before_the_deadline(mo
     t0 = time.monotonic()
     with pytest.raises((UnavailableError, DeadlineExceededError)):
         c.list_models()
-    assert 0.9 < time.monotonic() - t0 < 2.0
+    assert 0.9 < time.monotonic() - t0 < 3.0  # used its 1 s deadline, and stopped (3 s: a busy machine's slack)
     c.close()
 
 

@@ -147,15 +147,16 @@ def test_toy_models_reproduce_their_published_mode_metrics(shipped, name, refere
 
 def test_evaluate_mnist_reference_against_a_model(shipped):
     _need("mnist-evaluator")
-    name = next((n for n in IMAGE_MODELS if _present(n)), None)
-    if name is None:
-        pytest.skip("no MNIST generator in model_store/ yet")
+    _need("gan-mnist")
     need_mnist()
     with Client(shipped.target) as c:
-        ev = c.evaluate("mnist-test", name, ["js", "frechet"], n=1000, seed=0, bootstrap=20)
+        ev = c.evaluate("mnist-test", "gan-mnist", ["js", "frechet"], n=1000, seed=0, bootstrap=20)
         same = c.evaluate("mnist-test", "mnist-valid", ["js"], n=1000, seed=0, bootstrap=20)
-    assert 0 <= same["js"].value < 0.01  # two halves of real MNIST: the evaluator's histograms agree
-    assert 0 <= ev["js"].value <= np.log(2) and ev["frechet"].value > 0
+    # Golden values of these seeded calls over the shipped models (a republished model changes them): the
+    # histogram JS moves by ~1% when ONNX Runtime's rounding flips one of the 2,000 classifications.
+    assert same["js"].value == pytest.approx(0.0055260, rel=0.05)  # two halves of real MNIST agree
+    assert ev["js"].value == pytest.approx(0.0026806, rel=0.05)
+    assert ev["frechet"].value == pytest.approx(15.86636, rel=1e-3)
     assert ev["js"].ci_low <= ev["js"].value <= ev["js"].ci_high
 
 
@@ -279,10 +280,13 @@ def test_evaluate_with_critics_and_model_sources(shipped):
         w = c.evaluate("mnist-test", "wgan-gp-mnist", ["w1_critic"], n=1000, seed=0, bootstrap=20)
         two = c.evaluate("gan-mnist", "wgan-gp-mnist", ["js"], n=1000, seed=0, bootstrap=20)
     js = ev["js_critic"]
-    assert js.lower_bound and 0 <= js.value <= np.log(2) and js.n_p == js.n_q == 1000
-    assert ev["tv"].ci_low <= ev["tv"].value <= ev["tv"].ci_high and 0 < ev["tv"].value < 1
-    assert w["w1_critic"].lower_bound and np.isfinite(w["w1_critic"].value)
-    assert 0 <= two["js"].value <= np.log(2) and "gan-mnist@" in two.p and "wgan-gp-mnist@" in two.q
+    # golden values of these seeded calls (see test_evaluate_mnist_reference_against_a_model)
+    assert js.lower_bound and js.n_p == js.n_q == 1000 and js.value == pytest.approx(0.0435233, rel=1e-3)
+    assert ev["kl_pq"].value == pytest.approx(0.0106919, rel=0.05)
+    assert ev["tv"].ci_low <= ev["tv"].value <= ev["tv"].ci_high
+    assert ev["tv"].value == pytest.approx(0.057, abs=0.0021)  # 57 of 1,000 samples' worth of mass, +-2
+    assert w["w1_critic"].lower_bound and w["w1_critic"].value == pytest.approx(0.2333921, rel=1e-3)
+    assert two["js"].value == pytest.approx(0.00091668, rel=0.1) and "gan-mnist@" in two.p and "wgan-gp-mnist@" in two.q
 
 
 def test_batch_job_on_a_shipped_model_equals_sample(shipped, tmp_path):

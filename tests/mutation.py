@@ -1,0 +1,222 @@
+"""Mutation testing of the modules that carry the contract, with mutmut 3: `make mutation` (every module below) or
+`python -m tests.mutation latents batcher` (some), `--sample K` to test K mutants per module (seeded) instead
+of all; the score and every surviving mutant go to docs/mutation.md (generated: edit EQUIVALENT here, not the page).
+
+Why mutmut: it runs pytest itself, mutates one function at a time behind a trampoline, so each mutant runs
+only the tests that called that function (collected once per module), forks workers from a warmed-up
+process (`forkserver`: grpc is not fork-safe after use), and is scoped per file (`only_mutate`) with a fast
+test subset per module. Each module runs in its own folder build/mutation/<name>/ (links to the packages and
+a generated pyproject.toml), so modules never share a mutants/ cache and can run one after another.
+Log lines are not mutated (`do_not_mutate_patterns`): their text is for people, not a contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "mutation"
+PAGE = ROOT / "docs" / "mutation.md"
+PACKAGES = ("protos", "ganserve", "server", "sdk", "tests")
+MUTMUT = [sys.executable, "-m", "mutmut"]
+
+
+@dataclass(frozen=True)
+class Module:
+    path: str          # the file mutated
+    tests: tuple       # pytest arguments selecting its fast test subset
+    why: str           # what the module carries
+
+
+MODULES = {
+    "latents": Module("protos/latents.py", ("tests/test_latents.py",), "seed -> latents, interpolation paths"),
+    "batcher": Module("server/batcher.py", ("tests/test_batcher.py", "tests/test_server_reliability.py",
+                                            "-k", "batcher or result_is or idle"), "dynamic batcher"),
+    "errors": Module("sdk/_errors.py", ("tests/test_sdk.py", "-k", "error or status or retry"),
+                     "status -> exception table, retryable set"),
+    "types": Module("sdk/_types.py", ("tests/test_sdk.py",), "SDK requests and results"),
+    "validate": Module("server/validate.py", ("tests/test_server_bad_input.py", "-k", "not random and not docs"),
+                       "request validation"),
+    "engine": Module("server/engine.py", ("tests/test_server.py",), "sample, stream, interpolate, invert"),
+    "manifest": Module("ganserve/store/manifest.py", ("tests/test_repository.py", "tests/test_store_faults.py",
+                                                      "tests/test_publish.py"),
+                       "manifest schema, sha256, atomic publish"),
+    "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics.py", "tests/test_metrics_coverage.py"),
+                                "class-level estimators (KL, JS, TV)"),
+    "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py",
+                                  ("tests/test_metrics.py", "tests/test_metrics_coverage.py"),
+                                  "W1 exact and sliced, with intervals"),
+    "metrics-intervals": Module("ganserve/metrics/intervals.py",
+                                ("tests/test_metrics.py", "tests/test_metrics_coverage.py"), "bootstrap intervals"),
+}
+
+# Surviving mutants that cannot be killed because they do not change behaviour: mutant name -> why.
+EQUIVALENT = {
+    "protos.latents.x__block__mutmut_12": "`truncation >= 0` draws the whole block without truncation too; the "
+                                          "first rows of a (1024, d) draw equal a (rows, d) draw (only slower)",
+    "protos.latents.x__block__mutmut_18": "`|z| >= t` vs `> t` differ only when a float32 normal draw equals t",
+    "protos.latents.x__block__mutmut_22": "`|z| >= t` vs `> t` differ only when a float32 normal draw equals t",
+    "protos.latents.x_latents__mutmut_81": "without rows= the block draws 1024 rows and slices the same ones",
+    "protos.latents.x_latents__mutmut_82": "without rows= the block draws 1024 rows and slices the same ones",
+}
+
+STATUS = {"killed", "survived", "timeout", "no tests", "skipped", "suspicious", "segfault", "not checked",
+          "check was interrupted by user", "caught by type check"}
+
+
+def _pyproject(module: Module) -> str:
+    """The work folder's pyproject.toml: this module's mutmut scope plus the repository's pytest settings."""
+    source = (ROOT / "pyproject.toml").read_text()
+    pytest_part = source[source.index("[tool.pytest.ini_options]"):]
+    pytest_part = pytest_part[:pytest_part.index("\n[", 1)] if "\n[" in pytest_part[1:] else pytest_part
+    pytest_part = pytest_part.replace('addopts = "-ra --strict-markers --durations=10"', 'addopts = "--strict-markers"')
+    return (f"{pytest_part.rstrip()}\n\n[tool.mutmut]\n"
+            f"source_paths = {json.dumps(list(PACKAGES[:-1]))}\n"
+            f"only_mutate = {json.dumps([module.path])}\n"
+            f"pytest_add_cli_args_test_selection = {json.dumps(list(module.tests))}\n"
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--timeout=300"]\n'
+            'process_isolation = "forkserver"\n'
+            'do_not_mutate_patterns = ["^\\\\s*log\\\\.(debug|info|warning|error|exception)\\\\("]\n')
+
+
+def _prepare(name: str, module: Module, fresh: bool) -> Path:
+    work = WORK / name
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for package in PACKAGES:
+        link = work / package
+        if not link.is_symlink():
+            link.symlink_to(ROOT / package)
+    text = _pyproject(module)
+    pyproject = work / "pyproject.toml"
+    if not pyproject.exists() or pyproject.read_text() != text:
+        pyproject.write_text(text)
+    return work
+
+
+def _results(work: Path) -> dict[str, str]:
+    out = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True)
+    found = {}
+    for line in out.stdout.splitlines():
+        key, _, status = line.strip().rpartition(": ")
+        if status in STATUS:
+            found[key] = status
+    return found
+
+
+def _names(work: Path) -> list[str]:
+    """Every mutant's name, from mutmut's own list (mutants/<file>.meta, written when it generates them)."""
+    names = []
+    for meta in (work / "mutants").rglob("*.meta"):
+        names.extend(json.loads(meta.read_text())["exit_code_by_key"])
+    return sorted(names)
+
+
+def _diff(work: Path, name: str) -> str:
+    out = subprocess.run([*MUTMUT, "show", name], cwd=work, capture_output=True, text=True, check=False)
+    return "\n".join(line for line in out.stdout.splitlines() if line[:2] in ("- ", "+ "))
+
+
+def run_module(name: str, module: Module, *, sample: int, seed: int, fresh: bool, log) -> dict:
+    work = _prepare(name, module, fresh)
+    t0 = time.monotonic()
+    cmd = ["nice", "-n", "10", *MUTMUT, "run", "--max-children", str(os.cpu_count() or 2)]
+    if sample:
+        # mutmut writes its list of mutants when it generates them: generate (a run of a name that does not
+        # exist stops right after), then run a seeded sample of the names.
+        subprocess.run([*cmd, "no-such-mutant"], cwd=work, stdout=log, stderr=log, check=False)
+        names = _names(work)
+        chosen = sorted(random.Random(seed).sample(names, min(sample, len(names))))
+        cmd += chosen
+    subprocess.run(cmd, cwd=work, stdout=log, stderr=log, check=False)
+    results = _results(work)
+    if sample:
+        results = {k: v for k, v in results.items() if k in set(chosen)}
+    survivors = {k: _diff(work, k) for k, v in results.items() if v in ("survived", "no tests", "suspicious")}
+    return {"module": name, "path": module.path, "why": module.why, "tests": " ".join(module.tests),
+            "seconds": round(time.monotonic() - t0), "results": results, "survivors": survivors}
+
+
+def _score(report: dict) -> tuple[int, int, int, int]:
+    results = report["results"]
+    killed = sum(v in ("killed", "timeout", "segfault", "caught by type check") for v in results.values())
+    equivalent = sum(k in EQUIVALENT for k in report["survivors"])
+    checked = sum(v != "not checked" and v != "skipped" for v in results.values())
+    return killed, equivalent, checked, len(report["survivors"]) - equivalent
+
+
+def write_page(reports: list[dict]) -> str:
+    lines = ["# Mutation testing", "",
+             "Generated by `make mutation` (`python -m tests.mutation`, mutmut "
+             f"{_mutmut_version()}); do not edit: mark an equivalent mutant in tests/mutation.py's EQUIVALENT.",
+             "Score = (killed + timed out) / (mutants checked - equivalent ones). Log lines are not mutated.", "",
+             "| module | file | tests run | mutants | killed | equivalent | surviving | score | minutes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    total_killed = total_denominator = 0
+    for r in reports:
+        killed, equivalent, checked, surviving = _score(r)
+        denominator = max(checked - equivalent, 1)
+        total_killed, total_denominator = total_killed + killed, total_denominator + denominator
+        lines.append(f"| {r['module']} | `{r['path']}` | `{r['tests']}` | {checked} | {killed} | {equivalent} | "
+                     f"{surviving} | {100 * killed / denominator:.1f}% | {r['seconds'] / 60:.1f} |")
+    lines += ["", f"Overall: {100 * total_killed / max(total_denominator, 1):.1f}% "
+                  f"({total_killed} of {total_denominator}).", ""]
+    for r in reports:
+        if not r["survivors"]:
+            continue
+        lines += [f"## {r['module']}: surviving mutants", ""]
+        for name, diff in sorted(r["survivors"].items()):
+            reason = EQUIVALENT.get(name)
+            lines += [f"- `{name}` ({r['results'][name]})" + (f" - equivalent: {reason}" if reason else ""), "",
+                      "  ```diff", *("  " + d for d in diff.splitlines()), "  ```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--sample", type=int, default=0, help="test this many mutants per module (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    parser.add_argument("--fresh", action="store_true", help="forget mutmut's cached results first")
+    parser.add_argument("--page", type=Path, default=PAGE, help="where to write the report")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES and not fnmatch.filter(MODULES, m)]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    names = [n for n in MODULES if not args.modules or any(fnmatch.fnmatch(n, m) for m in args.modules)]
+    WORK.mkdir(parents=True, exist_ok=True)
+    reports_file = WORK / "reports.json"
+    reports = json.loads(reports_file.read_text()) if reports_file.exists() else {}
+    for name in names:
+        print(f"{name}: mutating {MODULES[name].path} ...", flush=True)
+        with open(WORK / f"{name}.log", "w") as log:
+            reports[name] = run_module(name, MODULES[name], sample=args.sample, seed=args.seed, fresh=args.fresh,
+                                       log=log)
+        killed, equivalent, checked, surviving = _score(reports[name])
+        print(f"{name}: {killed}/{checked - equivalent} killed, {surviving} surviving "
+              f"({reports[name]['seconds']} s)", flush=True)
+        reports_file.write_text(json.dumps(reports, indent=1))
+        args.page.write_text(write_page([reports[n] for n in MODULES if n in reports]))
+    print(f"wrote {args.page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
