@@ -203,7 +203,7 @@ def test_impossible_requests_are_invalid_argument(stub, request_, field, message
     assert fields == [field], (fields, err.details())
 
 
-# -- options, bootstrap = 0, per-sample membership (issue 29) ------------------------------------------------
+# -- options, bootstrap = 0, per-sample membership -----------------------------------------------------------
 
 def test_bootstrap_zero_means_no_interval_and_unset_means_the_default(stub):
     x = np.random.default_rng(1).normal(size=(300, 2)).astype(np.float32)
