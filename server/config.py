@@ -38,6 +38,9 @@ class Config:
     warm_models: str = field(default="defaults", metadata={
         "help": "versions loaded at start and never evicted: 'defaults' (each model's default version), 'all' "
                 "(every version), 'none', and/or names or name@version, comma-separated; the rest load on first use"})
+    check_cold_versions: bool = field(default=True, metadata={
+        "help": "after each scan, load-check (sessions, probe) every version outside the warm set once in the "
+                "background and let it go, so the index shows a broken one UNAVAILABLE before its first call"})
     model_memory_mb: float = field(default=0.0, metadata={
         "help": "budget for resident model graphs (their ONNX files' size); beyond it the least recently used "
                 "versions outside the warm set are evicted. 0 = no limit"})

@@ -7,11 +7,12 @@ A scan (at start-up, then every `reload_interval_s`) looks at model_store/<name>
    RETIRED, and the default version "name" resolves to) from <store>/<name>/policy.json, else --version-policy;
 4. loads the warm set (`warm_models`: each model's default version by default; "all" = every version) and
    swaps the index in one assignment, so a request sees either the old or the new index.
-A version outside the warm set is loaded on first use. Loading verifies every file's sha256, opens one ONNX
-Runtime session per graph and runs ganserve.store.check (names, dtypes, dims, a dynamic batch axis, a probe at
-several batch sizes with finite outputs in the declared range). Any failure at all marks that version
-UNAVAILABLE with a one-line reason (logged, shown by GetModel/ListModels and in NOT_FOUND), not retried until
-its folder changes; a default that fails hands "name" to the next version the policy allows.
+A version outside the warm set loads on first use (with --check-cold-versions it is also load-checked once in
+the background and let go, so a broken one is UNAVAILABLE before anyone calls it). Loading verifies sha256,
+opens one ONNX Runtime session per graph and runs ganserve.store.check (names, dtypes, dims, a dynamic batch
+axis, a probe at several batch sizes: finite outputs in the declared range). Any failure marks that version
+UNAVAILABLE with a one-line reason (logged, in GetModel/ListModels and NOT_FOUND), not retried until its folder
+changes; a default that fails hands "name" to the next version the policy allows.
 Beyond `model_memory_mb`, the least recently used resident versions outside the warm set are evicted: their
 batchers close, requests already holding them finish on their sessions (freed with the last reference).
 
@@ -31,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ganserve.store import policy as pol
 from ganserve.store import manifest as mf
+from ganserve.store import policy as pol
 from ganserve.store import sessions as stores
+from ganserve.store.check import open_version
 from server.config import Config
 from server.errors import NotFound, Unavailable
 from server.model import LoadedModel, Loader, is_conditional, parse_ref  # noqa: F401 - parse_ref re-exported
@@ -77,6 +79,7 @@ class Entry:
     model: LoadedModel | None = None
     cost: int = 0              # bytes of its graphs (the model-memory budget counts these)
     last_used: float = 0.0
+    checked: bool = False      # loaded (or load-checked) once: its graphs passed everything
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -229,6 +232,7 @@ class Registry:
                     except Exception as ex:  # noqa: BLE001 - whatever fails, only this version is skipped
                         self._fail(e, ex)
                     else:
+                        e.checked = True
                         log.info("loaded %s (kind %s, graphs %s) in %.0f ms", e.ref, e.manifest["kind"],
                                  sorted(e.model.sessions), 1000 * (time.perf_counter() - started))
                 model = e.model
@@ -267,13 +271,36 @@ class Registry:
                          budget >> 20)
 
     # -- polling ------------------------------------------------------------------------------------------
+    def check_cold(self) -> int:
+        """Load-check every callable version never loaded yet (sessions, probe), one at a time, and let it go:
+        a broken old version shows UNAVAILABLE in the index before anyone calls it. Returns how many failed."""
+        failed = 0
+        for e in self.entries():
+            if self._stop.is_set():
+                break
+            if e.checked or e.model is not None or e.failure or e.state not in CALLABLE:
+                continue
+            try:
+                open_version(e.folder, providers=self.loader.providers)
+                e.checked = True
+            except Exception as ex:  # noqa: BLE001 - whatever fails, only this version is skipped
+                self._fail(e, ex)
+                self._redecide(e.name)
+                failed += 1
+        return failed
+
     def start_polling(self) -> None:
-        if self.config.reload_interval_s <= 0 or self._thread is not None:
+        """The background thread: check cold versions (--check-cold-versions), then rescan every interval."""
+        if self._thread is not None or (self.config.reload_interval_s <= 0 and not self.config.check_cold_versions):
             return
 
         def loop():
-            while not self._stop.wait(self.config.reload_interval_s):
+            while True:
                 try:
+                    if self.config.check_cold_versions:
+                        self.check_cold()
+                    if self.config.reload_interval_s <= 0 or self._stop.wait(self.config.reload_interval_s):
+                        return
                     self.scan()
                 except Exception:  # noqa: BLE001 - a bad scan must never stop reloading
                     log.exception("store scan failed")
@@ -296,9 +323,6 @@ class Registry:
 
     def default_version(self, name: str) -> int | None:
         return self._index.defaults.get(name)
-
-    def is_warm(self, e: Entry) -> bool:
-        return (e.name, e.version) in self._warm
 
     def models(self, *, all_versions: bool = False) -> list[LoadedModel]:
         """Resident models: each model's default version, or every resident version."""

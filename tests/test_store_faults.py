@@ -143,3 +143,26 @@ def test_a_model_with_no_servable_version_says_why(tmp_path):
     finally:
         channel.close()
         running.app.stop(0)
+
+
+def test_a_broken_old_version_is_found_before_anyone_calls_it(tmp_path):
+    """Outside the warm set a version loads on first use; --check-cold-versions (default) load-checks it in the
+    background first, so the index says it is broken before a client finds out."""
+    store, build = tmp_path / "store", tmp_path / "build"
+    publish_gan(store, build)
+    _publish_bad(store, build, "nan", 2)
+    publish_gan(store, build / "g3", seed=1)  # @3 is the default; @2 is cold
+    for check, want in ((False, pb.VERSION_STATE_READY), (True, pb.VERSION_STATE_UNAVAILABLE)):
+        running = start_server(store, reload_interval_s=0, metrics_port=-1, check_cold_versions=check)
+        channel, stub = _stub(running.target)
+        try:
+            state = lambda: next(m.state for m in stub.ListModels(pb.ListModelsRequest(index=True)).models  # noqa: E731
+                                 if m.version == 2)
+            if check:
+                _wait(lambda: state() == want, what="@2 checked in the background")
+            assert state() == want and stub.GetModel(pb.GetModelRequest(model="tiny-gan")).version == 3
+            if check:
+                assert "non-finite" in _not_found(stub, "tiny-gan@2")
+        finally:
+            channel.close()
+            running.app.stop(0)
