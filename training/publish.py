@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ganserve.conditions import CONDITIONAL_KINDS
 from ganserve.inversion.grad_graph import GradGraphError, grad_graph_bytes
 from ganserve.store import check, onnx_edit
 from ganserve.store import manifest as mf
 from ganserve.store.policy import TOLERANCES
 from training import evaluate as ev
 
-CONDITIONAL_KINDS = ("cgan", "latent-constraint")
 GENERATOR_KINDS = ("gan", "wgan-gp", *CONDITIONAL_KINDS)
 EXPORT_FIX = ("re-export with torch.onnx.export(G, (z,), 'G.onnx', dynamo=False, input_names=['z'], "
               "output_names=['x'], dynamic_axes={'z': {0: 'N'}, 'x': {0: 'N'}})")
