@@ -3,11 +3,20 @@ deadlines, bulk ordering and halving are in tests/test_server_reliability.py.)""
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from server.batcher import Batcher
+from server.batcher import Batcher, Result, coalesce
+from server.errors import ResourceExhausted
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_held_gate_three_queued_items_each_get_their_own_rows():
@@ -38,3 +47,119 @@ def test_held_gate_three_queued_items_each_get_their_own_rows():
     finally:
         release.set()
         b.close()
+
+
+def _double(feeds):
+    return feeds["z"] * 2
+
+
+def test_coalesce_concatenates_every_input_and_returns_each_requests_rows():
+    parts = [{"z": np.full((r, 2), k, np.float32), "y": np.full((r, 3), -k, np.float32)} for k, r in enumerate((2, 1, 3))]
+    feeds, spans = coalesce(parts)
+    assert spans == [slice(0, 2), slice(2, 3), slice(3, 6)]
+    np.testing.assert_array_equal(feeds["z"][:, 0], [0, 0, 1, 2, 2, 2])
+    np.testing.assert_array_equal(feeds["y"][:, 0], [0, 0, -1, -2, -2, -2])
+    alone, spans = coalesce(parts[2:])
+    assert spans == [slice(0, 3)] and alone["z"] is parts[2]["z"] and alone is not parts[2]  # no copy of the rows
+
+
+def test_a_failed_result_is_done_and_raises_for_every_call():
+    r = Result()
+    r.set_exception(ResourceExhausted("full"))
+    assert r.done()
+    for _ in range(2):
+        with pytest.raises(ResourceExhausted, match="full"):
+            r.result(0)
+
+
+def test_bulk_chunks_count_against_the_queue_limit():
+    release = threading.Event()
+    b = Batcher("m", lambda f: release.wait(10) and _double(f), max_batch=8, max_queue=2, max_delay_s=0,
+                queue_timeout_s=30)
+    try:
+        first = b.submit({"z": np.ones((1, 2), np.float32)})
+        _until(lambda: b.depth() == 0)
+        chunks = [b.submit({"z": np.ones((1, 2), np.float32)}, bulk=True) for _ in range(2)]
+        with pytest.raises(ResourceExhausted, match=r"model m: queue full \(2 requests waiting\); retry with backoff"):
+            b.submit({"z": np.ones((1, 2), np.float32)})
+        release.set()
+        assert first.result(10)[0, 0] == 2 and [c.result(10)[0, 0] for c in chunks] == [2, 2]
+    finally:
+        release.set()
+        b.close()
+
+
+def test_a_closed_batcher_runs_a_late_request_on_the_callers_thread():
+    threads = []
+
+    def run(feeds):
+        threads.append(threading.current_thread().name)
+        return _double(feeds)
+
+    b = Batcher("m", run, max_batch=8, max_queue=2, max_delay_s=0, queue_timeout_s=30)
+    b.close()
+    late = b.submit({"z": np.arange(4, dtype=np.float32).reshape(2, 2)})
+    assert late.done() and threads == [threading.current_thread().name]
+    np.testing.assert_array_equal(late.result(0), [[0, 2], [4, 6]])
+
+
+def test_run_batch_runs_rows_beside_the_queue_and_reports_the_batch():
+    seen = []
+    b = Batcher("m", _double, max_batch=4, max_queue=2, max_delay_s=0, queue_timeout_s=30,
+                observe=lambda name, rows, depth: seen.append((name, rows, depth)))
+    try:
+        out = b.run_batch({"z": np.arange(12, dtype=np.float32).reshape(6, 2)})
+        np.testing.assert_array_equal(out, np.arange(12).reshape(6, 2) * 2)  # 6 rows in max_batch slices of 4
+        assert seen == [("m", 6, 0)]
+    finally:
+        b.close()
+
+
+def test_a_large_batch_splits_across_the_runners_once_the_cost_per_row_is_measured():
+    """runners=2: after one measured run (of >= 32 rows), a batch of >= split_rows rows whose expected time reaches
+    split_s runs in two halves on two threads; the rows come back in order."""
+    threads = []
+
+    def run(feeds):
+        threads.append((threading.current_thread().name, len(feeds["z"])))
+        return _double(feeds)
+
+    b = Batcher("m", run, max_batch=256, max_queue=4, max_delay_s=0, queue_timeout_s=30, runners=2,
+                split_rows=64, split_s=1e-9)
+    try:
+        z = np.arange(200, dtype=np.float32).reshape(100, 2)
+        # 32 rows: the smallest run that measures the cost per row (until then a batch never splits)
+        np.testing.assert_array_equal(b.submit({"z": z[:32]}).result(10), z[:32] * 2)
+        assert [n for _, n in threads] == [32]
+        threads.clear()
+        np.testing.assert_array_equal(b.submit({"z": z}).result(10), z * 2)
+        parts = threads
+        assert sorted(n for _, n in parts) == [50, 50], parts
+        assert len({name for name, _ in parts}) == 2 and any(name.startswith("runner-m") for name, _ in parts)
+    finally:
+        b.close()
+
+
+def test_the_batcher_defaults():
+    """The knobs the server leaves at their defaults (server/app.py passes the others): overdue bulk after 1 s,
+    split at 64 rows and 4 ms; one runner, no halving, no inline path unless asked."""
+    d = {k: p.default for k, p in inspect.signature(Batcher).parameters.items() if p.default is not p.empty}
+    assert d["bulk_max_wait_s"] == 1.0 and d["split_rows"] == 64 and d["split_s"] == 0.004
+    assert d["runners"] == 1 and d["halve_s"] == 0.0 and d["inline_when_idle"] is False and d["run_idle"] is None
+
+
+def test_a_forgotten_batcher_does_not_keep_the_process_alive():
+    """The worker thread is a daemon: a process that never closes its batcher still exits."""
+    code = ("import numpy as np; from server.batcher import Batcher; "
+            "b = Batcher('m', lambda f: f['z'], max_batch=8, max_queue=2, max_delay_s=0, queue_timeout_s=1); "
+            "print(b.submit({'z': np.ones((1, 2), np.float32)}).result(10).sum())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr
+
+
+def _until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
