@@ -89,6 +89,14 @@ def scores(x: Any, side: str, metric: str) -> np.ndarray:
     return a
 
 
+def big_scale(*arrays: np.ndarray, threshold: float = 1e100) -> float:
+    """1.0 for ordinary data; for data beyond `threshold` in magnitude, a power of two near its largest value.
+    Dividing by it is exact and keeps squared distances finite (cKDTree and the dense paths square them);
+    k-NN ratios and ball memberships do not change, and a homogeneous distance is multiplied back."""
+    top = max(float(np.abs(a).max()) for a in arrays)
+    return 1.0 if top <= threshold else float(2.0 ** math.frexp(top)[1])
+
+
 def is_density(obj: Any) -> bool:
     return callable(getattr(obj, "log_density", None)) and callable(getattr(obj, "sample", None))
 

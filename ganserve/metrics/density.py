@@ -26,8 +26,9 @@ def log_q_knn(points: np.ndarray, q_samples: np.ndarray, k: int) -> np.ndarray:
     distance to the k-th nearest Q sample and M the number of Q samples other than copies of x (so M = m - 1
     at Q's own samples). E log q is then unbiased for fixed k as M grows (Kozachenko-Leonenko)."""
     m, d = q_samples.shape
-    r, dup = kth_nonzero_distance(points, q_samples, k)
-    return special.digamma(k) - np.log(m - dup) - I.log_unit_ball(d) - d * np.log(r)
+    s = I.big_scale(points, q_samples)  # huge data: distances of the rescaled points, log s added back
+    r, dup = kth_nonzero_distance(points / s, q_samples / s, k)
+    return special.digamma(k) - np.log(m - dup) - I.log_unit_ball(d) - d * (np.log(r) + math.log(s))
 
 
 _DEFAULT_K = {"kl_pq": 1, "kl_qp": 3, "js": 3}

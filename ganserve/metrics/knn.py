@@ -33,7 +33,10 @@ def knn_kl_terms(x: np.ndarray, y: np.ndarray, k: int, names: tuple[str, str] = 
     if len(atoms_x):
         return None, (f"+inf: {names[0]} puts mass {atoms_x.sum() / n:.3g} on {len(atoms_x)} point(s) repeated exactly "
                       f"(up to {int(atoms_x.max())} copies) where {names[1]} has no atom")
-    # 2. Neighbour distances, exact copies left out.
+    # 2. Neighbour distances, exact copies left out (on data divided by a power of two if it is huge: the
+    #    terms are ratios of distances, unchanged).
+    s = I.big_scale(x, y)
+    x, y = x / s, y / s
     rho, dup_x = kth_nonzero_distance(x, x, k)
     nu, dup_y = kth_nonzero_distance(x, y, k)
     terms = d * (np.log(nu) - np.log(rho)) + np.log((len(y) - dup_y) / (n - dup_x))

@@ -49,6 +49,8 @@ def prdc_compute(real: np.ndarray, fake: np.ndarray, ks: list[int]) -> dict[int,
     neighbour's twin when a set is compared with itself) is outside, as with exact arithmetic and the
     references' strict `<`. So a set against itself has precision = recall = coverage = density = 1.
     """
+    s = I.big_scale(real, fake)  # memberships are scale-free: huge data is divided by a power of two first
+    real, fake = real / s, fake / s
     centre = real.mean(0)
     r, f = real - centre, fake - centre
     rad_r = _kth_radius_sq(r, ks)  # {k: (n_real,)}

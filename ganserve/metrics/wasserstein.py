@@ -24,6 +24,26 @@ def _ot():
     return ot
 
 
+def homogeneous(fn):
+    """Run a distance of degree 1 (W1, sliced W1) on points divided by a power of two when they are huge
+    (I.big_scale), and multiply the value and interval back: squared distances inside POT and scipy stay finite."""
+    def run(p, q, **kw):
+        a, b = I.pair(p, q, fn.__name__, min_n=1)
+        s = I.big_scale(a, b)
+        if s == 1.0:
+            return fn(a, b, **kw)
+        r = fn(a / s, b / s, **kw)
+        value, lo, hi = r.value * s, r.ci[0] * s, r.ci[1] * s
+        if not all(map(math.isfinite, (value, lo, hi))):
+            raise MetricError(f"{fn.__name__}: the points are too large (up to {s:.3g}): the distance overflows "
+                              "float64; rescale them")
+        note = f"points divided by {s:.3g} for the computation (figures in this note are in those units); {r.note}"
+        return Result(value, (lo, hi), r.n_p, r.n_q, note, r.estimator)
+
+    run.__name__ = fn.__name__
+    return run
+
+
 def same_subsample(rng: np.random.Generator, n_p: int, n_q: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded subsample indices. With equal sizes both sides use the same indices: the choice of indices is
     independent of the data, so this is as valid as two independent draws, and identical inputs stay identical."""
@@ -34,6 +54,7 @@ def same_subsample(rng: np.random.Generator, n_p: int, n_q: int, cap: int) -> tu
     return ip, iq
 
 
+@homogeneous
 def w1_exact(p, q, *, rng, boot_rng, bootstrap, confidence, max_points=W1_MAX_POINTS):
     ot = _ot()
     a, b = I.pair(p, q, "w1_exact", min_n=1)
@@ -101,6 +122,7 @@ def w1_influence(order: np.ndarray, gaps: np.ndarray, n: int, m: int) -> tuple[n
     return per_direction, infl
 
 
+@homogeneous
 def sliced_w(p, q, *, rng, boot_rng, bootstrap, confidence, projections=100):
     ot = _ot()
     a, b = I.pair(p, q, "sliced_w", min_n=1, max_n=SORT_MAX_N)
@@ -122,6 +144,7 @@ def sliced_w(p, q, *, rng, boot_rng, bootstrap, confidence, projections=100):
     return Result(value, ci, len(a), len(b), "; ".join(notes), f"sliced Wasserstein (POT), p=1, {L} projections")
 
 
+@homogeneous
 def w1_1d(p, q, *, rng, boot_rng, bootstrap, confidence):
     a, b = I.pair(p, q, "w1_1d", min_n=1, max_n=SORT_MAX_N)
     if a.shape[1] != 1:
