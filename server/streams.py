@@ -79,7 +79,20 @@ class StreamGuard(grpc.ServerInterceptor):
         inner = handler.unary_stream
 
         def behaviour(request, context):  # a handler per call: it carries this call's slot
-            return self._track(inner(request, context), context, slot)
+            tracked = self._track(inner(request, context), context, slot)
+
+            def ended():  # the RPC is over (done, cancelled, past its deadline): free the slot now, and end the
+                self._release(slot._box)  # generator if it waits at a yield (else it sees the end at its next check)
+                with self._lock:
+                    self._open.discard(slot)
+                try:
+                    tracked.close()
+                except ValueError:  # running on its thread right now
+                    pass
+
+            if not context.add_callback(ended):
+                ended()
+            return tracked
 
         return handler._replace(unary_stream=behaviour)
 

@@ -124,3 +124,27 @@ def test_sigterm_answers_not_serving_on_new_connections_until_the_port_closes(mo
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_cancelled_stream_gives_its_slot_back_at_once(model_store):
+    """The soak found streams that ended (the client cancelled, or its deadline passed) holding their slot until
+    Python's cyclic garbage collector ran: enough of them refused new streams. The slot is freed when the RPC
+    ends."""
+    import gc
+
+    running = start_server(model_store, reload_interval_s=0, metrics_port=-1)
+    gc.disable()  # what a long pause between collections looks like
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.GeneratorServiceStub(channel)
+            request = pb.SampleStreamRequest(model="tiny-gan", n=10**6, seed=1, chunk_size=4096)
+            streams = [stub.SampleStream(request, timeout=30) for _ in range(3)]  # unread, then given up
+            streams += [stub.SampleStream(request, timeout=1.0) for _ in range(3)]  # unread past their deadline
+            _until(lambda: running.app.streams.active == 6, 10, "six streams")
+            time.sleep(1.5)
+            for s in streams[:3]:
+                s.cancel()
+            _until(lambda: running.app.streams.active == 0, 5, "the ended streams' slots")
+    finally:
+        gc.enable()
+        running.app.stop(0)
