@@ -32,7 +32,7 @@ from protos.ganserve.v1 import generator_pb2 as pb
 from server import engine, validate
 from server.config import Config
 from server.engine import Call
-from server.errors import FailedPrecondition, InvalidArgument, require
+from server.errors import Cancelled, FailedPrecondition, InvalidArgument, require
 from server.registry import LoadedModel, Registry
 
 log = logging.getLogger("ganserve.divergence")
@@ -227,13 +227,17 @@ def _default_kind(p: Side, q: Side, registry: Registry) -> str:
     return "samples-1d" if p.x.reshape(len(p.x), -1).shape[1] == 1 else "samples"
 
 
-def _estimate(metrics, name: str, pa, qa, field: str, **options):
-    """metrics.estimate, with any failure of the estimator on these inputs answered INVALID_ARGUMENT naming the
-    metric (the inputs are the client's or its choice of sources: an estimator that cannot handle them - a
-    dynamic range beyond float64, say - is a property of the request, never INTERNAL). Failures other than
-    MetricError are logged with their traceback: the estimator should have refused them with a reason."""
+def _estimate(metrics, name: str, pa, qa, field: str, call: Call, **options):
+    """metrics.estimate, stopped (its loops check `cancelled` per chunk or resample) once the call's deadline
+    passed or the client went away, and with any failure of the estimator on these inputs answered
+    INVALID_ARGUMENT naming the metric (the inputs are the client's or its choice of sources: an estimator that
+    cannot handle them - a dynamic range beyond float64, say - is a property of the request, never INTERNAL).
+    Failures other than MetricError are logged with their traceback: the estimator should have refused them."""
     try:
-        return metrics.estimate(name, pa, qa, **options)
+        return metrics.estimate(name, pa, qa, cancelled=call.stopped, **options)
+    except metrics.Cancelled:
+        call.check()  # DeadlineExceeded or Cancelled, whichever stopped it
+        raise Cancelled("request cancelled by the client") from None
     except metrics.MetricError as e:
         raise InvalidArgument(str(e), field) from e
     except Exception as e:  # noqa: BLE001 - a residual estimator failure: the client gets a reason, we the trace
@@ -307,7 +311,7 @@ def evaluate(request: pb.EvaluateDivergenceRequest, registry: Registry, cfg: Con
             qa = _input(metrics, metric, q, p, registry, num_classes, "q")
         except metrics.MetricError as e:
             raise InvalidArgument(str(e), f"metrics[{i}]") from e
-        est = _estimate(metrics, name, pa, qa, f"metrics[{i}]", seed=seed, bootstrap=bootstrap,
+        est = _estimate(metrics, name, pa, qa, f"metrics[{i}]", call, seed=seed, bootstrap=bootstrap,
                         confidence=confidence, **options.get(name, {}))
         note = est.note or ""
         if metric.input == "histogram":
