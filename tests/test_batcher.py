@@ -80,6 +80,7 @@ def test_bulk_chunks_count_against_the_queue_limit():
         first = b.submit({"z": np.ones((1, 2), np.float32)})
         _until(lambda: b.depth() == 0)
         chunks = [b.submit({"z": np.ones((1, 2), np.float32)}, bulk=True) for _ in range(2)]
+        assert b.depth() == 2
         with pytest.raises(ResourceExhausted, match=r"model m: queue full \(2 requests waiting\); retry with backoff"):
             b.submit({"z": np.ones((1, 2), np.float32)})
         release.set()
@@ -156,6 +157,22 @@ def test_a_forgotten_batcher_does_not_keep_the_process_alive():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr
+
+
+def test_a_queue_delay_waits_for_more_rows_and_stops_waiting_at_max_batch():
+    """max_delay 0.9 s: a lone request waits for company (a second one queued right after it joins its batch);
+    max_delay 30 s: the batch leaves as soon as it holds max_batch rows, not after the delay."""
+    for delay in (0.9, 30.0):
+        calls = []
+        b = Batcher("m", lambda f: calls.append(len(f["z"])) or _double(f), max_batch=4, max_queue=4,
+                    max_delay_s=delay, queue_timeout_s=60)
+        try:
+            one = b.submit({"z": np.ones((1, 2), np.float32)})
+            three = b.submit({"z": np.full((3, 2), 2, np.float32)})
+            assert one.result(10)[0, 0] == 2 and three.result(10)[:, 0].tolist() == [4, 4, 4]
+            assert calls == [4], (delay, calls)
+        finally:
+            b.close()
 
 
 def _until(cond, timeout=10.0):

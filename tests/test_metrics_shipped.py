@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from sdk import Client
+from sdk._plot import _histograms
 from tests.conftest import start_server
 from tests.test_server_shipped_models import STORE, _need, _present, need_mnist
 
@@ -119,7 +120,6 @@ def test_single_class_model_kl_asymmetry_through_the_rpc(client):
     need_mnist()
     ev = client.evaluate("mnist-test", {"model": "cgan-mnist", "labels": [3]}, ["kl_pq", "kl_qp", "js", "tv"],
                          n=N, seed=SEED, bootstrap=100)
-    from sdk._cli import _histograms
 
     hp, hq = _histograms(ev)
     # one class covered (at >= 2% of the samples: the evaluator calls a few 3s something else)
