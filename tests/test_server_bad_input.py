@@ -71,6 +71,8 @@ CASES = [
     ("latents data length not matching the shape", "Sample", SR(latents=_t((1, 8), data=b"\0" * 31)), IA,
      "latents.data"),
     ("negative dimension", "Sample", SR(latents=_t((-1, 8), data=b"")), IA, "latents.shape"),
+    ("a latent entry beyond the server's bound", "Sample", SR(latents=_t((1, 8), fill=2e4)), IA, "latents.data"),
+    ("more latent values than n x latent_dim allows", "Sample", SR(latents=_t((2000, 8))), IA, "latents.shape"),
     ("unknown encoding", "Sample", SR(n=1, encoding=99), IA, "encoding"),
     ("PNG for a points model", "Sample", SR(model="tiny-points", n=1, encoding=pb.ENCODING_PNG), IA, "encoding"),
     ("Sample on a conditional model", "Sample", SR(model="tiny-cgan", n=1), IA, "model"),
