@@ -114,3 +114,39 @@ def test_half_the_points_scaled_by_1e20_give_a_finite_answer_or_a_reason(metric)
         assert str(err)
         return
     assert not any(map(math.isnan, (e.value, e.ci_low, e.ci_high)))
+
+
+@pytest.mark.parametrize("gap", [10.0, 100.0])
+def test_w2_and_sinkhorn_of_point_masses(gap):
+    # Two point masses `gap` apart: W2 = gap exactly; the Sinkhorn divergence is at most W1 = gap and close to it
+    # when epsilon is small against the gap (here 0.05 x gap).
+    x = np.zeros((50, 2))
+    y = x + [gap, 0.0]
+    assert estimate("w2_exact", x, y).value == pytest.approx(gap, rel=1e-9)
+    s = estimate("sinkhorn", x, y, bootstrap=0).value
+    assert 0.9 * gap <= s <= gap * (1 + 1e-9), s
+    assert estimate("sinkhorn", x, x.copy(), bootstrap=0).value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_w2_matches_the_gaussian_closed_form_and_frechet_infinity_covers_the_truth():
+    # 8-D N(0, I) vs N(0.3, I): W2^2 = Frechet distance = 8 x 0.09 = 0.72.
+    g = np.random.default_rng(5)
+    x, y = g.standard_normal((3000, 8)), g.standard_normal((3000, 8)) + 0.3
+    inf = estimate("frechet", x, y, extrapolate=True)
+    assert inf.ci_low <= 0.72 <= inf.ci_high and abs(inf.value - 0.72) < 0.1, inf
+    assert "Frechet-infinity" in inf.note
+    w2 = estimate("w2_exact", x[:1000, :2], y[:1000, :2])  # 2-D marginal: W2^2 = 2 x 0.09 = 0.18
+    assert w2.value ** 2 == pytest.approx(0.18, abs=0.06) and "covers the estimator's expectation" in w2.note
+
+
+def test_options_are_checked_in_one_place_with_the_metric_named():
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    with pytest.raises(M.MetricError, match=r"option reg \(metric sinkhorn\) must be a number in \[0.0001, 10\]"):
+        estimate("sinkhorn", x, x, reg=-1.0)
+    with pytest.raises(M.MetricError, match="metric frechet does not take option"):
+        estimate("frechet", x, x, k=3)
+    with pytest.raises(M.MetricError, match="option per_sample .* must be true or false"):
+        estimate("precision", x, x, per_sample=1)
+    e = estimate("recall", x, x + 0.1, per_sample=True, bootstrap=0)
+    assert e.per_sample.shape == (50,) and e.per_sample.mean() == e.value
+    assert e.as_dict()["per_sample"] == e.per_sample.tolist()
