@@ -38,7 +38,7 @@ def test_histogram_metrics_bounds_symmetry_no_nan(data):
     assert got["js"].value <= got["tv"].value * math.log(2) + 1e-12
 
 
-# --- every metric on extreme finite inputs (issue 20): an estimate without NaN, or a MetricError with a reason
+# --- every metric on extreme finite inputs: an estimate without NaN, or a MetricError with a reason
 
 SAMPLE_METRICS = [m for m, spec in METRICS.items() if spec.input in ("samples", "features") and m != "w1_1d"]
 
