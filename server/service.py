@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from ganserve.store import manifest as mf
 from protos import latents as latent_fn
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
@@ -172,6 +173,7 @@ def model_info(entry: Entry, registry: Registry) -> pb.ModelInfo:
         shape = list(m["graphs"]["classifier"]["inputs"][0]["dims"])  # proto's IMAGE: [C, H, W]), not its logits
         vr = EVALUATOR_INPUT_RANGE if m["data_kind"] == "image" else (0.0, 0.0)
     return pb.ModelInfo(
+        precision=mf.precision(m), derived_from=m.get("derived_from", 0),
         name=entry.name, version=entry.version, kind=m["kind"], description=str(m.get("description", "")),
         data_kind=pb.IMAGE if m["data_kind"] == "image" else pb.POINTS, latent_dim=int(m["latent_dim"]),
         num_classes=int(m["num_classes"]), class_names=[str(c) for c in m.get("class_names", [])],

@@ -45,6 +45,11 @@ manifest.json (format 1):
     metrics       {name: number}        free-form scalars; the quality gate judges some (ganserve/store/policy.py)
     candidate     optional str: published as a CANDIDATE with this reason (a smoke run), never the default
                   until promoted (python -m ganserve.store promote)
+    precision     optional "fp32" (absent means fp32) | "int8": a reduced-precision variant of version
+                  `derived_from` (same name; ganserve/store/quantize.py). "name" and "name@latest" mean fp32
+                  versions only; "name@int8" names the variant (ganserve/store/policy.py judges it against its
+                  fp32 source, not against the fp32 chain)
+    derived_from  the fp32 version a variant was made from (required with a precision other than fp32)
     export        {parity_max_abs_diff: {graph: float}, inprocess_samples_per_s: float, ...}
 """
 
@@ -69,6 +74,8 @@ KINDS = ("gan", "wgan-gp", "cgan", "latent-constraint", "evaluator")
 ROLES = ("generator", "encoder", "generator_grad", "critic", "classifier")
 DERIVE_VJP = "vjp"  # graphs.generator_grad.derive: built from the generator at load (ganserve/inversion/grad_graph.py)
 DTYPES = ("float32", "uint8", "int64")
+FP32 = "fp32"
+PRECISIONS = (FP32, "int8")  # what a manifest's `precision` may say; a request names one as "name@int8"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always with fullmatch: "$" would let "name\n" through
 
 
@@ -136,6 +143,12 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
         ivr = m["input"].get("value_range") if isinstance(m["input"], dict) else None
         _require(isinstance(ivr, list) and len(ivr) == 2 and all(isinstance(v, (int, float)) for v in ivr)
                  and ivr[0] < ivr[1], "input.value_range must be [lo, hi] with lo < hi")
+    precision = m.get("precision", FP32)
+    _require(precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != FP32:
+        src = m.get("derived_from")
+        _require(isinstance(src, int) and not isinstance(src, bool) and 0 < src,
+                 f"a {precision} variant needs derived_from: the fp32 version it was made from")
     if "latent_code" in m:
         _check_latent_code(m["latent_code"], m["latent_dim"])
     graphs, files = m.get("graphs"), m.get("files")
@@ -164,6 +177,11 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
         _require(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
                  f"files.{name} must be a sha256 hex digest")
     return m
+
+
+def precision(manifest: dict[str, Any]) -> str:
+    """The manifest's precision word ("fp32" when it says none)."""
+    return manifest.get("precision", FP32)
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:

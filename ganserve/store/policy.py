@@ -9,6 +9,9 @@ The rule, one place (the registry, the store CLI and the docs all use `decide`):
    otherwise, and whenever its publisher marked it a candidate (a smoke run), it is CANDIDATE: callable as
    name@version, never the default;
 4. the default ("name" alone) is the pinned version under `pinned`, else the newest READY version.
+Reduced-precision variants (manifest `precision` other than fp32, e.g. int8) stay out of steps 3-4: each is
+judged against the fp32 version it was made from (`derived_from`) with VARIANT_TOLERANCES, is READY when it
+passes and that source is READY, and "name@int8" means the newest READY int8 variant (Decision.variants).
 
 policy.json in <store>/<name>/ (written atomically by `python -m ganserve.store`, read at every scan, so it
 changes without a restart; it beats the server's --version-policy flag for its model):
@@ -44,6 +47,15 @@ TOLERANCES: dict[str, tuple[int, float, bool]] = {
     "reverse_kl": (-1, 0.05, False),             # KL(Q || P) with the true density (nats)
 }
 
+# What a reduced-precision variant may lose against its own fp32 source (the precision targets of docs/precision.md).
+VARIANT_TOLERANCES: dict[str, tuple[int, float, bool]] = {
+    "conditional_accuracy": (+1, 0.003, False),  # 0.3 points
+    "frechet": (-1, 0.15, True),
+    "kl_uniform": (-1, 0.02, False),
+    "precision": (+1, 0.05, False),
+    "recall": (+1, 0.05, False),
+}
+
 
 class PolicyError(ValueError):
     """A version policy that cannot be applied (bad flag, bad file, impossible promote/rollback)."""
@@ -72,6 +84,7 @@ class Decision:
 
     states: dict[int, tuple[str, str]] = field(default_factory=dict)  # version -> (state, reason)
     default: int | None = None
+    variants: dict[str, int] = field(default_factory=dict)  # precision -> the version "name@<precision>" means
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -144,10 +157,11 @@ def write(model_dir: Path, policy: Policy) -> Path:
     return path
 
 
-def judge(new: dict[str, Any], serving: dict[str, Any], serving_version: int) -> str:
-    """'' when figures `new` are not worse than `serving` beyond TOLERANCES, else the reason (one line)."""
+def judge(new: dict[str, Any], serving: dict[str, Any], serving_version: int,
+          tolerances: dict[str, tuple[int, float, bool]] = TOLERANCES) -> str:
+    """'' when figures `new` are not worse than `serving` beyond `tolerances`, else the reason (one line)."""
     worse = []
-    for key, (sign, tol, relative) in TOLERANCES.items():
+    for key, (sign, tol, relative) in tolerances.items():
         old = serving.get(key)
         if not isinstance(old, (int, float)) or isinstance(old, bool):
             continue
@@ -166,7 +180,8 @@ def decide(manifests: dict[int, dict[str, Any]], policy: Policy, *, gate: bool =
     """Apply the rule of the module docstring to a model's loadable versions (version -> manifest)."""
     states: dict[int, tuple[str, str]] = {}
     serving: int | None = None
-    for v in sorted(manifests):
+    variants = {v: m for v, m in manifests.items() if mf.precision(m) != mf.FP32}
+    for v in sorted(set(manifests) - set(variants)):
         m = manifests[v]
         if v in policy.retired:
             states[v] = (RETIRED, "rolled back")
@@ -191,7 +206,27 @@ def decide(manifests: dict[int, dict[str, Any]], policy: Policy, *, gate: bool =
     else:
         ready = [v for v, (s, _) in states.items() if s == READY]
         default = max(ready) if ready else None
-    return Decision(states, default)
+    for v, m in sorted(variants.items()):
+        states[v] = _variant_state(v, m, manifests, states, policy, gate)
+    newest = {mf.precision(m): v for v, m in sorted(variants.items()) if states[v][0] == READY}
+    return Decision(states, default, newest)
+
+
+def _variant_state(v: int, m: dict[str, Any], manifests: dict[int, dict[str, Any]],
+                   states: dict[int, tuple[str, str]], policy: Policy, gate: bool) -> tuple[str, str]:
+    """A reduced-precision variant's state: retired like any version, else judged against its fp32 source."""
+    if v in policy.retired:
+        return RETIRED, "rolled back"
+    if policy.mode == "specific" and v not in policy.versions:
+        return RETIRED, f"not in the version policy's versions {list(policy.versions)}"
+    src = m["derived_from"]
+    if src not in manifests or mf.precision(manifests[src]) != mf.FP32 or states[src][0] != READY:
+        why = states[src][0] if src in states else "not in the store"
+        return CANDIDATE, f"its fp32 source @{src} is {why}"
+    if v in policy.promoted or not gate:
+        return READY, ""
+    verdict = judge(m.get("metrics") or {}, manifests[src].get("metrics") or {}, src, VARIANT_TOLERANCES)
+    return (CANDIDATE, f"{mf.precision(m)} variant: {verdict}") if verdict else (READY, "")
 
 
 def promote(policy: Policy, version: int) -> Policy:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ganserve.store.manifest import NAME_RE, ManifestError, read_manifest, verify_files
+from ganserve.store.manifest import FP32, NAME_RE, PRECISIONS, ManifestError, read_manifest, verify_files
 
 CPU = ("CPUExecutionProvider",)
 
@@ -29,18 +29,33 @@ def versions(store: str | Path, name: str) -> list[int]:
                   if p.name.isascii() and p.name.isdigit() and not p.name.startswith("0") and p.is_dir())
 
 
-def latest(store: str | Path, name: str) -> Path | None:
-    """The newest version folder of `name`, or None when it has none."""
-    found = versions(store, name)
-    return Path(store) / name / str(found[-1]) if found else None
+def _precision_of(folder: Path) -> str:
+    """The version's precision; fp32 when its manifest cannot be read (the caller's own check reports that)."""
+    try:
+        return read_manifest(folder).get("precision", FP32)
+    except (ManifestError, OSError):
+        return FP32
+
+
+def latest(store: str | Path, name: str, precision: str = FP32) -> Path | None:
+    """The newest version folder of `name` at `precision` (fp32: the trained graphs), or None."""
+    for v in versions(store, name)[::-1]:
+        if _precision_of(Path(store) / name / str(v)) == precision:
+            return Path(store) / name / str(v)
+    return None
 
 
 def resolve(store: str | Path, spec: str) -> Path:
-    """`name` (its newest version) or `name@version` -> the version folder; FileNotFoundError otherwise."""
+    """`name` (its newest fp32 version), `name@version` or `name@int8` (the newest variant at that precision)
+    -> the version folder; FileNotFoundError otherwise."""
     name, _, version = spec.partition("@")
-    if not NAME_RE.fullmatch(name) or (version and not (version.isascii() and version.isdigit())):
-        raise FileNotFoundError(f"invalid model reference {spec!r}: expected name or name@version")
-    path = Path(store) / name / version if version else latest(store, name)
+    word = version if version in PRECISIONS else ""
+    if not NAME_RE.fullmatch(name) or (version and not word and not (version.isascii() and version.isdigit())):
+        raise FileNotFoundError(f"invalid model reference {spec!r}: expected name, name@version or name@int8")
+    if word:
+        path, version = latest(store, name, word), ""
+    else:
+        path = Path(store) / name / version if version else latest(store, name)
     if path is None or not path.is_dir() or (version and int(version) not in versions(store, name)):
         raise FileNotFoundError(f"model {spec!r} not found in {store}")
     return path
@@ -50,8 +65,10 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def newest_valid(store: str | Path, name: str, version: int | None = None) -> tuple[Path, dict]:
-    """(folder, manifest) of `name@version`, or of the newest version whose manifest and sha256 check out.
+def newest_valid(store: str | Path, name: str, version: int | None = None, precision: str = FP32,
+                 ) -> tuple[Path, dict]:
+    """(folder, manifest) of `name@version`, or of the newest version at `precision` whose manifest and sha256
+    check out.
 
     FileNotFoundError names each newer version that failed and why."""
     candidates = [version] if version else versions(store, name)[::-1]
@@ -64,7 +81,8 @@ def newest_valid(store: str | Path, name: str, version: int | None = None) -> tu
         except (ManifestError, OSError) as e:
             errors.append(f"{name}@{v}: {e}")
             continue
-        return folder, manifest
+        if version or manifest.get("precision", FP32) == precision:
+            return folder, manifest
     raise FileNotFoundError(f"no valid version of {name!r} in {store}: {'; '.join(errors) or 'none published'}")
 
 

@@ -106,7 +106,7 @@ class Capabilities(_message.Message):
     def __init__(self, conditional: bool = ..., soft_labels: bool = ..., invertible: bool = ..., optimizable: bool = ..., has_critic: bool = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "description", "data_kind", "latent_dim", "num_classes", "class_names", "output_shape", "value_min", "value_max", "capabilities", "metrics", "available_versions", "created", "inputs", "max_batch_size", "state", "state_reason", "is_default", "resident", "versions")
+    __slots__ = ("name", "version", "kind", "description", "data_kind", "latent_dim", "num_classes", "class_names", "output_shape", "value_min", "value_max", "capabilities", "metrics", "available_versions", "created", "inputs", "max_batch_size", "state", "state_reason", "is_default", "resident", "versions", "precision", "derived_from")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,8 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_FROM_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -158,7 +160,9 @@ class ModelInfo(_message.Message):
     is_default: bool
     resident: bool
     versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., state_reason: _Optional[str] = ..., is_default: bool = ..., resident: bool = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+    precision: str
+    derived_from: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., data_kind: _Optional[_Union[DataKind, str]] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., output_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., available_versions: _Optional[_Iterable[int]] = ..., created: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., state_reason: _Optional[str] = ..., is_default: bool = ..., resident: bool = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., precision: _Optional[str] = ..., derived_from: _Optional[int] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
     __slots__ = ("version", "state", "reason", "resident", "is_default")
