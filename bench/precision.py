@@ -39,12 +39,14 @@ def spread(values: list[float]) -> dict:
             "min": float(a.min()), "max": float(a.max()), "rounds": len(a)}
 
 
-def contenders(model: str, precisions: dict[str, tuple[Path, dict]], address: str | None, n: int) -> list:
+def contenders(model: str, precisions: dict[str, tuple[Path, dict]], address: str | None, n: int,
+               duration: float) -> list:
     """(label, load command, None) for each precision: in-process t1 (and 2x1 at n >= 64), served."""
     out = []
     for word, (folder, m) in precisions.items():
         onnx_path = str(folder / m["graphs"]["generator"]["file"])
-        base = {"op": "run", "n": n, "concurrency": 1, "encoding": "float32"}
+        base = {"op": "run", "n": n, "concurrency": 1, "encoding": "float32", "duration": duration,
+                "warmup": min(0.3, duration / 2)}
         spec = {"kind": "inproc", "onnx": onnx_path, "latent_dim": m["latent_dim"], "num_classes": m["num_classes"]}
         out.append((f"{word}/inproc-t1", {**base, "target": {**spec, "threads": 1}}, None))
         if n >= 64:
@@ -94,10 +96,11 @@ def run(models: list[str], store: Path, *, rounds: int, duration: float, serve: 
                                      batch=1).per_sample
             per_n = {}
             for n in BATCHES:
-                pooled = interleaved(load, contenders(name, precisions, server.address if server else None, n),
+                pooled = interleaved(load, contenders(name, precisions, server.address if server else None, n, duration),
                                      rounds, usage=None)
-                for cmd in pooled.values():
-                    cmd.setdefault("rounds_samples_per_s", [])
+                errors = {k: v["error"] for k, v in pooled.items() if "error" in v}
+                if errors:
+                    raise RuntimeError(f"{name} n={n}: {errors}")
                 per_n[n] = {**summarize(pooled, n, fp32_flops), "loadavg": os.getloadavg()}
                 log(f"{name} n={n}: " + "  ".join(f"{k} {v['median']:,.0f}/s" for k, v in per_n[n]["cells"].items())
                     + "  | " + "  ".join(f"{k} x{v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
@@ -114,8 +117,9 @@ def run(models: list[str], store: Path, *, rounds: int, duration: float, serve: 
 
 
 def table(result: dict) -> str:
-    lines = [f"Precision variants ({result['rounds']} interleaved rounds of {result['duration_s']} s; load average "
-             f"{result['loadavg_start'][0]:.1f} at start, {result['loadavg_end'][0]:.1f} at end, {result['cpus']} CPUs)",
+    head = (f"Precision variants ({result['rounds']} interleaved rounds of {result['duration_s']} s; load average "
+            f"{result['loadavg_start'][0]:.1f} at start, {result['loadavg_end'][0]:.1f} at end, {result['cpus']} CPUs)")
+    lines = [head,
              "| model | n | contender | samples/s median [IQR] | GFLOP/s-eq (% of fp32 roof) | ratio median [min, max] |",
              "| --- | ---: | --- | --- | --- | --- |"]
     for name, r in result["models"].items():

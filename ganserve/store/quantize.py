@@ -8,7 +8,7 @@ channels, DepthToSpace(2) and a one-pixel crop (the "sub-pixel" form of a stride
 a Conv has int8 kernels (VNNI/AMX through MLAS). Then `quantize_static` with per-channel int8 weights and
 uint8 activations calibrated on the model's own latent prior.
 
-Precision words: "fp32" (the trained graph) and "int8". bf16/fp16 are not offered: ONNX Runtime's CPU
+Precision words (ganserve.store.manifest.PRECISIONS): "fp32" (the trained graph) and "int8". bf16/fp16 are not offered: ONNX Runtime's CPU
 provider has no bf16 or fp16 Conv/ConvTranspose kernel on x86, so such a graph runs as casts around fp32.
 """
 
@@ -20,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 
-FP32 = "fp32"
-PRECISIONS = (FP32, "int8")
+from ganserve.store.sessions import write_optimized
+
 FORMATS = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
 
 
@@ -101,15 +105,6 @@ class _Feeds(CalibrationDataReader):
         return next(self._it, None)
 
 
-def _optimized(src: Path, dst: Path) -> None:
-    """ONNX Runtime's basic graph optimisations (constant folding, BatchNorm into Conv/Gemm) written to dst."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-
-
 def quantize_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]], *,
                   fmt: str = "qoperator", subpixel: bool = True, exclude: tuple[str, ...] = ()) -> dict:
     """Write an int8 version of the generator `src` to `dst`; returns what was done (for the manifest).
@@ -119,11 +114,11 @@ def quantize_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarr
     3. static quantization, per-channel int8 weights, uint8 activations (MinMax calibration)."""
     with tempfile.TemporaryDirectory(prefix="ganserve-q-") as tmp:
         folded = Path(tmp) / "folded.onnx"
-        _optimized(Path(src), folded)
+        write_optimized(Path(src), folded)
         model, rewritten = subpixel_convtranspose(onnx.load(folded)) if subpixel else (onnx.load(folded), 0)
         onnx.save(model, folded)
         ready = Path(tmp) / "ready.onnx"
-        _optimized(folded, ready)
+        write_optimized(folded, ready)
         ops = [op for op in ("Conv", "MatMul", "Gemm", "ConvTranspose") if op not in exclude]
         quantize_static(str(ready), str(dst), _Feeds(calibration), quant_format=FORMATS[fmt],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,

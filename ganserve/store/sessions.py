@@ -10,7 +10,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ganserve.store.manifest import FP32, NAME_RE, PRECISIONS, ManifestError, read_manifest, verify_files
+from ganserve.store.manifest import (
+    FP32,
+    NAME_RE,
+    PRECISIONS,
+    ManifestError,
+    read_manifest,
+    verify_files,
+)
 
 CPU = ("CPUExecutionProvider",)
 
@@ -114,3 +121,13 @@ def open_session(model: str | Path | bytes, *, threads: int = 1, providers: list
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
                                 providers=list(providers))
+
+
+def write_optimized(src: str | Path, dst: str | Path) -> None:
+    """ONNX Runtime's basic graph optimisations of `src` (constant folding, BatchNorm folded into Conv/Gemm)
+    written to `dst`: what ganserve/store/quantize.py starts from."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), sess_options=opts, providers=list(CPU))
