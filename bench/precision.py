@@ -130,7 +130,8 @@ def table(result: dict) -> str:
                 shown = f"x{ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}] vs fp32" if ratio else ""
                 served = b["ratios"].get(f"{word}/served_vs_inproc-2x1") or b["ratios"].get(f"{word}/served_vs_inproc-t1")
                 if how == "served" and served:
-                    shown += f"; {served['median']:.0%} [{served['min']:.0%}, {served['max']:.0%}] of in-process"
+                    shown = "; ".join(filter(None, [shown, f"{served['median']:.0%} [{served['min']:.0%}, "
+                                                            f"{served['max']:.0%}] of in-process"]))
                 lines.append(f"| {name} | {n} | {k} | {c['median']:,.0f} [{c['q25']:,.0f}, {c['q75']:,.0f}] | "
                              f"{c['gflops_equiv']:.1f} ({c['gflops_equiv'] / r['fp32_roof_gflops']:.0%}) | {shown} |")
     return "\n".join(lines)
