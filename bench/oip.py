@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.__main__ import Load, interleaved, log
 from bench.report import _table
 from bench.servers import ROOT, Ganserve
+from ganserve.store import sessions
 
 CELLS = (("n=1, 1 client", 1, 1), ("n=256, 1 client", 256, 1), ("n=1, 32 clients", 1, 32))
 TARGET_RATIO = 0.9  # v2 samples/s over v1 at n = 256
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=2.0, help="seconds per contender and round")
     args = p.parse_args(argv)
     rounds, duration = (1, 1.0) if args.quick else (args.rounds, args.duration)
-    newest = max((d for d in (args.store / args.model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    newest = sessions.latest(args.store, args.model)
     manifest = json.loads((newest / "manifest.json").read_text())
     num_classes = manifest["num_classes"] if manifest["kind"] in ("cgan", "latent-constraint") else 0
     started = dt.datetime.now(dt.UTC)

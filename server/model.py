@@ -16,9 +16,10 @@ from ganserve.inversion.runtime import Inverter
 from ganserve.store import manifest as mf
 from ganserve.store import sessions as stores
 from ganserve.store.check import open_version
+from ganserve.store.policy import READY
 from server.batcher import Batcher
 from server.config import Config
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("ganserve.registry")
 
@@ -34,9 +35,13 @@ def capabilities(manifest: dict[str, Any]) -> dict[str, bool]:
             "has_critic": "critic" in graphs}
 
 
-def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
-    """'name' or 'name@version' -> (name, version or None); INVALID_ARGUMENT for anything else."""
+def parse_ref(ref: str, field_name: str = "model", *, precision: bool = False) -> tuple:
+    """'name' or 'name@version' -> (name, version or None); INVALID_ARGUMENT for anything else. With `precision`,
+    a third item: the precision word of 'name@int8' (mf.PRECISIONS; '' for fp32 and every other form)."""
     name, sep, version = ref.partition("@")
+    if precision:
+        word = version if version in mf.PRECISIONS else ""
+        return (name, None, "" if word == mf.FP32 else word) if word else (*parse_ref(ref, field_name), "")
     if not mf.NAME_RE.fullmatch(name):
         shown = ref if len(ref) <= 80 else ref[:77] + "..."
         raise InvalidArgument(f"model name must match {mf.NAME_RE.pattern} (optionally @version), got {shown!r}",
@@ -46,6 +51,17 @@ def parse_ref(ref: str, field_name: str = "model") -> tuple[str, int | None]:
     if not version.isdigit() or not version.isascii() or len(version) > 9 or int(version) < 1:
         raise InvalidArgument(f"version must be a positive integer, got {version[:20]!r}", field_name)
     return name, int(version)
+
+
+def variant_version(name: str, word: str, versions: dict[int, Any], field_name: str = "model") -> int:
+    """The version "name@<word>" means (word: a precision, e.g. int8): the newest READY version whose manifest
+    says that precision (ganserve.store.policy judged each variant against its fp32 source); NOT_FOUND else."""
+    ready = [v for v, e in versions.items() if e.state == READY and mf.precision(e.manifest or {}) == word]
+    if not ready:
+        raise NotFound(f"{name} has no {word} variant that can be served (a variant is READY when its fp32 "
+                       f"source is and its figures pass; see GetModel(all versions)); {name} alone is fp32",
+                       field_name)
+    return max(ready)
 
 
 @dataclass

@@ -16,8 +16,7 @@ changes; a default that fails hands "name" to the next version the policy allows
 Beyond `model_memory_mb`, the least recently used resident versions outside the warm set are evicted: their
 batchers close, requests already holding them finish on their sessions (freed with the last reference).
 
-Model references are "name" (the default version), "name@version" or "name@int8" (the newest READY variant
-at that precision, ganserve.store.policy). A name is checked against the
+Model references are "name" (the default version), "name@version" or "name@int8". A name is checked against the
 manifest's name pattern before anything else, so "../x", absolute paths or NUL bytes are INVALID_ARGUMENT
 and never reach the file system (lookups go to the in-memory index only).
 """
@@ -39,7 +38,7 @@ from ganserve.store import sessions as stores
 from ganserve.store.check import open_version
 from server.config import Config
 from server.errors import NotFound, Unavailable
-from server.model import LoadedModel, Loader, is_conditional, parse_ref  # noqa: F401 - parse_ref re-exported
+from server.model import LoadedModel, Loader, is_conditional, parse_ref, variant_version  # noqa: F401 - re-exported
 
 log = logging.getLogger("ganserve.registry")
 
@@ -92,7 +91,6 @@ class Entry:
 class Index:
     entries: dict[str, dict[int, Entry]]
     defaults: dict[str, int]
-    variants: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {precision: version}
 
 
 def _cost(folder: Path, manifest: dict[str, Any]) -> int:
@@ -147,16 +145,12 @@ class Registry:
             found = None
         return found or self._flag_policies.get(name) or pol.Policy()
 
-    def _decide(self, name: str, versions: dict[int, Entry], variants: dict[str, dict[str, int]] | None = None,
-                ) -> int | None:
-        """Set each version's state from the policy and the gate; return the default version (and put the
-        versions "name@int8" and the like mean into `variants`)."""
+    def _decide(self, name: str, versions: dict[int, Entry]) -> int | None:
+        """Set each version's state from the policy and the gate; return the default version."""
         decision = pol.decide({v: e.manifest for v, e in versions.items() if not e.failure}, self._policy(name),
                               gate=self.config.quality_gate)
         for v, e in versions.items():
             e.state, e.reason = (UNAVAILABLE, e.failure) if e.failure else decision.states[v]
-        if variants is not None:
-            variants[name] = decision.variants
         return decision.default
 
     def _warm_set(self, entries: dict[str, dict[int, Entry]], defaults: dict[str, int]) -> set[tuple[str, int]]:
@@ -194,8 +188,7 @@ class Registry:
                     current = old.entries.get(name, {}).get(v)
                     keep = current is not None and current.signature == sig
                     entries.setdefault(name, {})[v] = current if keep else self._entry(name, v, folder, sig)
-            variants: dict[str, dict[str, int]] = {}
-            defaults = {name: self._decide(name, versions, variants) for name, versions in entries.items()}
+            defaults = {name: self._decide(name, versions) for name, versions in entries.items()}
             seen = {e.folder for versions in entries.values() for e in versions.values()}
             self._failed = {k: f for k, f in self._failed.items() if k in seen}
             for name in sorted(entries):  # load the warm set; a default that fails hands over to the next one
@@ -203,9 +196,9 @@ class Registry:
                     warm = sorted(self._warm_set({name: entries[name]}, defaults))
                     if all([self._resident(entries[n][v], after_failure=None) is not None for n, v in warm]):
                         break
-                    defaults[name] = self._decide(name, entries[name], variants)
+                    defaults[name] = self._decide(name, entries[name])
             self._warm = self._warm_set(entries, defaults)
-            self._index = Index(entries, defaults, variants)
+            self._index = Index(entries, defaults)
             self.ready = True
             for name, versions in old.entries.items():
                 for v, e in versions.items():
@@ -220,9 +213,9 @@ class Registry:
         with self._scan_lock:
             index = self._index
             if name in index.entries:
-                defaults, variants = dict(index.defaults), dict(index.variants)
-                defaults[name] = self._decide(name, index.entries[name], variants)
-                self._index = Index(index.entries, defaults, variants)
+                defaults = dict(index.defaults)
+                defaults[name] = self._decide(name, index.entries[name])
+                self._index = Index(index.entries, defaults)
         self._on_change(self)
 
     # -- residency ----------------------------------------------------------------------------------------
@@ -346,21 +339,14 @@ class Registry:
             raise Unavailable("the server is still loading its models; retry shortly")
 
     def lookup(self, ref: str, field_name: str = "model") -> Entry:
-        """The index entry `ref` names, without loading it; NOT_FOUND with the reason when it cannot be called.
-        `name@int8` (a precision word, mf.PRECISIONS) names the newest READY variant at that precision."""
-        name, _, word = ref.partition("@")
-        name, version = parse_ref(name if word in mf.PRECISIONS else ref, field_name)
+        """The index entry `ref` names, without loading it; NOT_FOUND with the reason when it cannot be called."""
+        name, version, word = parse_ref(ref, field_name, precision=True)
         self._check_ready()
         index = self._index
         versions = index.entries.get(name)
         if not versions:
             raise NotFound(unknown_model(name, sorted(index.entries)), field_name)
-        if word in mf.PRECISIONS and word != mf.FP32:
-            version = index.variants.get(name, {}).get(word)
-            if version is None:
-                held = sorted(index.variants.get(name, {})) or ["none"]
-                raise NotFound(f"{name} has no {word} variant that can be served (READY variants: "
-                               f"{', '.join(held)}; fp32 is {name})", field_name)
+        version = variant_version(name, word, versions, field_name) if word else version
         v = version if version is not None else index.defaults.get(name)
         if v is None:
             raise NotFound(f"no version of {name!r} can be served: "

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 
+from ganserve.store import sessions
 from sdk import Client
 from sdk._plot import _histograms
 from tests.conftest import start_server
@@ -50,7 +51,7 @@ def _critic_scores(name: str, x: np.ndarray, labels: np.ndarray | None) -> np.nd
     """The shipped critic.onnx on x (already in the model's value range), run with ONNX Runtime directly."""
     import onnxruntime as ort
 
-    folder = max((p for p in (STORE / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    folder = sessions.latest(STORE, name)  # the newest fp32 version (an int8 variant holds no critic)
     manifest = json.loads((folder / "manifest.json").read_text())
     graph = manifest["graphs"]["critic"]
     session = ort.InferenceSession(str(folder / graph["file"]), providers=["CPUExecutionProvider"])

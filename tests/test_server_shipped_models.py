@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ganserve import data
+from ganserve.store import sessions
 from sdk import Client
 from tests.conftest import start_server
 
@@ -30,9 +31,8 @@ SHIPPED = {"cgan-mnist", "gan-grid25", "gan-mnist", "gan-r1-ring8", "gan-ring8",
 def _newest_manifests() -> dict[str, dict]:
     out = {}
     for folder in sorted(STORE.iterdir()) if STORE.is_dir() else ():
-        versions = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-        if versions:
-            newest = max(versions, key=lambda p: int(p.name))
+        newest = sessions.latest(STORE, folder.name)  # fp32: what "name" serves
+        if newest is not None:
             out[folder.name] = json.loads((newest / "manifest.json").read_text())
     return out
 
@@ -82,7 +82,7 @@ def _classify(x: np.ndarray) -> np.ndarray:
 
     import onnxruntime as ort
 
-    folder = max((p for p in (STORE / "mnist-evaluator").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    folder = sessions.latest(STORE, "mnist-evaluator")
     graph = json.loads((folder / "manifest.json").read_text())["graphs"]["classifier"]
     session = ort.InferenceSession(str(folder / graph["file"]), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {graph["inputs"][0]["name"]: ((x + 1) / 2).astype(np.float32)})[0].argmax(1)
@@ -132,7 +132,7 @@ def test_toy_models_reproduce_their_published_mode_metrics(shipped, name, refere
     draws Q with seed + 1, so seed 2**64 - 1), gives the numbers the manifest publishes - a collapsed model
     (the minimax GAN on ring8 may cover 2 of 8 modes) included."""
     _need(name)
-    folder = max((p for p in (STORE / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    folder = sessions.latest(STORE, name)  # the newest fp32 version, what "name" serves
     published = json.loads((folder / "manifest.json").read_text())["metrics"]
     with Client(shipped.target) as c:
         ev = c.evaluate(reference, name, ["modes_covered", "high_quality", "reverse_kl_modes"], n=2500,
