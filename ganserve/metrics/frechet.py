@@ -169,7 +169,9 @@ def frechet(p, q, *, rng, boot_rng, bootstrap, confidence, extrapolate=False):
         ci = normal_ci(value, float(np.std(reps, ddof=1)), confidence)
         ci = (max(ci[0], 0.0), ci[1])
         notes.append(f"interval: normal, standard error from {b_eff} bootstrap resamples, seeded"
-                     + (" (capped: each refits two covariances)" if b_eff < bootstrap else ""))
+                     + (" (capped: each refits two covariances)" if b_eff < bootstrap else "")
+                     + "; it covers the estimator's expectation, above the true distance by O(d^2/n) (use "
+                     "extrapolate for Frechet-infinity, whose interval covers the true value)")
     else:
         ci = (value, value)
     value, ci = _unscaled(value, s, "frechet"), (_unscaled(ci[0], s, "frechet"), _unscaled(ci[1], s, "frechet"))
