@@ -107,8 +107,8 @@ class _Trimmer:
     def _run(self) -> None:
         while True:
             self._due.wait()
+            self._due.clear()  # (a release during the pause below asks for another trim after this one)
             time.sleep(self._period)  # let the calls that are ending end, then trim once for all of them
-            self._due.clear()
             self._trim(0)
 
 

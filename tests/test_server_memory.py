@@ -64,7 +64,7 @@ def test_sixteen_near_limit_requests_keep_rss_within_the_budget(server_process):
     the budget they took the server +1.8 GB (the estimators' working memory, ~110 MB each) and kept +370 MB. With
     a 256 MB budget (each such request charged 16x its size) the excess is refused RESOURCE_EXHAUSTED at once,
     peak RSS stays under the budget plus the stated overhead (gRPC's receive buffers: one message per call
-    being received), and RSS comes back near its baseline."""
+    being received), and RSS comes back near its baseline (within 160 MB, against +370 MB kept before)."""
     proc, stub = server_process
     x = np.random.default_rng(0).normal(size=(4900, 200)).astype(np.float32)
     request = pb.EvaluateDivergenceRequest(p=pb.DataSource(samples=tensors.from_array(x)),
@@ -105,7 +105,9 @@ def test_sixteen_near_limit_requests_keep_rss_within_the_budget(server_process):
     assert refusals[len(refusals) // 2] < 0.5 * served[0], (refusals, served)
     overhead = CALLS * LIMIT_MB * MIB  # receive buffers
     assert 0 < peak - baseline < BUDGET_MB * MIB + overhead, f"peak +{(peak - baseline) / MIB:.0f} MB"
-    assert after - baseline < 64 * MIB, f"after +{(after - baseline) / MIB:.0f} MB"
+    # measured 2 s after: +7 to +122 MB over runs on the shared machine (the allocator's and gRPC's caches vary);
+    # without the budget it kept +370 MB
+    assert after - baseline < 160 * MIB, f"after +{(after - baseline) / MIB:.0f} MB"
 
 
 def test_undecodable_request_bytes_are_invalid_argument(server):
