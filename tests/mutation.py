@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutation"
 PAGE = ROOT / "docs" / "mutation.md"
-PACKAGES = ("protos", "ganserve", "server", "sdk", "tests")
+PACKAGES = ("protos", "ganserve", "server", "sdk", "training", "tests")
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
 
@@ -51,7 +51,7 @@ MODULES = {
                        "request validation"),
     "engine": Module("server/engine.py", ("tests/test_server.py",), "sample, stream, interpolate, invert"),
     "manifest": Module("ganserve/store/manifest.py", ("tests/test_repository.py", "tests/test_store_faults.py",
-                                                      "tests/test_publish.py"),
+                                                      "tests/test_publish.py", "-k", "not shipped"),
                        "manifest schema, sha256, atomic publish"),
     "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics.py", "tests/test_metrics_coverage.py"),
                                 "class-level estimators (KL, JS, TV)"),
@@ -82,6 +82,41 @@ EQUIVALENT = {
        for i in (51, 54)},
     **{f"protos.latents.x_path__mutmut_{i}": "points' float32 cast dropped: lerp/slerp compute in float64 and the "
                                             "path is cast to float32 at the end" for i in (5, 7)},
+}
+
+_B = "server.batcher.xǁBatcherǁ"
+EQUIVALENT.update({
+    **{f"{_B}{f}__mutmut_{i}": "None for False: the flag is only ever read as a truth value"
+       for f, i in (("__init__", 12), ("__init__", 38), ("__init__", 41), ("submit", 35), ("run_batch", 2))},
+    f"{_B}__init____mutmut_22": "ThreadPoolExecutor(None): a larger pool; a split submits runners - 1 parts all the same",
+    f"{_B}__init____mutmut_26": "a pool of runners + 1 threads: a split submits runners - 1 parts all the same",
+    f"{_B}__init____mutmut_34": "the default observer's return value is never read",
+    "server.batcher.x_coalesce__mutmut_17": "every request of a batch has the same inputs: parts[1]'s keys are parts[0]'s",
+    f"{_B}_take__mutmut_10": "`max_delay_s >= 0`: with no delay the wait loop breaks at once (left <= 0)",
+    f"{_B}_take__mutmut_22": "`left < 0` vs `left <= 0`: differ only when the clock lands exactly on the deadline",
+    f"{_B}_take__mutmut_32": "`>` vs `>=` bulk_max_wait_s: differ only when the clock lands exactly on it",
+    f"{_B}_live__mutmut_5": "`>=` vs `>` deadline: differ only when the clock lands exactly on it",
+    f"{_B}_live__mutmut_18": "`>=` vs `>` queue timeout: differ only when the clock lands exactly on it",
+    f"{_B}_compute__mutmut_19": "`>` vs `>=` split_s: differ only when rows x seconds per row equals split_s exactly",
+    f"{_B}_run_sliced__mutmut_6": "`total < max_batch`: a batch of exactly max_batch rows runs as one slice anyway",
+    **{f"{_B}{f}__mutmut_{i}": "None for False: the flag is only ever read as a truth value"
+       for f, i in (("_take", 75), ("_loop", 20))},
+})
+
+# Surviving mutants that change behaviour no test can see without timing: listed on the page with the reason, and
+# counted as survivors (not equivalent).
+NOTED = {
+    **{f"{_B}_timed_run__mutmut_{i}": "the running mean of seconds per row only decides when a batch splits "
+                                     "across runners; results are the same, and bench/ measures the speed"
+       for i in range(1, 30)},
+    **{f"{_B}__init____mutmut_{i}": "the initial running mean (0 = not measured) only decides when a batch "
+                                    "splits or halves; results are the same" for i in (16, 18)},
+    **{f"{_B}_loop__mutmut_{i}": "the running mean of seconds per row of a batch only decides when a queue is "
+                                 "halved; every request still gets its rows" for i in range(1, 30) if i != 20},
+    f"{_B}_run_sliced__mutmut_4": "measuring the cost per row without helper threads: only slower",
+    "server.batcher.xǁResultǁresult__mutmut_13": "result(0) on a pending result waits 1 s before the same "
+                                                     "TimeoutError",
+    f"{_B}_live__mutmut_22": "the waited time in the message off by 1 in 1,000",
 }
 
 STATUS = {"killed", "survived", "timeout", "no tests", "skipped", "suspicious", "segfault", "not checked",
@@ -208,7 +243,8 @@ def write_page(reports: list[dict]) -> str:
         lines += [f"## {r['module']}: surviving mutants", ""]
         for name, diff in sorted(r["survivors"].items()):
             reason = EQUIVALENT.get(name)
-            lines += [f"- `{name}` ({r['results'][name]})" + (f" - equivalent: {reason}" if reason else ""), "",
+            why = f" - equivalent: {reason}" if reason else (f" - not killed: {NOTED[name]}" if name in NOTED else "")
+            lines += [f"- `{name}` ({r['results'][name]}){why}", "",
                       "  ```diff", *("  " + d for d in diff.splitlines()), "  ```", ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from server.batcher import Batcher, Result, coalesce
-from server.errors import ResourceExhausted
+from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,14 +128,14 @@ def test_a_large_batch_splits_across_the_runners_once_the_cost_per_row_is_measur
     b = Batcher("m", run, max_batch=256, max_queue=4, max_delay_s=0, queue_timeout_s=30, runners=2,
                 split_rows=64, split_s=1e-9)
     try:
-        z = np.arange(200, dtype=np.float32).reshape(100, 2)
+        z = np.arange(128, dtype=np.float32).reshape(64, 2)  # exactly split_rows
         # 32 rows: the smallest run that measures the cost per row (until then a batch never splits)
         np.testing.assert_array_equal(b.submit({"z": z[:32]}).result(10), z[:32] * 2)
         assert [n for _, n in threads] == [32]
         threads.clear()
         np.testing.assert_array_equal(b.submit({"z": z}).result(10), z * 2)
         parts = threads
-        assert sorted(n for _, n in parts) == [50, 50], parts
+        assert sorted(n for _, n in parts) == [32, 32], parts
         assert len({name for name, _ in parts}) == 2 and any(name.startswith("runner-m") for name, _ in parts)
     finally:
         b.close()
@@ -164,7 +164,7 @@ def test_a_queue_delay_waits_for_more_rows_and_stops_waiting_at_max_batch():
     max_delay 30 s: the batch leaves as soon as it holds max_batch rows, not after the delay."""
     for delay in (0.9, 30.0):
         calls = []
-        b = Batcher("m", lambda f: calls.append(len(f["z"])) or _double(f), max_batch=4, max_queue=4,
+        b = Batcher("m", lambda f, calls=calls: calls.append(len(f["z"])) or _double(f), max_batch=4, max_queue=4,
                     max_delay_s=delay, queue_timeout_s=60)
         try:
             one = b.submit({"z": np.ones((1, 2), np.float32)})
@@ -173,6 +173,63 @@ def test_a_queue_delay_waits_for_more_rows_and_stops_waiting_at_max_batch():
             assert calls == [4], (delay, calls)
         finally:
             b.close()
+
+
+def test_result_without_a_timeout_waits_as_long_as_it_takes():
+    r = Result()
+    threading.Timer(1.5, r.set_result, args=(7,)).start()  # longer than any fixed wait a bug could put there
+    assert r.result() == 7
+
+
+def test_a_failing_run_fails_every_request_of_its_batch():
+    release = threading.Event()
+
+    def run(feeds):
+        release.wait(10)
+        if len(feeds["z"]) > 1:
+            raise RuntimeError("the model failed")
+        return _double(feeds)
+
+    b = Batcher("m", run, max_batch=8, max_queue=4, max_delay_s=0, queue_timeout_s=30)
+    try:
+        first = b.submit({"z": np.ones((1, 2), np.float32)})
+        _until(lambda: b.depth() == 0)
+        queued = [b.submit({"z": np.ones((1, 2), np.float32)}) for _ in range(2)]
+        release.set()
+        assert first.result(10)[0, 0] == 2
+        for q in queued:
+            with pytest.raises(RuntimeError, match="the model failed"):
+                q.result(10)
+    finally:
+        release.set()
+        b.close()
+
+
+def test_requests_dropped_in_the_queue_say_why():
+    release = threading.Event()
+    b = Batcher("m", lambda f: release.wait(10) and _double(f), max_batch=8, max_queue=8, max_delay_s=0,
+                queue_timeout_s=0.2)
+    try:
+        b.submit({"z": np.ones((1, 2), np.float32)})
+        _until(lambda: b.depth() == 0)
+        expired = b.submit({"z": np.ones((1, 2), np.float32)}, deadline=time.monotonic() + 0.01)
+        cancelled = b.submit({"z": np.ones((1, 2), np.float32)}, is_active=lambda: False)
+        waited = b.submit({"z": np.ones((1, 2), np.float32)})
+        time.sleep(0.3)  # past the 10 ms deadline and the 0.2 s queue timeout (the checks below expect the drops)
+        release.set()
+        with pytest.raises(DeadlineExceeded, match="^deadline passed while the request was queued$"):
+            expired.result(10)
+        with pytest.raises(Cancelled, match="^request cancelled by the client$"):
+            cancelled.result(10)
+        with pytest.raises(ResourceExhausted) as err:
+            waited.result(10)
+        message = str(err.value)
+        assert message.endswith("ms in the queue, more than the queue timeout of 200 ms; retry with backoff")
+        ms = int(message.split("waited ")[1].split(" ms")[0])
+        assert 200 <= ms <= 60_000, message  # it waited at least the timeout (0.3 s here), and not for ever
+    finally:
+        release.set()
+        b.close()
 
 
 def _until(cond, timeout=10.0):
