@@ -3,6 +3,7 @@ policy's treatment of variants, and `name@int8` through a real server."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ganserve.store import __main__ as store_cli
 from ganserve.store import manifest as mf
 from ganserve.store import policy as P
 from ganserve.store import quantize as Q
@@ -145,6 +147,9 @@ def test_store_functions_mean_fp32_unless_asked(tmp_path, int8_gan):
     assert sessions.resolve(store, "gan-mnist@10").name == "10"
     assert sessions.newest_valid(store, "gan-mnist")[1]["version"] == 9
     assert sessions.newest_valid(store, "gan-mnist", precision="int8")[1]["version"] == 10
+    out = io.StringIO()
+    store_cli.run(store, "list", ["gan-mnist"], out=out)
+    assert out.getvalue().splitlines()[1:] == ["  *    9  READY", "      10  READY          (gan-mnist@int8)"]
 
 
 def test_server_serves_name_at_int8_and_keeps_name_fp32(tmp_path, int8_gan):

@@ -32,9 +32,10 @@ def _list(store: Path, names: list[str], out) -> None:
     for name in names:
         decision, policy = pol.decide_store(store, name)
         print(f"{name}  (policy {policy.mode}{f' {policy.version}' if policy.mode == 'pinned' else ''})", file=out)
+        named = {v: f"  ({name}@{word})" for word, v in decision.variants.items()}  # e.g. gan-mnist@int8
         for v, (state, reason) in sorted(decision.states.items()):
             mark = "*" if v == decision.default else " "
-            print(f"  {mark} {v:>4}  {state:<11}  {reason}", file=out)
+            print(f"  {mark} {v:>4}  {state:<11}  {reason}{named.get(v, '')}".rstrip(), file=out)
 
 
 def run(store: Path, command: str, args: list[str], out=sys.stdout) -> None:

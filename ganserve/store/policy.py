@@ -263,4 +263,4 @@ def decide_store(store: Path, name: str, *, gate: bool = True, policy: Policy | 
             failed[v] = (UNAVAILABLE, str(e).replace(f"{folder}/", "").replace(str(folder), f"@{v}"))
     policy = policy or read(Path(store) / name) or Policy()
     decision = decide(manifests, policy, gate=gate)
-    return Decision({**decision.states, **failed}, decision.default), policy
+    return Decision({**decision.states, **failed}, decision.default, decision.variants), policy
