@@ -3,7 +3,6 @@ deadlines, bulk ordering and halving are in tests/test_server_reliability.py.)""
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 import threading
@@ -117,15 +116,15 @@ def test_run_batch_runs_rows_beside_the_queue_and_reports_the_batch():
 
 
 def test_a_large_batch_splits_across_the_runners_once_the_cost_per_row_is_measured():
-    """runners=2: after one measured run (of >= 32 rows), a batch of >= split_rows rows whose expected time reaches
-    split_s runs in two halves on two threads; the rows come back in order."""
+    """runners=3: after one measured run (of >= 32 rows), a batch of >= split_rows rows whose expected time reaches
+    split_s runs in three parts on three threads; the rows come back in order."""
     threads = []
 
     def run(feeds):
         threads.append((threading.current_thread().name, len(feeds["z"])))
         return _double(feeds)
 
-    b = Batcher("m", run, max_batch=256, max_queue=4, max_delay_s=0, queue_timeout_s=30, runners=2,
+    b = Batcher("m", run, max_batch=256, max_queue=4, max_delay_s=0, queue_timeout_s=30, runners=3,
                 split_rows=64, split_s=1e-9)
     try:
         z = np.arange(128, dtype=np.float32).reshape(64, 2)  # exactly split_rows
@@ -135,18 +134,23 @@ def test_a_large_batch_splits_across_the_runners_once_the_cost_per_row_is_measur
         threads.clear()
         np.testing.assert_array_equal(b.submit({"z": z}).result(10), z * 2)
         parts = threads
-        assert sorted(n for _, n in parts) == [32, 32], parts
-        assert len({name for name, _ in parts}) == 2 and any(name.startswith("runner-m") for name, _ in parts)
+        assert [n for _, n in sorted(parts)] == [20, 22, 22], parts  # batcher-m ran the last part
+        # two parts on the helper pool (one thread may take both), the last on the worker itself
+        assert sum(name.startswith("runner-m") for name, _ in parts) == 2
+        assert sum(name == "batcher-m" for name, _ in parts) == 1
     finally:
         b.close()
 
 
 def test_the_batcher_defaults():
     """The knobs the server leaves at their defaults (server/app.py passes the others): overdue bulk after 1 s,
-    split at 64 rows and 4 ms; one runner, no halving, no inline path unless asked."""
-    d = {k: p.default for k, p in inspect.signature(Batcher).parameters.items() if p.default is not p.empty}
-    assert d["bulk_max_wait_s"] == 1.0 and d["split_rows"] == 64 and d["split_s"] == 0.004
-    assert d["runners"] == 1 and d["halve_s"] == 0.0 and d["inline_when_idle"] is False and d["run_idle"] is None
+    split at 64 rows and 4 ms; one runner (no helper threads), no halving, no inline path unless asked."""
+    b = Batcher("m", _double, max_batch=8, max_queue=2, max_delay_s=0, queue_timeout_s=30)
+    try:
+        assert (b.bulk_max_wait_s, b.split_rows, b.split_s, b.runners, b.halve_s) == (1.0, 64, 0.004, 1, 0.0)
+        assert b._helpers is None and b.inline_when_idle is False and b._thread.daemon
+    finally:
+        b.close()
 
 
 def test_a_forgotten_batcher_does_not_keep_the_process_alive():
@@ -168,6 +172,8 @@ def test_a_queue_delay_waits_for_more_rows_and_stops_waiting_at_max_batch():
                     max_delay_s=delay, queue_timeout_s=60)
         try:
             one = b.submit({"z": np.ones((1, 2), np.float32)})
+            if delay > 1:
+                time.sleep(0.3)  # the lone request is waiting for company by now (it may wait 30 s)
             three = b.submit({"z": np.full((3, 2), 2, np.float32)})
             assert one.result(10)[0, 0] == 2 and three.result(10)[:, 0].tolist() == [4, 4, 4]
             assert calls == [4], (delay, calls)
@@ -212,7 +218,8 @@ def test_requests_dropped_in_the_queue_say_why():
     try:
         b.submit({"z": np.ones((1, 2), np.float32)})
         _until(lambda: b.depth() == 0)
-        expired = b.submit({"z": np.ones((1, 2), np.float32)}, deadline=time.monotonic() + 0.01)
+        t0 = time.monotonic()
+        expired = b.submit({"z": np.ones((1, 2), np.float32)}, deadline=t0 + 0.01)
         cancelled = b.submit({"z": np.ones((1, 2), np.float32)}, is_active=lambda: False)
         waited = b.submit({"z": np.ones((1, 2), np.float32)})
         time.sleep(0.3)  # past the 10 ms deadline and the 0.2 s queue timeout (the checks below expect the drops)
@@ -226,7 +233,7 @@ def test_requests_dropped_in_the_queue_say_why():
         message = str(err.value)
         assert message.endswith("ms in the queue, more than the queue timeout of 200 ms; retry with backoff")
         ms = int(message.split("waited ")[1].split(" ms")[0])
-        assert 200 <= ms <= 60_000, message  # it waited at least the timeout (0.3 s here), and not for ever
+        assert 200 <= ms <= 1000 * (time.monotonic() - t0) + 50, message  # between the timeout and what passed
     finally:
         release.set()
         b.close()
