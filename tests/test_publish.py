@@ -136,6 +136,12 @@ def test_shipped_manifest_valid_and_files_match(version_dir):
     verify_files(version_dir, m)
     listed = set(m["files"]) | {"manifest.json"}
     assert {p.name for p in version_dir.iterdir()} == listed, "unlisted files in a shipped version"
+    if m.get("derived_from") is not None:  # a reduced-precision variant: compared with its fp32 source, not torch
+        p = m["export"]["parity_vs_fp32"]
+        assert m.get("precision") == "int8" and p["n"] >= 1000
+        assert 0 < p["mean_abs_diff"] <= 0.01 and 0 < p["max_abs_diff"] <= 1.0, p  # outputs span [-1, 1]
+        assert m["training"]["derived_from"] and m["training"]["data"]["sha256"]
+        return
     for role, graph in m["graphs"].items():
         parity = m["export"]["parity_max_abs_diff"].get(role)
         if parity is None:  # a graph derived from another ONNX graph (generator_grad): no torch module
