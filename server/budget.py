@@ -71,7 +71,8 @@ class Charge:
 
     def __init__(self, budget: MemoryBudget, nbytes: int):
         self._budget = budget
-        self._box = [nbytes]  # shared with the finalizer, which must not hold the Charge itself
+        # [bytes held, the request's own share]: shared with the finalizer, which must not hold the Charge itself
+        self._box = [nbytes, nbytes]
         weakref.finalize(self, budget._give, self._box)
 
     def reserve(self, nbytes: int) -> None:
@@ -142,7 +143,11 @@ class MemoryBudget(grpc.ServerInterceptor):
         with self._lock:
             nbytes, box[0] = box[0], 0
             self.in_use -= nbytes
-        if nbytes >= TRIM_FROM:
+            received, box[1] = box[1], 0
+        # Only a large received message leaves gRPC's frame buffers behind; a large reply is numpy's and goes back by
+        # itself. Trimming after every large reply cost 12% of n=256 Sample throughput (measured: it also hands the
+        # pages the next reply needs back to the kernel).
+        if received >= TRIM_FROM:
             self._trimmer.soon()
 
     def refusal(self, nbytes: int, what: str) -> str:

@@ -148,7 +148,7 @@ def test_the_budget_refuses_a_reply_it_has_no_room_for(model_store):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Sample(request, timeout=30)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "reply or working memory" in err.value.details()
-            budget._give([MiB // 2])
+            budget._give([MiB // 2, 0])  # [held, the request's share]: as a Charge keeps it
             _until(lambda: budget.in_use == 0)
     finally:
         running.app.stop(0)
