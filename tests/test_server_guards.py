@@ -201,7 +201,9 @@ def test_extreme_finite_uploads_are_never_internal(stub):
 def test_an_estimate_past_its_deadline_stops(server):
     """EvaluateDivergence passes its call's deadline and cancellation into the estimators (their loops check it per
     chunk or resample): kid on two [5000, 64] uploads with 200 resamples takes ~8 s here; with a 0.5 s deadline
-    the handler ends within half a second of it instead of computing to the end."""
+    the handler stops costing CPU within half a second of it (the issue's bar) instead of computing to the end.
+    Wall time after the deadline is bounded more loosely (2 s): on a busy 2-core CI machine the handler thread
+    waits for a core, which is wall time but not the server's work (0.52 s was seen there, 0.003-0.04 s here)."""
     import time
 
     registry = server.app.telemetry.registry
@@ -209,7 +211,9 @@ def test_an_estimate_past_its_deadline_stops(server):
                                               {"method": "EvaluateDivergence", "code": "DEADLINE_EXCEEDED"}) or 0.0
     late = lambda: registry.get_sample_value("ganserve_seconds_after_deadline_total",  # noqa: E731
                                              {"method": "EvaluateDivergence"}) or 0.0
-    before, late_before = ended(), late()
+    cpu_late = lambda: registry.get_sample_value("ganserve_cpu_seconds_after_deadline_total",  # noqa: E731
+                                                 {"method": "EvaluateDivergence"}) or 0.0
+    before, late_before, cpu_before = ended(), late(), cpu_late()
     x = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
     request = pb.EvaluateDivergenceRequest(p=pb.DataSource(samples=T(x)), q=pb.DataSource(samples=T(x + 0.1)),
                                            metrics=["kid"], n=5000, bootstrap=200, seed=1)
@@ -221,4 +225,5 @@ def test_an_estimate_past_its_deadline_stops(server):
     while ended() == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ended() == before + 1, "the handler was still computing 2 s after the deadline"
-    assert 0.0 <= late() - late_before < 0.5
+    assert 0.0 <= cpu_late() - cpu_before < 0.5
+    assert 0.0 <= late() - late_before < 2.0
