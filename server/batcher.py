@@ -79,10 +79,10 @@ def coalesce(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray],
 
 
 class _Item:
-    __slots__ = ("feeds", "rows", "future", "enqueued", "deadline", "is_active")
+    __slots__ = ("feeds", "rows", "future", "enqueued", "deadline", "is_active", "bulk")
 
-    def __init__(self, feeds, deadline, is_active):
-        self.feeds = feeds
+    def __init__(self, feeds, deadline, is_active, bulk=False):
+        self.feeds, self.bulk = feeds, bulk
         self.rows = len(next(iter(feeds.values())))
         self.future = Result()
         self.enqueued = time.monotonic()
@@ -128,7 +128,7 @@ class Batcher:
                is_active: Callable[[], bool] | None = None, bulk: bool = False) -> Result:
         """Queue one request (all feeds have the same number of rows); the future holds its output rows.
         `bulk`: a part of a long job (a stream chunk), run after the interactive requests already waiting."""
-        item = _Item(feeds, deadline, is_active)
+        item = _Item(feeds, deadline, is_active, bulk)
         with self._cond:
             if self._closed:
                 # Retired (a newer version replaced this one, or the version was deleted): in-flight
@@ -220,7 +220,9 @@ class Batcher:
                 item.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
             elif item.is_active is not None and not item.is_active():
                 item.future.set_exception(Cancelled("request cancelled by the client"))
-            elif now - item.enqueued > self.queue_timeout_s:
+            elif not item.bulk and now - item.enqueued > self.queue_timeout_s:
+                # (a stream chunk waits behind interactive work by design: its call's deadline bounds it, not the
+                # queue timeout, which would end a stream mid-way RESOURCE_EXHAUSTED for having yielded)
                 item.future.set_exception(ResourceExhausted(
                     f"model {self.name}: waited {1000 * (now - item.enqueued):.0f} ms in the queue, more than "
                     f"the queue timeout of {1000 * self.queue_timeout_s:.0f} ms; retry with backoff"))

@@ -239,6 +239,31 @@ def test_requests_dropped_in_the_queue_say_why():
         b.close()
 
 
+def test_a_stream_chunk_waits_past_the_queue_timeout_that_refuses_a_single_request():
+    """Bulk work (stream chunks) yields to interactive requests by design, so the queue timeout, which sheds
+    interactive load, does not end a stream mid-way: a chunk queued as long as a refused request is served;
+    only its call's deadline bounds it."""
+    release = threading.Event()
+    b = Batcher("m", lambda f: release.wait(10) and _double(f), max_batch=8, max_queue=8, max_delay_s=0,
+                queue_timeout_s=0.05)
+    try:
+        b.submit({"z": np.ones((1, 2), np.float32)})
+        _until(lambda: b.depth() == 0)
+        single = b.submit({"z": np.ones((1, 2), np.float32)})
+        chunk = b.submit({"z": np.full((2, 2), 3, np.float32)}, bulk=True)
+        late = b.submit({"z": np.ones((1, 2), np.float32)}, bulk=True, deadline=time.monotonic() + 0.01)
+        time.sleep(0.2)  # 4x the queue timeout
+        release.set()
+        with pytest.raises(ResourceExhausted, match="queue timeout of 50 ms"):
+            single.result(10)
+        np.testing.assert_array_equal(chunk.result(10), np.full((2, 2), 6, np.float32))
+        with pytest.raises(DeadlineExceeded):
+            late.result(10)
+    finally:
+        release.set()
+        b.close()
+
+
 def _until(cond, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not cond():

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench import flops, report
+from bench.soak import steady_growth
 from bench.inprocess import Contender, interleave
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -384,3 +385,14 @@ def test_split_run_equals_one_run(model_store):
     for n in (7, 1):
         feeds = {"z": rng.standard_normal((n, 8), dtype=np.float32), "y": np.eye(4, dtype=np.float32)[np.arange(n) % 4]}
         np.testing.assert_array_equal(split.run(None, feeds)[0], session.run(None, feeds)[0])
+
+
+def test_the_soak_leak_check_sees_growth_with_calls_and_not_a_plateau():
+    """bench/soak.py's RSS target: a working set reached early then flat (the soak's 64 clients) passes; a leak
+    that grows with calls served fails even from the same start."""
+    plateau = [700 + min(t, 15) * 13 for t in range(60)]      # +195 MB over 15 s, then flat
+    leak = [700 + 3 * t for t in range(60)]                    # +3 MB per second, all along
+    assert steady_growth(plateau) == 0.0
+    assert steady_growth(leak) == pytest.approx((700 + 3 * 49.5) / (700 + 3 * 29.5) - 1)  # medians of the thirds
+    assert steady_growth(leak) > 0.05
+    assert steady_growth([700.0] * 5) == 0.0  # too short to judge
