@@ -52,7 +52,7 @@ MODULES = {
                                       "tests/test_sdk.py::test_bad_arguments_are_refused_before_sending_with_the_field"),
                     "SDK requests and results"),
     "validate": Module("server/validate.py", ("tests/test_validate.py",), "request validation"),
-    "engine": Module("server/engine.py", ("tests/test_server.py",), "sample, stream, interpolate, invert"),
+    "engine": Module("server/engine.py", ("tests/test_engine.py",), "sample, stream, interpolate, invert"),
     "manifest": Module("ganserve/store/manifest.py", ("tests/test_repository.py", "tests/test_store_faults.py",
                                                       "tests/test_publish.py", "-k", "not shipped"),
                        "manifest schema, sha256, atomic publish"),
