@@ -55,13 +55,12 @@ MODULES = {
     "engine": Module("server/engine.py", ("tests/test_engine.py",), "sample, stream, interpolate, invert"),
     "manifest": Module("ganserve/store/manifest.py", ("tests/test_manifest.py",),
                        "manifest schema, sha256, atomic publish"),
-    "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics.py", "tests/test_metrics_coverage.py"),
+    "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",),
                                 "class-level estimators (KL, JS, TV)"),
-    "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py",
-                                  ("tests/test_metrics.py", "tests/test_metrics_coverage.py"),
+    "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py", ("tests/test_metrics_units.py",),
                                   "W1 exact and sliced, with intervals"),
-    "metrics-intervals": Module("ganserve/metrics/intervals.py",
-                                ("tests/test_metrics.py", "tests/test_metrics_coverage.py"), "bootstrap intervals"),
+    "metrics-intervals": Module("ganserve/metrics/intervals.py", ("tests/test_metrics_units.py",),
+                                "bootstrap intervals"),
 }
 
 # Surviving mutants that cannot be killed because they do not change behaviour: mutant name -> why.
