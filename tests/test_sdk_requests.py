@@ -37,6 +37,37 @@ def _details(*violations, type_url="type.googleapis.com/google.rpc.BadRequest") 
     return status.SerializeToString()
 
 
+def test_the_private_status_messages_are_wire_identical_to_google_rpc():
+    """sdk/_errors.py builds google.rpc.Status and BadRequest in its own descriptor pool (called here, not only at
+    import): every field's number, type, repetition and name must match google's, both ways over the wire."""
+    status_cls, bad_cls = _errors._rpc_messages()
+    violation = bad_cls.DESCRIPTOR.fields_by_name["field_violations"].message_type._concrete_class
+    any_cls = status_cls.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class
+    for ours, theirs, names in (
+            (status_cls, status_pb2.Status, ["code", "message", "details"]),
+            (bad_cls, error_details_pb2.BadRequest, ["field_violations"]),
+            (violation, error_details_pb2.BadRequest.FieldViolation, ["field", "description"]),
+            (any_cls, status_pb2.Status.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class,
+             ["type_url", "value"])):
+        want = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
+                for f in theirs.DESCRIPTOR.fields]
+        got = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
+               for f in ours.DESCRIPTOR.fields]
+        assert got == want[:len(got)], ours.DESCRIPTOR.full_name  # google's FieldViolation has two more fields
+        assert [f[0] for f in got] == names
+    assert status_cls.DESCRIPTOR.full_name == "ganserve_sdk.rpc.Status"
+    assert bad_cls.DESCRIPTOR.full_name == "ganserve_sdk.rpc.BadRequest"
+    assert status_cls.DESCRIPTOR.file.name == "ganserve_sdk/rpc_status.proto"
+    assert status_cls.DESCRIPTOR.file.package == "ganserve_sdk.rpc"
+    blob = _details(("n", "must be at least 1"), ("m", "x"))
+    parsed = status_cls.FromString(blob)
+    assert (parsed.code, parsed.message, parsed.details[0].type_url) == (3, "bad",
+                                                                         "type.googleapis.com/google.rpc.BadRequest")
+    assert [(v.field, v.description) for v in bad_cls.FromString(parsed.details[0].value).field_violations] == [
+        ("n", "must be at least 1"), ("m", "x")]
+    assert status_pb2.Status.FromString(parsed.SerializeToString()) == status_pb2.Status.FromString(blob)
+
+
 def test_field_violations_are_read_from_the_status_details_trailer():
     blob = _details(("n", "must be at least 1"), ("labels[2]", "must be in 0..9, got 12"))
     err = _errors.from_status(grpc.StatusCode.INVALID_ARGUMENT, "n: must be at least 1",
