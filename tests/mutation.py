@@ -44,7 +44,7 @@ MODULES = {
     "batcher": Module("server/batcher.py", ("tests/test_batcher.py", "tests/test_batcher_rules.py",
                                             "tests/test_server_reliability.py", "-k", "batcher or result_is or idle"),
                       "dynamic batcher"),
-    "errors": Module("sdk/_errors.py", ("tests/test_sdk_requests.py",
+    "errors": Module("sdk/_errors.py", ("tests/test_sdk_errors.py",
                                         "tests/test_sdk.py::test_status_to_exception_table_is_complete_and_exact",
                                         "tests/test_sdk.py::test_retryable_set_is_exactly_unavailable_and_resource_exhausted"),
                      "status -> exception table, retryable set"),

@@ -1,18 +1,16 @@
-"""The SDK's request builders and reply parsers (sdk/_types.py) and its error table (sdk/_errors.py), without a
-server: each request compared with the message written out by hand, each reply parsed from a message built by
-hand, the status details read from google.rpc's own Status/BadRequest (the server's encoder) as the oracle."""
+"""The SDK's request builders and reply parsers (sdk/_types.py) without a server: each request compared with the
+message written out by hand, each reply parsed from a message built by hand (sdk/_errors.py: test_sdk_errors.py)."""
 
 from __future__ import annotations
 
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from protos import tensors
 from protos.ganserve.v1 import generator_pb2 as pb
-from sdk import _errors, _types
-from sdk._errors import GanserveError, InternalError, InvalidArgumentError
+from sdk import _types
+from sdk._errors import InternalError, InvalidArgumentError
 
 T = tensors.from_array
 F32 = pb.ENCODING_FLOAT32
@@ -25,102 +23,6 @@ def _refused(call, field: str, message: str):
     assert (e.code, e.details, e.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}",
                                                       [(field, message)])
     assert str(e) == f"INVALID_ARGUMENT: {field}: {message}" and e.field == field and e.reason == message
-
-
-# -- sdk/_errors.py -------------------------------------------------------------------------------------------
-
-def _details(*violations, type_url="type.googleapis.com/google.rpc.BadRequest") -> bytes:
-    bad = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations])
-    status = status_pb2.Status(code=3, message="bad")
-    status.details.add(type_url=type_url, value=bad.SerializeToString())
-    return status.SerializeToString()
-
-
-def test_the_private_status_messages_are_wire_identical_to_google_rpc():
-    """sdk/_errors.py builds google.rpc.Status and BadRequest in its own descriptor pool (called here, not only at
-    import): every field's number, type, repetition and name must match google's, both ways over the wire."""
-    status_cls, bad_cls = _errors._rpc_messages()
-    violation = bad_cls.DESCRIPTOR.fields_by_name["field_violations"].message_type._concrete_class
-    any_cls = status_cls.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class
-    for ours, theirs, names in (
-            (status_cls, status_pb2.Status, ["code", "message", "details"]),
-            (bad_cls, error_details_pb2.BadRequest, ["field_violations"]),
-            (violation, error_details_pb2.BadRequest.FieldViolation, ["field", "description"]),
-            (any_cls, status_pb2.Status.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class,
-             ["type_url", "value"])):
-        want = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
-                for f in theirs.DESCRIPTOR.fields]
-        got = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
-               for f in ours.DESCRIPTOR.fields]
-        assert got == want[:len(got)], ours.DESCRIPTOR.full_name  # google's FieldViolation has two more fields
-        assert [f[0] for f in got] == names
-    assert status_cls.DESCRIPTOR.full_name == "ganserve_sdk.rpc.Status"
-    assert bad_cls.DESCRIPTOR.full_name == "ganserve_sdk.rpc.BadRequest"
-    assert status_cls.DESCRIPTOR.file.name == "ganserve_sdk/rpc_status.proto"
-    assert status_cls.DESCRIPTOR.file.package == "ganserve_sdk.rpc"
-    blob = _details(("n", "must be at least 1"), ("m", "x"))
-    parsed = status_cls.FromString(blob)
-    assert (parsed.code, parsed.message, parsed.details[0].type_url) == (3, "bad",
-                                                                         "type.googleapis.com/google.rpc.BadRequest")
-    assert [(v.field, v.description) for v in bad_cls.FromString(parsed.details[0].value).field_violations] == [
-        ("n", "must be at least 1"), ("m", "x")]
-    assert status_pb2.Status.FromString(parsed.SerializeToString()) == status_pb2.Status.FromString(blob)
-
-
-def test_field_violations_are_read_from_the_status_details_trailer():
-    blob = _details(("n", "must be at least 1"), ("labels[2]", "must be in 0..9, got 12"))
-    err = _errors.from_status(grpc.StatusCode.INVALID_ARGUMENT, "n: must be at least 1",
-                              [("other", b"x"), ("grpc-status-details-bin", blob)])
-    assert type(err) is InvalidArgumentError
-    assert err.field_violations == [("n", "must be at least 1"), ("labels[2]", "must be in 0..9, got 12")]
-    assert err.field == "n" and err.reason == "must be at least 1" and err.details == "n: must be at least 1"
-    assert str(err) == "INVALID_ARGUMENT: n: must be at least 1"
-
-
-@pytest.mark.parametrize("trailing", [
-    (),
-    None,
-    [("grpc-status-details-bin", "not bytes")],
-    [("grpc-status-details-bin", b"\xff\xff\xff")],                                        # not a Status
-    [("other-bin", _details(("n", "x")))],                                                 # another trailer
-    [("grpc-status-details-bin", _details(("n", "x"), type_url="type.googleapis.com/google.rpc.ErrorInfo"))],
-])
-def test_no_or_unreadable_details_give_no_violations(trailing):
-    err = _errors.from_status(grpc.StatusCode.UNAVAILABLE, "tiny-gan@2 is UNAVAILABLE", trailing)
-    assert err.field_violations == [] and err.field is None and err.reason == "tiny-gan@2 is UNAVAILABLE"
-
-
-def test_a_status_without_details_text_gives_an_empty_string():
-    err = _errors.from_status(grpc.StatusCode.INTERNAL, None)
-    assert err.details == "" and str(err) == "INTERNAL: " and err.field_violations == []
-
-
-class _RpcError(grpc.RpcError):
-    def __init__(self, code, details, trailing):
-        self._c, self._d, self._t = code, details, trailing
-
-    def code(self):
-        return self._c
-
-    def details(self):
-        return self._d
-
-    def trailing_metadata(self):
-        return self._t
-
-
-def test_from_rpc_error_reads_code_details_and_trailer():
-    err = _errors.from_rpc_error(_RpcError(grpc.StatusCode.NOT_FOUND, "model: no model 'x'",
-                                           (("grpc-status-details-bin", _details(("model", "no model 'x'"))),)))
-    assert type(err) is _errors.NotFoundError and err.code == grpc.StatusCode.NOT_FOUND
-    assert err.details == "model: no model 'x'" and err.field_violations == [("model", "no model 'x'")]
-
-
-def test_a_bare_rpc_error_is_unknown_with_its_text():
-    err = _errors.from_rpc_error(grpc.RpcError("the channel broke"))
-    assert type(err) is InternalError and err.code == grpc.StatusCode.UNKNOWN
-    assert err.details == "the channel broke" and err.field_violations == []
 
 
 # -- sdk/_types.py: arguments ---------------------------------------------------------------------------------
@@ -376,6 +278,54 @@ def test_interpolation_inversion_and_evaluation_replies():
         e["kl"]
 
 
-def test_base_error_class_for_an_unmapped_code():
-    err = _errors.from_status(grpc.StatusCode.ALREADY_EXISTS, "x", [])
-    assert type(err) is GanserveError and str(err) == "ALREADY_EXISTS: x"
+def test_every_bound_and_field_name():
+    """The upper bounds (the proto's int32 labels, uint32 steps and bootstrap) and the field each refusal names."""
+    top31, top32 = 2**31 - 1, 2**32 - 1
+    assert list(_types.sample_request(1, None, [top31], None, None, "", 0, None, "float32", 0)[1].labels) == [top31]
+    _refused(lambda: _types.sample_request(1, None, [0, 2**31], None, None, "", 0, None, "float32", 0), "labels[1]",
+             f"must be in 0..{top31}, got {2**31}")
+    assert _types.interpolate_request([1, 2], None, top32, "slerp", "", "float32").steps == top32
+    _refused(lambda: _types.interpolate_request([1, 2], None, 2**32, "slerp", "", "float32"), "steps",
+             f"must be in 0..{top32}, got {2**32}")
+    raw = np.zeros((1, 1, 2, 2), np.uint8)
+    assert _types.invert_request(raw, None, None, top32, 0, 0, "", "float32").steps == top32
+    _refused(lambda: _types.invert_request(raw, None, None, 2**32, 0, 0, "", "float32"), "steps",
+             f"must be in 0..{top32}, got {2**32}")
+    assert _types.evaluate_request("ring8", "grid25", [], 0, None, top32, 0.95).bootstrap == top32
+    _refused(lambda: _types.evaluate_request("ring8", "grid25", [], 0, None, 2**32, 0.95), "bootstrap",
+             f"must be in 0..{top32}, got {2**32}")
+    _refused(lambda: _types.stream_request(0, None, None, None, None, "", 0, 0, 0, "float32", 0), "n",
+             "must be at least 1, got 0")
+    _refused(lambda: _types.stream_request(1, None, None, None, None, "", 0, 0, float("nan"), "float32", 0),
+             "truncation", "must be a finite number, got nan")
+
+
+def test_integer_inputs_become_float32_tensors_and_streams_carry_their_labels():
+    _, req = _types.sample_request(1, None, None, [[0, 1]], None, "c", 0, None, "float32", False)
+    assert tensors.to_array(req.soft_labels).dtype == np.float32
+    _, req = _types.sample_request(None, None, None, None, None, "g", 0, [[1, 2, 3]], "float32", False)
+    assert tensors.to_array(req.latents).dtype == np.float32 and tensors.to_array(req.latents).tolist() == [[1, 2, 3]]
+    assert list(_types.stream_request(4, None, [1, 2], None, None, "c", 0, 0, 0, "float32", 0).labels) == [1, 2]
+    soft = _types.stream_request(4, None, None, [0.5, 0.5], None, "c", 0, 0, 0, "float32", 0).soft_labels
+    assert tensors.to_array(soft).tolist() == [[0.5, 0.5]]
+
+
+def test_replies_keep_every_part():
+    x, z, c = np.ones((2, 1, 2, 2), np.float32), np.full((2, 3), 2, np.float32), np.eye(2, dtype=np.float32)
+    k = _types.chunk(pb.SampleChunk(start=1, samples=T(x), latents=T(z), conditions=T(c)))
+    np.testing.assert_array_equal(k.latents, z)
+    i = _types.interpolation(pb.InterpolateResponse(samples=T(x), latents=T(z), conditions=T(c)))
+    np.testing.assert_array_equal(i.images, x)
+    np.testing.assert_array_equal(i.conditions, c)
+    v = _types.inversion(pb.InvertResponse(latents=T(z), reconstructions=T(x)))
+    np.testing.assert_array_equal(v.latents, z)
+    np.testing.assert_array_equal(v.reconstructions, x)
+    g = _types.Gather(2)
+    raw = np.arange(8, dtype=np.uint8).reshape(2, 1, 2, 2)
+    g.add(_types.Chunk(0, raw, None, c, 3, "c@1"))
+    r = g.result()
+    assert r.images.dtype == np.uint8 and r.latents is None
+    np.testing.assert_array_equal(r.images, raw)
+    np.testing.assert_array_equal(r.conditions, c)
+    empty = _types.Gather(0).result()
+    assert (empty.images, empty.latents, empty.conditions, empty.seed, empty.model) == (None, None, None, 0, "")
