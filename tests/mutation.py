@@ -276,6 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--page-only", action="store_true", help="only rewrite the page from the last results")
     parser.add_argument("--only", nargs="+", default=[], metavar="MUTANT",
                         help="retest only these mutants (names or fnmatch patterns) of the modules named")
+    parser.add_argument("--survivors", action="store_true",
+                        help="retest only the mutants the module's last report lists as surviving (after new tests)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES and not fnmatch.filter(MODULES, m)]
     if unknown:
@@ -284,9 +286,16 @@ def main(argv=None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     for name in names if not args.page_only else []:
         print(f"{name}: mutating {MODULES[name].path} ...", flush=True)
+        only, before = list(args.only), 0
+        if args.survivors and (WORK / f"{name}.json").exists():
+            last = json.loads((WORK / f"{name}.json").read_text())
+            only, before = only + sorted(last["survivors"]), last["seconds"]  # minutes: the full run plus retests
+            if not only:
+                continue
         with open(WORK / f"{name}.log", "w") as log:
             report = run_module(name, MODULES[name], sample=args.sample, seed=args.seed, fresh=args.fresh, log=log,
-                                only=args.only)
+                                only=only)
+        report["seconds"] += before
         killed, equivalent, checked, surviving = _score(report)
         print(f"{name}: {killed}/{checked - equivalent} killed, {surviving} surviving ({report['seconds']} s)",
               flush=True)
