@@ -101,6 +101,28 @@ EQUIVALENT.update({
     f"{_B}_run_sliced__mutmut_6": "`total < max_batch`: a batch of exactly max_batch rows runs as one slice anyway",
 })
 
+_V = "server.validate.x_"
+EQUIVALENT.update({
+    f"{_V}images__mutmut_85": "UINT8 decoded in float64 instead of float32 before the float32 cast: the same value "
+                              "within 1 float32 ulp (the float64 path is the more exact one), below any tolerance",
+    f"{_V}labels__mutmut_162": "`< 1e-3` vs `<= 1e-3`: |sum - 1| equals fl(1e-3) for no double sum (1 +- fl(1e-3) "
+                               "is not a double)",
+    **{f"{_V}labels__mutmut_{i}": "y is float32 already on both paths (one_hot and float_tensor)" for i in (173, 175)},
+    f"{_V}labels__mutmut_189": "`n >= 1`: repeating one row once gives the same row",
+    **{f"{_V}labels__mutmut_{i}": "the hard labels are integers either way (proto int32), and one_hot casts them "
+                                  "to int64 itself" for i in (50, 52)},
+    **{f"{_V}labels__mutmut_{i}": "the message's fallback index when no label is bad: built, never raised"
+       for i in (69, 75)},
+})
+
+_T = "sdk._types.x_"
+EQUIVALENT.update({
+    **{f"{_T}{f}__mutmut_{i}": "astype(None) is float64, and tensors.from_array sends every float array as FLOAT32"
+       for f, i in (("_endpoint", 34), ("invert_request", 15))},
+    **{f"{_T}{f}__mutmut_{i}": "np.array of a repeated float proto field is float32 already (the dtype is redundant)"
+       for f, i in (("interpolation", 18), ("interpolation", 20), ("inversion", 19), ("inversion", 21))},
+})
+
 # Surviving mutants that change behaviour no test can see without timing: listed on the page with the reason, and
 # counted as survivors (not equivalent). (None left: tests/test_batcher_rules.py's hand-moved clock killed them.)
 NOTED: dict[str, str] = {}

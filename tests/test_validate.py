@@ -222,3 +222,38 @@ def test_inversion_method_needs_its_graph():
             "HYBRID needs a generator_grad graph; m@1 has none (use ENCODER)", FailedPrecondition)
     refused(lambda: v.inversion_method(Model(caps={"invertible": False, "optimizable": False}), pb.OPTIMIZE),
             "method", "OPTIMIZE needs a generator_grad graph; m@1 has none", FailedPrecondition)
+
+
+def test_edges_of_the_checks():
+    """Each check exactly at its edge: an empty latent batch under any bound, a value exactly at the tolerance below
+    the range, a tolerance-wide excursion clipped back on both sides, one soft row for n = 1, the worst row named
+    whatever the other rows sum to, one label repeated for n = 2, a 1-D latent's element limit."""
+    np.testing.assert_array_equal(v.bounded(np.zeros((0, 3), np.float32), "z", 0.5), np.zeros((0, 3)))
+    wide = Model(value_range=(0.0, 1000.0))  # tolerance 1.0: lo - tol = -1 exactly in float32
+    edge = np.array([[[[-1.0, 0], [500, 1001]]]], np.float32)
+    got = v.images(T(edge), wide, 1)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, [[[[0, 0], [500, 1000]]]])
+    refused(lambda: v.images(T(edge - np.float32(0.001)), wide, 1), "images.data", "FLOAT32 values must be in the "
+            "model's value range [0, 1000], got [-1.001, 1001] (or send UINT8 0..255)")
+    low = np.array([[[[-1.0015, 0], [0.5, 1]]]], np.float32)
+    got = v.images(T(low), Model(), 1)
+    assert got.dtype == np.float32 and got.min() == -1.0
+    refused(lambda: v.labels(COND, [], T(np.ones((2, 3), np.float32) / 3), 1), "soft_labels.shape",
+            "6 elements exceed the limit of 3")
+    refused(lambda: v.labels(COND, [], T(np.array([[1, 0, 0], [0.2, 0.2, 0.2]], np.float32)), 2), "soft_labels.data",
+            "each row must sum to 1 (within 0.001); row 1 sums to 0.6")
+    np.testing.assert_array_equal(v.labels(COND, [1], pb.Tensor(), 2), np.eye(3, dtype=np.float32)[[1, 1]])
+    one = Model(latent_dim=1)
+    refused(lambda: v.latents(T(np.zeros((3, 1), np.float32)), one, 2), "latents.shape", "3 elements exceed the limit "
+            "of 2")
+
+
+def test_row_sums_are_taken_in_float64():
+    """A float32 row whose exact sum is 1.0010000253 (over the tolerance) though its float32 sum rounds to 1.0009999."""
+    row = np.array([[0.24018142, 0.15066276, 0.08339548, 0.11761364, 0.00788001, 0.03458209, 0.18660271, 0.1800819]],
+                   np.float32)
+    assert row.sum(dtype=np.float64) - 1 > 1e-3 >= float(row.sum()) - 1
+    eight = Model(ref="c@8", conditional=True, num_classes=8, caps={"soft_labels": True})
+    refused(lambda: v.labels(eight, [], T(row), 1), "soft_labels.data",
+            "each row must sum to 1 (within 0.001); row 0 sums to 1.001")
