@@ -115,6 +115,13 @@ EQUIVALENT.update({
        for i in (69, 75)},
 })
 
+EQUIVALENT.update({
+    "sdk._errors.x__rpc_messages__mutmut_21": "`len(rest) >= 1`: no field gives a type name without a label (rest "
+                                              "has 0 or 2 entries), so the same label is read",
+    "sdk._errors.x__rpc_messages__mutmut_25": "`rest[1]`: every field with a type name also has a label (truthy), "
+                                              "so the same branch runs",
+})
+
 _T = "sdk._types.x_"
 EQUIVALENT.update({
     **{f"{_T}{f}__mutmut_{i}": "astype(None) is float64, and tensors.from_array sends every float array as FLOAT32"

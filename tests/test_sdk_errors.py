@@ -21,7 +21,8 @@ def _details(*violations, type_url="type.googleapis.com/google.rpc.BadRequest") 
 
 def test_the_private_status_messages_are_wire_identical_to_google_rpc():
     """sdk/_errors.py builds google.rpc.Status and BadRequest in its own descriptor pool (called here, not only at
-    import): every field's number, type, repetition and name must match google's, both ways over the wire."""
+    import): every field's number, type, repetition, presence (proto3) and name must match google's, both ways over
+    the wire."""
     status_cls, bad_cls = _errors._rpc_messages()
     violation = bad_cls.DESCRIPTOR.fields_by_name["field_violations"].message_type._concrete_class
     any_cls = status_cls.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class
@@ -31,10 +32,9 @@ def test_the_private_status_messages_are_wire_identical_to_google_rpc():
             (violation, error_details_pb2.BadRequest.FieldViolation, ["field", "description"]),
             (any_cls, status_pb2.Status.DESCRIPTOR.fields_by_name["details"].message_type._concrete_class,
              ["type_url", "value"])):
-        want = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
-                for f in theirs.DESCRIPTOR.fields]
-        got = [(f.name, f.number, f.type, f.is_repeated, f.message_type.name if f.message_type else None)
-               for f in ours.DESCRIPTOR.fields]
+        want, got = ([(f.name, f.number, f.type, f.is_repeated, f.has_presence,
+                       f.message_type.name if f.message_type else None) for f in cls.DESCRIPTOR.fields]
+                     for cls in (theirs, ours))
         assert got == want[:len(got)], ours.DESCRIPTOR.full_name  # google's FieldViolation has two more fields
         assert [f[0] for f in got] == names
     assert status_cls.DESCRIPTOR.full_name == "ganserve_sdk.rpc.Status"
