@@ -151,7 +151,7 @@ def _client_targets(res: dict, sfx: str, who: str, add) -> None:
         add(f"[{who}] batching gain follows each model's per-sample cost curve", "; ".join(gains), None)
     ts_rows = [(c, r) for c, r in tp.items() if "samples_per_s" in r.get(ts_off, {})]
     if ts_rows:
-        # Issue 23: the 3x-unbatched / 1.6x-batched ratios were set against a TorchServe measured with a slow
+        # The old 3x-unbatched / 1.6x-batched ratios were set against a TorchServe measured with a slow
         # client and are retired (1.6x its batched rate would exceed the model's in-process rate); the target is
         # to stay ahead of it at every concurrency, and the in-process ceiling is the yardstick.
         for key, note in servers:

@@ -55,7 +55,9 @@ def test_operations_page_lists_every_server_metric():
 def test_models_block_is_the_summary_table():
     block = generate.models_block()
     assert block.startswith("| model | kind | generator params |")
-    assert "| `cgan-mnist@11` | cgan |" in block
+    assert "| `cgan-mnist@11` | cgan | 344,833 |" in block
+    assert "| `cgan-mnist@12` | cgan | 344,833 |" in block  # an int8 variant has its fp32 source's parameters
+    assert " | ? | " not in block
 
 
 def test_readme_is_short():

@@ -31,7 +31,7 @@ def test_row_divergences_known_values():
     p, q = np.array([1.0, 0.0]), np.array([0.5, 0.5])
     assert H.kl_rows(p, q) == pytest.approx(LOG2, abs=1e-15)
     assert H.kl_rows(q, p) == math.inf
-    assert H.js_rows(p, q) == pytest.approx(0.75 * L43, abs=1e-15)  # the intermediate value
+    assert H.js_rows(p, q) == pytest.approx(0.75 * L43, abs=1e-15)  # a known intermediate value
     assert H.js_rows(p, np.array([0.0, 1.0])) == LOG2                 # disjoint: exactly log 2 (clipped)
     assert H.tv_rows(p, q) == 0.5 and H.tv_rows(np.array([0.2, 0.8]), np.array([0.6, 0.4])) == pytest.approx(0.4)
     rows = np.array([[1.0, 0.0], [0.5, 0.5]])

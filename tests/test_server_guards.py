@@ -201,7 +201,7 @@ def test_extreme_finite_uploads_are_never_internal(stub):
 def test_an_estimate_past_its_deadline_stops(server):
     """EvaluateDivergence passes its call's deadline and cancellation into the estimators (their loops check it per
     chunk or resample): kid on two [5000, 64] uploads with 200 resamples takes ~8 s here; with a 0.5 s deadline
-    the handler stops costing CPU within half a second of it (the issue's bar) instead of computing to the end.
+    the handler stops costing CPU within half a second of it (the reliability bar) instead of computing to the end.
     Wall time after the deadline is bounded more loosely (2 s): on a busy 2-core CI machine the handler thread
     waits for a core, which is wall time but not the server's work (0.52 s was seen there, 0.003-0.04 s here)."""
     import time

@@ -302,7 +302,10 @@ def summary_row(result: dict, manifest: dict) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| model | kind | generator params | training wall time | key metrics | bars met |",
              "| --- | --- | ---: | ---: | --- | --- |"]
+    by_model = {r["model"]: r for r in rows}
     for r in rows:
+        if not r["params"] and r.get("derived_from") is not None:  # a variant has its source's parameters
+            r = {**r, "params": by_model.get(f"{r['model'].split('@')[0]}@{r['derived_from']}", {}).get("params")}
         wall = r["wall_time_s"]
         t = f"{wall / 60:.1f} min" if wall else "?"
         if r.get("wall_time_all_seeds_s"):
