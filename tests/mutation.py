@@ -52,7 +52,8 @@ MODULES = {
                                       "tests/test_sdk.py::test_bad_arguments_are_refused_before_sending_with_the_field"),
                     "SDK requests and results"),
     "validate": Module("server/validate.py", ("tests/test_validate.py",), "request validation"),
-    "engine": Module("server/engine.py", ("tests/test_engine.py",), "sample, stream, interpolate, invert"),
+    "engine": Module("server/engine.py", ("tests/test_engine.py", "tests/test_engine_edges.py"),
+                     "sample, stream, interpolate, invert"),
     "manifest": Module("ganserve/store/manifest.py", ("tests/test_manifest.py",),
                        "manifest schema, sha256, atomic publish"),
     "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",),
@@ -136,17 +137,9 @@ NOTED: dict[str, str] = {}
 
 # What a module's figures mean when they cannot be read at face value (shown under the table).
 CAVEATS = {
-    "metrics-histogram": "histogram_metric is a factory: registry.py calls it at import and keeps the closures it "
-                         "returns, before mutmut selects a mutant, so the mutants inside those closures never run "
-                         "(planted by hand, `value = None` fails tests/test_metrics.py at once). Its 'surviving' "
-                         "closure mutants are a limit of the tool, not holes; a fix is to build the registry's "
-                         "closures lazily or to test the factory's result per call.",
-    "errors": "stopped after 14 of 184 mutants: 12 of them timed out in mutmut's forked workers (the selected SDK "
-              "tests start servers and channels), which says nothing about the tests. The planted mutants "
-              "of sdk/_errors.py and sdk/_types.py (label=0, the status table, the retryable set) are killed by named tests in "
-              "tests/test_sdk.py instead.",
-    "validate": "a seeded sample of 12 of 562 mutants over the narrower subset then configured (before "
-                "tests/test_server.py was added): its 6 survivors led to two new bad-input rows.",
+    "minutes": "wall time of the full run on this project's 2-core machine under `nice -n 19` beside other work, "
+               "plus any retest of survivors (`--survivors`); a rerun with unchanged code and tests reuses mutmut's "
+               "results and takes seconds per module.",
 }
 
 STATUS = {"killed", "survived", "timeout", "no tests", "skipped", "suspicious", "segfault", "not checked",
@@ -212,7 +205,7 @@ def _diffs(work: Path, names: list[str]) -> dict[str, str]:
     """Each mutant's changed lines, from mutmut's own diff (one process for all, not `mutmut show` per mutant)."""
     out = subprocess.run([sys.executable, "-c", _DIFFS], cwd=work, input=json.dumps(names), capture_output=True,
                          text=True, check=True)
-    return {n: "\n".join(line for line in d.splitlines() if line[:2] in ("- ", "+ "))
+    return {n: "\n".join(line for line in d.splitlines() if line[:1] in "-+" and line[:3] not in ("---", "+++"))
             for n, d in json.loads(out.stdout).items()}
 
 
