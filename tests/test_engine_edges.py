@@ -16,8 +16,11 @@ import pytest
 from protos import latents as latent_fn
 from server import engine
 from server.errors import BadModelOutput, Cancelled, DeadlineExceeded
+from tests import test_engine
 from tests.conftest import CLASSES, LATENT, SIDE, reference_generator
-from tests.test_engine import _held_model, cgan, gan, registry  # noqa: F401 - fixtures
+from tests.test_engine import _held_model
+
+registry, gan, cgan = test_engine.registry, test_engine.gan, test_engine.cgan  # the same module-scoped fixtures
 
 EYE = np.eye(CLASSES, dtype=np.float32)
 
@@ -73,14 +76,14 @@ def test_the_batcher_gets_the_calls_deadline_cancellation_and_bulk_flag(gan):
                 flag = [True]
                 threading.Timer(0.1, flag.clear).start()
                 with pytest.raises(Cancelled):
-                    engine.generate(model, np.repeat(z, 3, 0), None, engine.Call(is_active=lambda: bool(flag)))
+                    engine.generate(model, np.repeat(z, 3, 0), None, engine.Call(is_active=lambda f=flag: bool(f)))
                 release.set()
                 engine.generate(model, z, None, engine.Call())
                 assert runs == [5, 1]  # the expired and the cancelled requests never ran
                 continue
             chunk: list = []
-            waiter = threading.Thread(target=lambda: chunk.append(
-                engine.generate(model, z, None, engine.Call(), wait_for_queue=True)))
+            waiter = threading.Thread(target=lambda m=model, c=chunk: c.append(
+                engine.generate(m, z, None, engine.Call(), wait_for_queue=True)))
             waiter.start()
             time.sleep(0.3)  # past the 0.2 s queue timeout: a single request would be refused now
             release.set()
