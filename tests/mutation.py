@@ -131,6 +131,14 @@ EQUIVALENT.update({
        for f, i in (("interpolation", 18), ("interpolation", 20), ("inversion", 19), ("inversion", 21))},
 })
 
+_E = "server.engine.x_"
+EQUIVALENT.update({
+    f"{_E}classify__mutmut_1": "257 images per classifier run instead of 256: the same logits (rows are independent)",
+    f"{_E}invert__mutmut_13": "the step count's start value: the first slice overwrites it (validation allows no "
+                              "empty inversion)",
+    f"{_E}make_runner__mutmut_15": "session.run(None) returns every output: a generator graph has one (x)",
+})
+
 # Surviving mutants that change behaviour no test can see without timing: listed on the page with the reason, and
 # counted as survivors (not equivalent). (None left: tests/test_batcher_rules.py's hand-moved clock killed them.)
 NOTED: dict[str, str] = {}
