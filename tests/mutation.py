@@ -58,7 +58,7 @@ MODULES = {
                        "manifest schema, sha256, atomic publish"),
     "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",),
                                 "class-level estimators (KL, JS, TV)"),
-    "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py", ("tests/test_metrics_units.py",),
+    "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py", ("tests/test_metrics_w1.py",),
                                   "W1 exact and sliced, with intervals"),
     "metrics-intervals": Module("ganserve/metrics/intervals.py", ("tests/test_metrics_units.py",),
                                 "bootstrap intervals"),
