@@ -308,6 +308,9 @@ def main(argv=None) -> int:
                         help="retest only these mutants (names or fnmatch patterns) of the modules named")
     parser.add_argument("--survivors", action="store_true",
                         help="retest only the mutants the module's last report lists as surviving (after new tests)")
+    parser.add_argument("--timeouts", action="store_true",
+                        help="retest only the mutants the last report lists as timed out (a loaded machine can time "
+                             "out a mutant the tests would kill)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES and not fnmatch.filter(MODULES, m)]
     if unknown:
@@ -317,9 +320,11 @@ def main(argv=None) -> int:
     for name in names if not args.page_only else []:
         print(f"{name}: mutating {MODULES[name].path} ...", flush=True)
         only, before = list(args.only), 0
-        if args.survivors and (WORK / f"{name}.json").exists():
+        if (args.survivors or args.timeouts) and (WORK / f"{name}.json").exists():
             last = json.loads((WORK / f"{name}.json").read_text())
-            only, before = only + sorted(last["survivors"]), last["seconds"]  # minutes: the full run plus retests
+            only += sorted(last["survivors"]) if args.survivors else []
+            only += sorted(k for k, v in last["results"].items() if v == "timeout") if args.timeouts else []
+            before = last["seconds"]  # minutes: the full run plus retests
             if not only:
                 continue
         with open(WORK / f"{name}.log", "w") as log:
