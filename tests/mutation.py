@@ -54,7 +54,7 @@ MODULES = {
     "validate": Module("server/validate.py", ("tests/test_validate.py",), "request validation"),
     "engine": Module("server/engine.py", ("tests/test_engine.py", "tests/test_engine_edges.py"),
                      "sample, stream, interpolate, invert"),
-    "manifest": Module("ganserve/store/manifest.py", ("tests/test_manifest.py",),
+    "manifest": Module("ganserve/store/manifest.py", ("tests/test_manifest.py", "tests/test_manifest_publish.py"),
                        "manifest schema, sha256, atomic publish"),
     "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",),
                                 "class-level estimators (KL, JS, TV)"),
@@ -137,6 +137,14 @@ EQUIVALENT.update({
     f"{_E}invert__mutmut_13": "the step count's start value: the first slice overwrites it (validation allows no "
                               "empty inversion)",
     f"{_E}make_runner__mutmut_15": "session.run(None) returns every output: a generator graph has one (x)",
+})
+
+_M = "ganserve.store.manifest.x_"
+EQUIVALENT.update({
+    **{f"{_M}_check_latent_code__mutmut_{i}": "float() reads 'INF' as 'inf'" for i in (59, 62)},
+    **{f"{_M}publish__mutmut_{i}": "sort_keys=None and the default are both False" for i in (62, 65)},
+    **{f"{_M}sha256_file__mutmut_{i}": "the read size only bounds memory: the same bytes reach the digest"
+       for i in (13, 15, 16)},
 })
 
 # Surviving mutants that change behaviour no test can see without timing: listed on the page with the reason, and

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -117,7 +118,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("path, value, reason", CASES, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("path, value, reason", CASES,  # plain ids: mutmut passes node ids to its workers
+                         ids=[f"{i:02d}-{re.sub(r'[^a-z0-9_.]', '_', c[0])}" for i, c in enumerate(CASES)])
 def test_each_rule_refuses_with_its_reason(path, value, reason):
     if path.startswith("files."):  # file names contain dots: set them directly
         m = base()
