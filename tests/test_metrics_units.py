@@ -6,6 +6,7 @@ builds is what is tested. Fast: no bootstrap over more than a few hundred replic
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -247,3 +248,87 @@ def test_half_sample_ci_scales_the_spread_of_half_samples():
     assert note == ("interval: Student-t (15 df), standard error from 16 random half-samples scaled for sd ~ n^-0.25 "
                     "(measured); calibrated to cover the true value")
     assert C.half_sample_ci(_bias, x, x, 2.0, np.random.default_rng(7), 0.9, 100)[0] == (2.0, 2.0)
+
+
+def test_histogram_edges():
+    """JS clipped to [0, log 2] where rounding leaves it (two written-out cases), no warnings from 0 log 0, 13 bins
+    named in full, one class, a one-sided exact histogram with no bootstrap, one resample, the sides' names."""
+    import warnings
+
+    p = np.array([0.0, 0.04796467437556122, 0.0, 0.9520353256244388, 0.0])
+    q = np.array([0.3085455251398442, 0.0, 0.27649714238946616, 0.0, 0.4149573324706897])
+    assert H.js_rows(p, q) == LOG2  # disjoint: log 2 + 1.1e-16 before the clip
+    a = np.array([0.2572918415671708, 0.2963815343236757, 0.07215314639333595, 0.30213040936689234,
+                  0.07204306834892518])
+    b = np.array([0.2572918418246329, 0.29638153404202844, 0.07215314646808432, 0.30213040939753977,
+                  0.0720430682677148])
+    assert H.js_rows(a, b) == 0.0  # -1.5e-17 before the clip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert H.kl_rows(np.array([0.0, 1.0]), np.array([0.0, 1.0])) == 0.0   # 0 log 0 = 0, silently
+        assert H.kl_rows(np.array([0.5, 0.5]), np.array([0.0, 1.0])) == math.inf
+    assert H._bin_names(np.arange(13), None) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (13 bins)"
+    np.testing.assert_array_equal(H.class_histogram([0, 0], 1), [2])
+    r = _run("tv", [3, 1], [0.5, 0.5], q_exact=True)
+    assert r.note == "no interval (bootstrap=0)" and (r.n_p, r.n_q) == (4, 0)
+    r = _run("tv", [3, 1], [5, 5], bootstrap=1)
+    assert r.note == "interval: percentile bootstrap, 1 resamples of the counts (multinomial), seeded"
+    r = _run("kl_pq", [2, 1, 0], [2, 0, 0])
+    assert r.note.startswith("+inf: Q has zero count in bin(s) [1] where P has mass")
+    for p_, q_, msg in (([[1, 1]], [1, 1], "P: metric js takes a histogram"),
+                        ([1, 1], [[1, 1]], "Q: metric js takes a histogram"),
+                        ([1.5, 1], [1, 1], "P: histogram counts must be whole numbers")):
+        with pytest.raises(MetricError, match=f"^{re.escape(msg)}"):
+            _run("js", p_, q_)
+    acc, per = H.conditional_accuracy([0, 1, 1, 2], [0, 1, 0, 1], 3)
+    assert acc == 0.5 and per.tolist() == [1.0, 0.5, 0.0]  # classes requested once count too
+
+
+def test_interval_edges():
+    assert C.percentile_ci([1.0, 2.0, 3.0], 2.0, 0.5) == (1.0, 3.0)  # ranks floor(0.5) = 0 and ceil(1.5) = 2
+    notes = []
+    assert C.clip(1.0, (0.5, 1.4), 0.0, 1.0, notes) == (1.0, (0.5, 1.0)) and notes == []  # on the edge: inside
+    assert C.extrapolation_note(1.5, 1.25, 2) == (
+        "bias-corrected: the plain estimate 1.5 at n, n/2, ..., n/2 extrapolated to n = inf with a fitted bias "
+        "~ n^-a, a in [1/3, 1]; estimated bias of the plain estimate +0.25")
+    assert "n, n/2, ..., n/8 extrapolated" in C.extrapolation_note(1.5, 1.25, 4)
+    a, b = np.arange(40.0)[:, None], np.arange(40.0)[:, None] ** 2
+
+    def est(x, y):
+        return float(x.mean() - y.mean())
+
+    for nb, groups in ((40, 10), (20, 6)):  # at most 10 groups; fewer when Q is short (20 // 3 = 6)
+        ci, note = C.split_ci(est, a, b[:nb], 0.0, np.random.default_rng(1), 0.9, 3)
+        assert note.startswith(f"interval: Student-t, variance from {groups} disjoint random groups")
+
+
+def _diff_stat(x, y):
+    return float(x.mean() - y.mean())
+
+
+def test_extrapolation_pairs_equal_sizes_and_fits_one_exponent_below_four_levels():
+    x = np.random.default_rng(3).standard_normal((64, 1))
+    assert C.extrapolated(_diff_stat, x, x.copy(), np.random.default_rng(0), 4) == (0.0, 0.0, 5)  # paired halves
+    value, plain, levels = C.extrapolated(_bias, x, x, np.random.default_rng(0), 16)  # 3 levels: a = 1/3 only
+    design = np.stack([np.ones(3), (2.0 ** np.arange(3)) ** (1 / 3)], 1)
+    means = [1 + 1 / 64, 1 + 2 / 64, 1 + 4 / 64]
+    assert levels == 3 and value == pytest.approx(np.linalg.lstsq(design, means, rcond=None)[0][0], abs=1e-12)
+
+
+def test_half_samples_are_paired_and_use_the_corrected_estimate():
+    x = np.random.default_rng(4).standard_normal((48, 1))
+    assert C.half_sample_ci(_diff_stat, x, x.copy(), 0.5, np.random.default_rng(2), 0.9, 4)[0] == (0.5, 0.5)
+    y = np.random.default_rng(5).standard_normal((40, 1))
+
+    def stat(a, b):
+        return float(a.mean() - b.mean() + 1.0 / len(a))
+
+    ci, _ = C.half_sample_ci(stat, x, y, 0.0, np.random.default_rng(2), 0.9, 4)
+    rng = np.random.default_rng(2)
+    vals = []
+    for _ in range(16):
+        ix = np.sort(rng.choice(48, 24, replace=False))
+        iy = np.sort(rng.choice(40, 20, replace=False))
+        vals.append(C.extrapolated(stat, x[ix], y[iy], rng, 4)[0])
+    half = stats.t.ppf(0.95, 15) * np.std(vals, ddof=1) / math.sqrt(2 ** 0.5 - 1)
+    assert ci == pytest.approx((-half, half), abs=1e-12)

@@ -181,3 +181,62 @@ def test_homogeneous_wrapper_built_per_call():
         run([[8e307]], [[1.0]])  # 2.0 x 2^1023 overflows
     with pytest.raises(MetricError, match="P and Q must have the same dimension"):
         run([[1.0]], [[1.0, 2.0]])
+
+
+def test_pot_is_imported_without_its_heavy_backends(monkeypatch):
+    for lib in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):
+        monkeypatch.delenv(f"POT_BACKEND_DISABLE_{lib}", raising=False)
+    import os
+
+    assert W._ot().__name__ == "ot"
+    assert {lib: os.environ.get(f"POT_BACKEND_DISABLE_{lib}") for lib in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW")} \
+        == {"PYTORCH": "1", "JAX": "1", "CUPY": "1", "TENSORFLOW": "1"}
+
+
+def test_null_bias_with_odd_sides_and_no_subsample_draw_at_the_cap():
+    """Five points a side (halves of 2 and 2, one point left out), exactly at the cap (so no subsample is drawn):
+    the note's bias is the mean W1 between the halves, replayed with the same generator."""
+    x = np.array([[0.0], [1.0], [2.0], [6.0], [7.0]])
+    y = x * 2 + 1
+    r = W.w1_exact(x, y, bootstrap=0, max_points=5, **_kw(11))
+    rng = np.random.default_rng(11)
+    halves = []
+    for z in (x[:, 0], y[:, 0]):
+        perm = rng.permutation(5)
+        halves.append(stats.wasserstein_distance(z[perm[:2]], z[perm[2:4]]))
+    assert f"estimated upward bias at P = Q {np.mean(halves) * 2 ** -0.5:.3g} (W1" in r.note
+    assert "subsample" not in r.note
+
+
+def test_homogeneous_scales_by_both_sides_and_passes_the_options():
+    from ganserve.metrics.results import Result
+
+    seen = []
+
+    def fake(a, b, **kw):
+        seen.append((a.copy(), b.copy(), kw))
+        return Result(1.0, (1.0, 1.0), len(a), len(b), "n", "e")
+
+    run = W.homogeneous(fake)
+    r = run([[1.0]], [[3e200]], k=7)
+    s = 2.0 ** math.frexp(3e200)[1]
+    assert seen[0][1].tolist() == [[3e200 / s]] and seen[0][0].tolist() == [[1.0 / s]] and seen[0][2] == {"k": 7}
+    assert r.value == s
+    with pytest.raises(MetricError, match="^P: metric fake needs points of shape"):
+        run(np.zeros((2, 2, 2)), [[1.0]])
+
+
+def test_null_bias_transport_runs_to_optimality():
+    """Halves of 30 points in 2-D: the transport needs more simplex iterations than a small cap would allow."""
+    import ot
+
+    x = np.random.default_rng(12).standard_normal((60, 2))
+    r = W.w1_exact(x, x + 0.5, bootstrap=0, **_kw(13))
+    rng = np.random.default_rng(13)
+    halves = []
+    for z in (x, x + 0.5):
+        perm = rng.permutation(60)
+        u, v = z[perm[:30]], z[perm[30:60]]
+        w = np.full(30, 1 / 30)
+        halves.append(ot.emd2(w, w, ot.dist(u, v, metric="euclidean"), numItermax=10**9))
+    assert f"estimated upward bias at P = Q {np.mean(halves) * 2 ** -0.5:.3g} (W1" in r.note
