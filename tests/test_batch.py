@@ -95,7 +95,9 @@ def test_a_different_job_in_the_same_folder_is_refused(server, tmp_path):
 def test_ctrl_c_says_how_far_and_how_to_resume(server, tmp_path):
     """SIGINT (Ctrl-C) mid-job: one line with the shards done and the way to resume, exit 130, no traceback."""
     out = tmp_path / "job"
-    proc = batch(server, out, "--model", "tiny-gan", "--n", 3_000_000, "--seed", 1, "--shard-size", 10_000,
+    # 3,000 shards: far more than the job can make between its first shard and the signal, even when this test
+    # process waits seconds for a core (with 300 a loaded CI machine once saw the whole job finish first)
+    proc = batch(server, out, "--model", "tiny-gan", "--n", 30_000_000, "--seed", 1, "--shard-size", 10_000,
                  "--chunk-size", 4096, "--quiet", wait=False)
     manifest = out / "manifest.json"
     deadline = time.monotonic() + 120
@@ -105,5 +107,5 @@ def test_ctrl_c_says_how_far_and_how_to_resume(server, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     done = len(json.loads(manifest.read_text())["shards"])
     assert proc.returncode == 130, stderr
-    assert stderr.strip() == f"interrupted: {done}/300 shards done - rerun the same command to resume"
-    assert 1 <= done < 300 and "Traceback" not in stderr
+    assert stderr.strip() == f"interrupted: {done}/3000 shards done - rerun the same command to resume"
+    assert 1 <= done < 3000 and "Traceback" not in stderr
