@@ -25,7 +25,9 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -112,6 +114,17 @@ def make_shard(job: dict, index: int, out: Path, generate: Generate, progress=No
     return {"index": index, "file": name, "start": start, "count": count, "sha256": sha256(out / name)}
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    """Ctrl-C: remembered, then raised as usual. A KeyboardInterrupt raised while the main thread runs inside
+    gRPC's callbacks or a finalizer can be swallowed there (a job once ran to its end after Ctrl-C); `run`
+    checks the flag after every shard, so the job stops at the next shard whatever happened to the exception."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, progress) -> Iterator[dict]:
     """The single-machine engine: each shard is one SampleStream from the server, retried on
     UNAVAILABLE/RESOURCE_EXHAUSTED."""
@@ -193,6 +206,8 @@ def run(args) -> int:
                 shards[str(entry["index"])] = entry
                 manifest["shards"] = dict(sorted(shards.items(), key=lambda kv: int(kv[0])))
                 _write_json(manifest_path, manifest)
+                if _INTERRUPTED.is_set():
+                    raise KeyboardInterrupt
         manifest["complete"] = len(shards) == total
         _write_json(manifest_path, manifest)
     made = job["n"] - skipped
@@ -248,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.labels and args.soft_labels:
         print("error: give --labels or --soft-labels, not both", file=sys.stderr)
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
+    _INTERRUPTED.clear()
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -260,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
