@@ -20,7 +20,10 @@ from .transport import SINKHORN_MAX_POINTS, sinkhorn, w2_exact
 from .wasserstein import sliced_w, w1_1d, w1_exact
 
 _INTERVALS = {
-    "histogram": "percentile bootstrap, multinomial resampling of the counts",
+    "histogram": "percentile bootstrap (multinomial resampling of the counts) shifted by the bootstrap bias "
+                 "estimate; covers the true value",
+    "tv": "bootstrap of TV's directional derivative (Fang & Santos 2019), kink-aware where p_k ~ q_k; covers the "
+          "true value",
     "knn_kl": "Student-t from 16 random half-samples, scaled for sd ~ n^-0.25 (measured 0.3); covers the true value",
     "w1_exact": "normal, delta method with the OT dual potentials; covers E W1(P_n, Q_m), the bias is stated",
     "sliced_w": "normal, delta method (each point's influence) plus the spread over directions",
@@ -38,7 +41,7 @@ _INTERVALS = {
 
 
 def _m(name, input, unit, description, estimator, fn, options=(), max_n=None, lower_bound=False) -> Metric:
-    kind = ("histogram" if input == "histogram" else "knn_kl" if name.startswith("knn_kl") else
+    kind = ("tv" if name == "tv" else "histogram" if input == "histogram" else "knn_kl" if name.startswith("knn_kl") else
             "prdc" if name in ("precision", "recall", "density", "coverage") else
             "modes" if name in ("modes_covered", "high_quality", "reverse_kl_modes") else
             input if input in ("density", "critic") else name)
