@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
     old = json.loads(a.json.read_text()) if (a.merge or a.render) and a.json.exists() else {"rows": []}
     extra = {k: v for k, v in old.items() if k != "rows"}
     rows = [r for r in old["rows"] if "coverage_ci" in r]  # rows from before the binomial intervals are dropped
-    command = "python -m bench.calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.calibrate " + shlex.join(argv if argv is not None else sys.argv[1:])
     for pr in [] if a.render else PROBLEMS:
         if a.only and pr.metric not in a.only and label(pr) not in a.only:
             continue
