@@ -133,6 +133,21 @@ def _frechet_infinity(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, co
     return float(coef[0]), normal_ci(float(coef[0]), math.sqrt(max(cov[0, 0], 0.0)), confidence)
 
 
+def _boot_spread(stat, na: int, nb: int, boot_rng: np.random.Generator, count: int) -> float:
+    """sd of stat(ia, ib) over `count` bootstrap resamples (index vectors (na,), (nb,)); paired when P and Q
+    have one size, as in sliced_w."""
+    reps = []
+    for _ in range(count):
+        I.checkpoint()
+        ia = boot_rng.integers(0, na, na)
+        reps.append(stat(ia, ia if na == nb else boot_rng.integers(0, nb, nb)))
+    return float(np.std(reps, ddof=1))
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(idx, minlength=n).astype(np.float64)
+
+
 def frechet(p, q, *, rng, boot_rng, bootstrap, confidence, extrapolate=False):
     a, b = I.pair(p, q, "frechet", min_n=10 if extrapolate else 2)
     s = _scale(a, b)
@@ -141,34 +156,26 @@ def frechet(p, q, *, rng, boot_rng, bootstrap, confidence, extrapolate=False):
         value, _ = _frechet_infinity(a, b, rng, confidence)
         ci, b_eff = (value, value), min(bootstrap, FRECHET_MAX_BOOTSTRAP)
         if b_eff > 1:  # the whole extrapolation refitted on bootstrap resamples: the sampling spread of FD_inf
-            same = len(a) == len(b)
-            reps = []
-            for _ in range(b_eff):
-                ia = boot_rng.integers(0, len(a), len(a))
-                ib = ia if same else boot_rng.integers(0, len(b), len(b))
-                reps.append(_frechet_infinity(a[ia], b[ib], boot_rng, confidence)[0])
-            ci = normal_ci(value, float(np.std(reps, ddof=1)), confidence)
+            sd = _boot_spread(lambda ia, ib: _frechet_infinity(a[ia], b[ib], boot_rng, confidence)[0], len(a), len(b),
+                              boot_rng, b_eff)
+            ci = normal_ci(value, sd, confidence, df=b_eff - 1)
+            ci = (max(ci[0], 0.0), ci[1])
         note = ("Frechet-infinity (Chong & Forsyth 2020): the distance at 8 sizes from n/5 to n, extrapolated "
-                f"linearly in 1/n to n = inf; interval: normal, standard error from {b_eff} bootstrap refits of the "
-                "extrapolation (covers the true value when the 1/n model holds)")
+                f"linearly in 1/n to n = inf; interval: Student-t ({b_eff - 1} df), standard error from {b_eff} "
+                "bootstrap refits of the extrapolation, seeded; covers the true value (when the 1/n model holds)")
         return Result(_unscaled(value, s, "frechet"), (_unscaled(ci[0], s, "frechet"), _unscaled(ci[1], s, "frechet")),
                       len(a), len(b), note, "Frechet-infinity, extrapolated in 1/n")
     value = frechet_from_stats(*mean_cov(a), *mean_cov(b))
     b_eff = min(bootstrap, FRECHET_MAX_BOOTSTRAP)
     notes = ["squared W2 between Gaussians fitted to the features; biased upward at finite n"]
     if b_eff > 1:
-        same = len(a) == len(b)  # paired resampling, as in sliced_w
-        reps = []
-        for _ in range(b_eff):
-            I.checkpoint()
-            wa = np.bincount(boot_rng.integers(0, len(a), len(a)), minlength=len(a)).astype(np.float64)
-            wb = wa if same else np.bincount(boot_rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float64)
-            reps.append(frechet_from_stats(*mean_cov(a, wa), *mean_cov(b, wb)))
         # Resamples hold repeated points, so their Frechet distances carry extra upward bias: a percentile
-        # interval would sit above the estimate. Use their spread only (normal interval).
-        ci = normal_ci(value, float(np.std(reps, ddof=1)), confidence)
+        # interval would sit above the estimate. Use their spread only; Student-t, the sd being from b_eff values.
+        sd = _boot_spread(lambda ia, ib: frechet_from_stats(*mean_cov(a, _weights(ia, len(a))),
+                                                            *mean_cov(b, _weights(ib, len(b)))), len(a), len(b), boot_rng, b_eff)
+        ci = normal_ci(value, sd, confidence, df=b_eff - 1)
         ci = (max(ci[0], 0.0), ci[1])
-        notes.append(f"interval: normal, standard error from {b_eff} bootstrap resamples, seeded"
+        notes.append(f"interval: Student-t ({b_eff - 1} df), standard error from {b_eff} bootstrap resamples, seeded"
                      + (" (capped: each refits two covariances)" if b_eff < bootstrap else "")
                      + "; it covers the estimator's expectation, above the true distance by O(d^2/n) (use "
                      "extrapolate for Frechet-infinity, whose interval covers the true value)")

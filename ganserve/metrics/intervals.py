@@ -42,10 +42,11 @@ def bias_corrected_ci(replicates: np.ndarray, value: float, confidence: float) -
     return (min(lo, value), max(hi, value)), bias
 
 
-def normal_ci(value: float, se: float, confidence: float) -> tuple[float, float]:
+def normal_ci(value: float, se: float, confidence: float, df: int | None = None) -> tuple[float, float]:
+    """value +- z se; with `df`, the Student-t quantile instead (se estimated from df + 1 replicates)."""
     if not math.isfinite(value):
         return value, value
-    z = stats.norm.ppf(0.5 + confidence / 2.0)
+    z = stats.norm.ppf(0.5 + confidence / 2.0) if df is None else stats.t.ppf(0.5 + confidence / 2.0, df)
     return value - z * se, value + z * se
 
 

@@ -28,8 +28,8 @@ _INTERVALS = {
     "w1_exact": "normal, delta method with the OT dual potentials; covers E W1(P_n, Q_m), the bias is stated",
     "sliced_w": "normal, delta method (each point's influence) plus the spread over directions",
     "w1_1d": "percentile bootstrap (multinomial weights on the sorted pooled sample)",
-    "frechet": f"normal, standard error of <= {FRECHET_MAX_BOOTSTRAP} bootstrap refits; covers E (biased up), "
-               "Frechet-infinity the truth",
+    "frechet": f"Student-t ({FRECHET_MAX_BOOTSTRAP - 1} df), standard error of <= {FRECHET_MAX_BOOTSTRAP} bootstrap refits; "
+               "covers E (biased up), Frechet-infinity the truth",
     "w2_exact": "normal on W2^2, delta method with the OT dual potentials; covers E W2(P_n, Q_m)",
     "sinkhorn": "Student-t from 10 disjoint random groups (variance / 10: parametric rate)",
     "kid": "normal, first-order U-statistic variance plus the subset spread (independent subsets per side)",

@@ -13,7 +13,8 @@ LOG2 = math.log(2.0)
 INPUTS = ("histogram", "samples", "features", "density", "critic")
 MAX_BOOTSTRAP = 10_000
 W1_MAX_POINTS = 2_000        # exact OT (POT ot.emd2) runs on a seeded subsample of at most this many points
-FRECHET_MAX_BOOTSTRAP = 25   # each resample refits two covariances (float32) and two eigendecompositions
+FRECHET_MAX_BOOTSTRAP = 25   # each resample refits two covariances and two eigendecompositions; the sd of 25 is
+                             # noisy, so the intervals use Student-t with 24 df
 QUADRATIC_MAX_N = 20_000     # k-NN metrics cost O(n^2 d): refuse larger inputs rather than run for minutes
 FEATURE_MAX_N = 50_000       # precision/recall/density/coverage: chunked O(n^2 d), memory bounded
 SORT_MAX_N = 200_000         # sliced/1-D W1 hold (n, projections) sorted arrays
