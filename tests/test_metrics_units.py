@@ -63,26 +63,60 @@ def test_histogram_metric_value_counts_and_no_interval(name, want):
     assert (r.n_p, r.n_q, r.note) == (0, 0, "no interval: both sides exact")
 
 
+def _tv_replay(value, d, h, kink, confidence):
+    """TV's interval written out: for the kink-aware law (|h| in the kink bins, sign(d) h elsewhere) and the
+    linearised one (sign(d) h everywhere), [value - q_hi, value - q_lo] with nearest-rank quantiles widened to
+    hold 0; their union, clipped to [0, 1]."""
+    a = (1 - confidence) / 2
+    los, his = [], []
+    for at_kink in (kink, np.zeros(3, bool)):
+        law = np.sort(0.5 * np.where(at_kink, np.abs(h), np.sign(d) * h).sum(1))
+        q_lo, q_hi = min(law[int(math.floor(a * 299))], 0.0), max(law[int(math.ceil((1 - a) * 299))], 0.0)
+        los.append(value - q_hi)
+        his.append(value - q_lo)
+    return max(min(los), 0.0), min(max(his), 1.0)
+
+
 def test_histogram_metric_bootstrap_replays_the_multinomial_resampling():
+    # TV: d = p - q = [0.25, -0.125, -0.125]; sd of d_k = sqrt(p(1-p)/40 + q(1-q)/40) = [0.105, 0.103, 0.052]:
+    # only bin 1 is within 2 sd of p_k = q_k (the kink), whichever side is exact.
     cp, cq = np.array([30.0, 10.0, 0.0]), np.array([20.0, 15.0, 5.0])
+    d, kink = cp / 40 - cq / 40, np.array([False, True, False])
+    value = 0.5 * np.abs(d).sum()
     r = _run("tv", cp, cq, seed=4, bootstrap=300, confidence=0.8)
     boot = np.random.default_rng(5)
     bp = boot.multinomial(40, cp / 40, size=300) / 40
     bq = boot.multinomial(40, cq / 40, size=300) / 40
-    reps = np.sort(0.5 * np.abs(bp - bq).sum(1))
-    value = 0.5 * np.abs(cp / 40 - cq / 40).sum()
     assert r.value == pytest.approx(value, abs=1e-15)
-    assert r.ci == (min(reps[int(math.floor(0.1 * 299))], value), max(reps[int(math.ceil(0.9 * 299))], value))
+    assert r.ci == pytest.approx(_tv_replay(value, d, (bp - bq) - d, kink, 0.8), abs=1e-15)
     assert r.ci[0] < value < r.ci[1] and (r.n_p, r.n_q) == (40, 40)
-    assert r.note == "interval: percentile bootstrap, 300 resamples of the counts (multinomial), seeded"
+    assert r.note == ("interval: bootstrap of TV's directional derivative (Fang & Santos 2019; kink-aware where "
+                      "p_k ~ q_k), 300 multinomial resamples of the counts, seeded; covers the true value")
     exact_q = _run("tv", cp, cq / 40, seed=4, bootstrap=300, confidence=0.8, q_exact=True)
     boot = np.random.default_rng(5)
-    reps = np.sort(0.5 * np.abs(boot.multinomial(40, cp / 40, size=300) / 40 - cq / 40).sum(1))
-    assert exact_q.ci == (min(reps[29], value), max(reps[270], value)) and exact_q.n_q == 0 and exact_q.n_p == 40
+    h = boot.multinomial(40, cp / 40, size=300) / 40 - cp / 40
+    assert exact_q.ci == pytest.approx(_tv_replay(value, d, h, kink, 0.8), abs=1e-15)
+    assert exact_q.n_q == 0 and exact_q.n_p == 40
     exact_p = _run("tv", cp / 40, cq, seed=4, bootstrap=300, confidence=0.8, p_exact=True)
     boot = np.random.default_rng(5)
-    reps = np.sort(0.5 * np.abs(cp / 40 - boot.multinomial(40, cq / 40, size=300) / 40).sum(1))
-    assert exact_p.ci == (min(reps[29], value), max(reps[270], value)) and exact_p.n_p == 0 and exact_p.n_q == 40
+    h = cq / 40 - boot.multinomial(40, cq / 40, size=300) / 40
+    assert exact_p.ci == pytest.approx(_tv_replay(value, d, h, kink, 0.8), abs=1e-15)
+    assert exact_p.n_p == 0 and exact_p.n_q == 40
+
+
+def test_kl_interval_is_the_percentile_interval_shifted_by_twice_the_bootstrap_bias():
+    cp, cq = np.array([30.0, 10.0, 10.0]), np.array([20.0, 15.0, 15.0])
+    value = float(np.sum(cp / 50 * np.log((cp / 50) / (cq / 50))))
+    r = _run("kl_pq", cp, cq, seed=4, bootstrap=300, confidence=0.8)
+    boot = np.random.default_rng(5)
+    bp = boot.multinomial(50, cp / 50, size=300) / 50
+    bq = boot.multinomial(50, cq / 50, size=300) / 50
+    reps = (bp * np.log(bp / bq)).sum(1)
+    bias = reps.mean() - value
+    shifted = np.sort(reps - 2 * bias)
+    assert bias > 0 and r.value == pytest.approx(value, abs=1e-15)
+    assert r.ci == pytest.approx((max(min(shifted[29], value - bias), 0.0), max(shifted[270], value)), abs=1e-15)
+    assert f"shifted by the bootstrap bias estimate ({bias:+.3g}: the plug-in's estimated bias)" in r.note
 
 
 def test_infinite_kl_names_the_empty_bins():

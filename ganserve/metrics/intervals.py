@@ -31,14 +31,14 @@ def bias_corrected_ci(replicates: np.ndarray, value: float, confidence: float) -
     """(interval, estimated bias) for a plug-in estimate from its bootstrap replicates: the percentile interval
     shifted down by twice the bootstrap bias estimate b = mean(replicates) - value (Efron & Tibshirani 1993,
     sec. 10.6). A plug-in biased by b has replicates centred near value + b, so the plain percentile interval
-    sits near truth + 2b; shifted, it is centred on value - b. Widened to contain the point estimate. With an
+    sits near truth + 2b; shifted, it is centred on value - b. Widened to contain value - b and value. With an
     infinite replicate the bias is not estimable: the plain percentile interval (its upper end may be +inf)."""
     r = np.asarray(replicates, np.float64)
     r = r[~np.isnan(r)]
     if len(r) == 0 or not np.all(np.isfinite(r)) or not math.isfinite(value):
         return percentile_ci(r, value, confidence), math.nan
     bias = float(r.mean()) - value
-    lo, hi = percentile_ci(r - 2.0 * bias, value - 2.0 * bias, confidence)
+    lo, hi = percentile_ci(r - 2.0 * bias, value - bias, confidence)  # holds the bias-corrected estimate
     return (min(lo, value), max(hi, value)), bias
 
 
