@@ -201,7 +201,7 @@ def main(argv=None) -> None:
     ap.add_argument("--docs", type=Path, default=Path("docs/divergence_evaluation.md"))
     a = ap.parse_args(argv)
     old = json.loads(a.json.read_text()) if (a.merge or a.render) and a.json.exists() else {"rows": []}
-    extra = {k: v for k, v in old.items() if k != "rows"}
+    extra = {k: v for k, v in old.items() if k not in ("rows", "command")}  # commands are per row now
     rows = [r for r in old["rows"] if "coverage_ci" in r]  # rows from before the binomial intervals are dropped
     command = "python -m bench.calibrate " + shlex.join(argv if argv is not None else sys.argv[1:])
     for pr in [] if a.render else PROBLEMS:
