@@ -306,7 +306,9 @@ def test_histogram_edges():
     r = _run("tv", [3, 1], [0.5, 0.5], q_exact=True)
     assert r.note == "no interval (bootstrap=0)" and (r.n_p, r.n_q) == (4, 0)
     r = _run("tv", [3, 1], [5, 5], bootstrap=1)
-    assert r.note == "interval: percentile bootstrap, 1 resamples of the counts (multinomial), seeded"
+    assert r.note == ("interval: bootstrap of TV's directional derivative (Fang & Santos 2019; kink-aware where "
+                      "p_k ~ q_k), 1 multinomial resamples of the counts, seeded; covers the true value")
+    assert r.ci[0] <= r.value <= r.ci[1]
     r = _run("kl_pq", [2, 1, 0], [2, 0, 0])
     assert r.note.startswith("+inf: Q has zero count in bin(s) [1] where P has mass")
     for p_, q_, msg in (([[1, 1]], [1, 1], "P: metric js takes a histogram"),
