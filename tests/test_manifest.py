@@ -102,6 +102,7 @@ CASES = [
     ("graphs.generator.file", "g.onnx", "graphs.generator.file g.onnx is not listed in files"),
     ("graphs.generator.inputs", [], "graphs.generator needs inputs and outputs"),
     ("graphs.generator.outputs", ..., "graphs.generator needs inputs and outputs"),
+    ("graphs.generator.inputs", ..., "graphs.generator needs inputs and outputs"),
     ("graphs.generator.inputs.0", "z", "graphs.generator.inputs[0]: needs a name"),
     ("graphs.generator.inputs.0.name", 1, "graphs.generator.inputs[0]: needs a name"),
     ("graphs.generator.outputs.0.dtype", "float64",
@@ -142,9 +143,16 @@ def test_the_valid_forms_pass_and_come_back_unchanged():
               base(input={"value_range": [0, 1]}), base(precision="fp32"),
               base(precision="int8", derived_from=3), base(num_classes=2, class_names=["a", "b"], kind="cgan"),
               _edit("graphs.critic", {"file": "generator.onnx", "inputs": [SPEC], "outputs": [SPEC]}),
-              _edit("graphs.generator.inputs.0.dtype", "int64"), _edit("graphs.generator.inputs.0.dtype", "uint8")):
+              _edit("graphs.generator.inputs.0.dtype", "int64"), _edit("graphs.generator.inputs.0.dtype", "uint8"),
+              _edit("graphs.generator.inputs.0.dims", [1]), base(max_batch_size=1), base(data_kind="image"),
+              base(precision="int8", derived_from=1), _edit("class_names", ...)):
         before = copy.deepcopy(m)
         assert mf.validate(m) is m and m == before
+
+
+def test_a_manifest_is_an_object():
+    for m in ([], "m", None):
+        refused(m, "manifest must be a JSON object")
 
 
 def test_precision_variants():
