@@ -322,11 +322,12 @@ def test_replies_keep_every_part():
     np.testing.assert_array_equal(v.reconstructions, x)
     g = _types.Gather(2)
     raw = np.arange(8, dtype=np.uint8).reshape(2, 1, 2, 2)
-    g.add(_types.Chunk(0, raw[:1], None, c[:1], 3, "c@1"))  # two chunks: the second adds to the first's arrays
-    g.add(_types.Chunk(1, raw[1:], None, c[1:], 3, "c@1"))
+    soft = np.array([[0.125, 0.875], [0.375, 0.625]], np.float32)  # values no other array here holds
+    g.add(_types.Chunk(0, raw[:1], None, soft[:1], 3, "c@1"))  # two chunks: the second adds to the first's arrays
+    g.add(_types.Chunk(1, raw[1:], None, soft[1:], 3, "c@1"))
     r = g.result()
     assert r.images.dtype == np.uint8 and r.latents is None
     np.testing.assert_array_equal(r.images, raw)
-    np.testing.assert_array_equal(r.conditions, c)
+    np.testing.assert_array_equal(r.conditions, soft)
     empty = _types.Gather(0).result()
     assert (empty.images, empty.latents, empty.conditions, empty.seed, empty.model) == (None, None, None, 0, "")
