@@ -240,3 +240,19 @@ def test_null_bias_transport_runs_to_optimality():
         w = np.full(30, 1 / 30)
         halves.append(ot.emd2(w, w, ot.dist(u, v, metric="euclidean"), numItermax=10**9))
     assert f"estimated upward bias at P = Q {np.mean(halves) * 2 ** -0.5:.3g} (W1" in r.note
+
+
+def test_only_the_side_over_the_cap_is_subsampled():
+    """P has 6 points (over the cap of 5: a seeded subsample), Q exactly 5 (no draw): the bias note replays the
+    generator's draws in that order."""
+    x = np.array([[0.0], [1.0], [2.0], [6.0], [7.0], [9.0]])
+    y = np.array([[0.5], [3.0], [4.0], [8.0], [10.0]])
+    r = W.w1_exact(x, y, bootstrap=0, max_points=5, **_kw(21))
+    rng = np.random.default_rng(21)
+    sub = x[np.sort(rng.choice(6, 5, replace=False)), 0]
+    halves = []
+    for z in (sub, y[:, 0]):
+        perm = rng.permutation(5)
+        halves.append(stats.wasserstein_distance(z[perm[:2]], z[perm[2:4]]))
+    assert r.note.startswith("exact OT on a seeded subsample of 5 x 5 points (cap 5)")
+    assert f"estimated upward bias at P = Q {np.mean(halves) * 2 ** -0.5:.3g} (W1" in r.note
