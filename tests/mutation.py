@@ -289,10 +289,13 @@ def write_page(reports: list[dict]) -> str:
              "that lets one pass has a hole. mutmut 3 was chosen because it drives pytest itself, runs each mutant",
              "only against the tests that called the mutated function, forks its workers from a warmed-up process",
              "(`forkserver`: safe with grpc), and is scoped per file with a fast test subset per module (the table",
-             "says which). Log lines are not mutated. Score = (killed + timed out) / (mutants checked - equivalent",
-             "ones). `make mutation ARGS=latents` reruns one module (mutmut keeps its results in",
-             "build/mutation/<module>/ and retests only what changed); `make mutation-sample` tests a seeded sample",
-             "of 15 mutants per module in a few minutes. Not part of `make test` or CI.", "",
+             "says which: unit tests that call the module directly, no server, so a module's mutants take",
+             "minutes). Log lines are not mutated. Score = (killed + timed out) / (mutants checked - equivalent",
+             "ones); a survivor is killed by a sharper test or listed below as equivalent with the reason.",
+             "`make mutation ARGS=latents` reruns one module (mutmut keeps its results in",
+             "build/mutation/<module>/ and retests only what changed); `--survivors` retests the last survivors",
+             "after new tests, `--timeouts` the mutants a loaded machine timed out; `make mutation-sample` tests a",
+             "seeded sample of 15 mutants per module in a few minutes. Not part of `make test` or CI.", "",
              "| module | file | carries | tests run | mutants | killed | equivalent | surviving | score | minutes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     done = {r["module"] for r in reports}
