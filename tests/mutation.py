@@ -352,6 +352,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     names = [n for n in MODULES if not args.modules or any(fnmatch.fnmatch(n, m) for m in args.modules)]
     WORK.mkdir(parents=True, exist_ok=True)
+    suffix = ".sample.json" if args.sample else ".json"  # a sample never replaces a full run's figures
     for name in names if not args.page_only else []:
         print(f"{name}: mutating {MODULES[name].path} ...", flush=True)
         only, before = list(args.only), 0
@@ -369,9 +370,9 @@ def main(argv=None) -> int:
         killed, equivalent, checked, surviving = _score(report)
         print(f"{name}: {killed}/{checked - equivalent} killed, {surviving} surviving ({report['seconds']} s)",
               flush=True)
-        (WORK / f"{name}.json").write_text(json.dumps(report, indent=1))
+        (WORK / f"{name}{suffix}").write_text(json.dumps(report, indent=1))
     # one report file per module, so modules run in parallel processes never overwrite each other's figures
-    reports = [json.loads((WORK / f"{n}.json").read_text()) for n in MODULES if (WORK / f"{n}.json").exists()]
+    reports = [json.loads((WORK / f"{n}{suffix}").read_text()) for n in MODULES if (WORK / f"{n}{suffix}").exists()]
     args.page.write_text(write_page(reports))
     print(f"wrote {args.page}")
     return 0
