@@ -100,11 +100,14 @@ def test_ctrl_c_says_how_far_and_how_to_resume(server, tmp_path):
     proc = batch(server, out, "--model", "tiny-gan", "--n", 30_000_000, "--seed", 1, "--shard-size", 10_000,
                  "--chunk-size", 4096, "--quiet", wait=False)
     manifest = out / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["shards"]):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["shards"]):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (a job that ignored the signal must not outlive the test)
     done = len(json.loads(manifest.read_text())["shards"])
     assert proc.returncode == 130, stderr
     assert stderr.strip() == f"interrupted: {done}/3000 shards done - rerun the same command to resume"
