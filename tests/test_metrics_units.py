@@ -177,6 +177,24 @@ def test_normal_ci():
     assert lo == pytest.approx(1 - 0.5 * z, abs=1e-12) and hi == pytest.approx(1 + 0.5 * z, abs=1e-12)
     assert C.normal_ci(math.inf, 1.0, 0.95) == (math.inf, math.inf)
     assert C.normal_ci(2.0, 0.0, 0.5) == (2.0, 2.0)
+    t24 = 2.0638985616280245  # Student-t, 24 degrees of freedom, 97.5% quantile
+    lo, hi = C.normal_ci(1.0, 0.5, 0.95, df=24)
+    assert lo == pytest.approx(1 - 0.5 * t24, abs=1e-12) and hi == pytest.approx(1 + 0.5 * t24, abs=1e-12)
+    assert C.normal_ci(-math.inf, 1.0, 0.95, df=3) == (-math.inf, -math.inf)
+
+
+def test_bias_corrected_ci():
+    """The percentile interval of replicates shifted by twice the bootstrap bias (mean - value), widened to hold
+    value - bias and value; NaN replicates dropped; an infinite replicate or value: plain percentile, bias NaN."""
+    assert C.bias_corrected_ci([5.0, 1.0, 3.0, 2.0, 4.0], 2.0, 0.5) == ((0.0, 2.0), 1.0)  # bias 1: ranks of -1..3
+    assert C.bias_corrected_ci([10.0, 10.0, 10.0], 4.0, 0.9) == ((-2.0, 4.0), 6.0)      # widened to hold value
+    assert C.bias_corrected_ci([np.nan, 1.0, 3.0], 2.0, 0.5) == ((1.0, 3.0), 0.0)
+    ci, bias = C.bias_corrected_ci([1.0, np.inf, 2.0], 1.5, 0.5)
+    assert ci == (1.0, math.inf) and math.isnan(bias)
+    ci, bias = C.bias_corrected_ci([], 1.5, 0.5)
+    assert ci == (1.5, 1.5) and math.isnan(bias)
+    ci, bias = C.bias_corrected_ci([1.0, 2.0], math.inf, 0.5)
+    assert ci == (1.0, math.inf) and math.isnan(bias)
 
 
 def test_boot_mean_and_resample_counts_replay_their_draws():
