@@ -56,7 +56,8 @@ MODULES = {
                      "sample, stream, interpolate, invert"),
     "manifest": Module("ganserve/store/manifest.py", ("tests/test_manifest.py", "tests/test_manifest_publish.py"),
                        "manifest schema, sha256, atomic publish"),
-    "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",),
+    "metrics-histogram": Module("ganserve/metrics/histogram.py", ("tests/test_metrics_units.py",
+                                                                  "tests/test_metrics_tv.py"),
                                 "class-level estimators (KL, JS, TV)"),
     "metrics-wasserstein": Module("ganserve/metrics/wasserstein.py", ("tests/test_metrics_w1.py",),
                                   "W1 exact and sliced, with intervals"),
@@ -152,6 +153,9 @@ EQUIVALENT.update({
 _H, _I, _W = "ganserve.metrics.histogram.x_", "ganserve.metrics.intervals.x_", "ganserve.metrics.wasserstein.x_"
 EQUIVALENT.update({
     f"{_H}conditional_accuracy__mutmut_21": "boolean hits average and weigh in np.bincount exactly as 0/1 floats",
+    f"{_H}tv_ci__mutmut_13": "np.zeros_like(None) is a 0-d zero: np.where reads it as False in every bin, as the "
+                             "all-False mask",
+    f"{_H}tv_ci__mutmut_34": "sum(+1) on the (B, K) resamples is the same axis as sum(-1)",
     **{f"{_H}conditional_accuracy__mutmut_{i}": "the division is by max(n, 1): there is no warning to silence"
        for i in (35, 36, 37, 38)},
     **{f"{_I}boot_mean__mutmut_{i}": "the block size only bounds memory: the resampled indices come from one "
