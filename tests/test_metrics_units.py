@@ -195,6 +195,8 @@ def test_bias_corrected_ci():
     assert ci == (1.5, 1.5) and math.isnan(bias)
     ci, bias = C.bias_corrected_ci([1.0, 2.0], math.inf, 0.5)
     assert ci == (1.0, math.inf) and math.isnan(bias)
+    reps32 = np.float32([0.1, 0.2, 0.7, 0.4, 0.33])  # float32 replicates are averaged in float64
+    assert C.bias_corrected_ci(reps32, 0.3, 0.5) == C.bias_corrected_ci(reps32.astype(np.float64), 0.3, 0.5)
 
 
 def test_boot_mean_and_resample_counts_replay_their_draws():
