@@ -58,10 +58,12 @@ test-fast: setup
 	$(PY) -m pytest -m 'not slow' $(ARGS)
 
 # Mutation testing of the modules that carry the contract (mutmut; tests/mutation.py says which tests each runs):
-# the score and the surviving mutants go to docs/mutation.md. Not part of `make test`. ARGS: module names.
+# the score and the surviving mutants go to docs/mutation.md. Not part of `make test`. ARGS: module names, or
+# --survivors / --timeouts to retest those only. All ten modules from scratch: ~37 min on the 2-core machine beside
+# other work (docs/mutation.md's minutes column); a rerun retests only what changed.
 mutation: setup
 	nice $(PY) -m tests.mutation $(ARGS)
-# A seeded sample of 15 mutants per module (a few minutes): a quick look, not the figure docs/mutation.md reports.
+# A seeded sample of 15 mutants per module (~6 min there): a quick look, not the figure docs/mutation.md reports.
 mutation-sample: setup
 	nice $(PY) -m tests.mutation --sample 15 --page build/mutation/sample.md $(ARGS)
 
