@@ -118,12 +118,15 @@ _INTERRUPTED = threading.Event()
 
 
 def _on_sigint(signum, frame):
-    """Ctrl-C: remembered, then raised as usual. The exception alone was seen lost (a job ran to its end after
-    Ctrl-C, once in a few runs; where it went was not pinned down: Python drops an exception raised while the main
-    thread runs a finalizer or a callback); `run` checks the flag after every shard, so the job stops at the next
-    shard whatever happened to the exception."""
+    """Ctrl-C only sets a flag; the job raises KeyboardInterrupt itself at the next chunk or shard. Raised from the
+    handler, the exception could land inside gRPC's stream code, where it was seen lost and the call left waiting
+    for ever (a job ran on 60 s past Ctrl-C)."""
     _INTERRUPTED.set()
-    raise KeyboardInterrupt
+
+
+def _check_interrupt() -> None:
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, progress) -> Iterator[dict]:
@@ -131,7 +134,7 @@ def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, pr
     UNAVAILABLE/RESOURCE_EXHAUSTED."""
 
     def generate(start, count, labels):
-        return (chunk.images for chunk in client.stream(count, labels=labels, soft_labels=job["soft_labels"] or None,
+        return (_check_interrupt() or chunk.images for chunk in client.stream(count, labels=labels, soft_labels=job["soft_labels"] or None,
                                                         seed=job["seed"], model=job["model"],
                                                         offset=start, chunk_size=args.chunk_size,
                                                         encoding=job["encoding"]))
@@ -207,8 +210,7 @@ def run(args) -> int:
                 shards[str(entry["index"])] = entry
                 manifest["shards"] = dict(sorted(shards.items(), key=lambda kv: int(kv[0])))
                 _write_json(manifest_path, manifest)
-                if _INTERRUPTED.is_set():
-                    raise KeyboardInterrupt
+                _check_interrupt()
         manifest["complete"] = len(shards) == total
         _write_json(manifest_path, manifest)
     made = job["n"] - skipped
