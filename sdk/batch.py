@@ -134,10 +134,11 @@ def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, pr
     UNAVAILABLE/RESOURCE_EXHAUSTED."""
 
     def generate(start, count, labels):
-        return (_check_interrupt() or chunk.images for chunk in client.stream(count, labels=labels, soft_labels=job["soft_labels"] or None,
-                                                        seed=job["seed"], model=job["model"],
-                                                        offset=start, chunk_size=args.chunk_size,
-                                                        encoding=job["encoding"]))
+        for chunk in client.stream(count, labels=labels, soft_labels=job["soft_labels"] or None, seed=job["seed"],
+                                   model=job["model"], offset=start, chunk_size=args.chunk_size,
+                                   encoding=job["encoding"]):
+            _check_interrupt()
+            yield chunk.images
 
     for index in todo:
         for attempt in range(args.retries + 1):
