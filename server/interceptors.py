@@ -27,6 +27,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 # Probes need no secret and are never refused: the gRPC health service and the v2 protocol's liveness/readiness.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", f"/{V2_SERVICE}/ServerLive", f"/{V2_SERVICE}/ServerReady")
 ADMITTED_PREFIXES = (f"/{SERVICE}/", f"/{V2_SERVICE}/")  # behind the admission limit (the rest of both services)
+DENIED = "missing or wrong bearer token (metadata authorization)"
 OPEN_THREADS = 8  # health checks, reflection and refusals: never held by service calls
 
 
@@ -98,22 +99,41 @@ class Admission(grpc.ServerInterceptor):
         return cached[1]
 
 
-class TokenAuth(grpc.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on every RPC except the probes (OPEN_PREFIXES)."""
+class Bearer:
+    """The one check of a bearer token, in constant time (hmac.compare_digest): the gRPC interceptor below, the v2
+    REST routes (server/oip_http.py) and the Ray Serve replicas (server/ray_serve.py) all ask it."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-        self._deny = refusal(grpc.StatusCode.UNAUTHENTICATED,  # (the request is never read)
-                             "missing or wrong bearer token (metadata authorization)")
+    def admits(self, given: str | bytes | None) -> bool:
+        """Whether an `authorization` value (header or metadata; None if absent) carries the token."""
+        given = given.encode() if isinstance(given, str) else given or b""
+        return hmac.compare_digest(given, self._expected)
+
+    def admits_metadata(self, metadata) -> bool:
+        """Whether gRPC invocation metadata ((key, value) pairs) carries the token (the last `authorization`)."""
+        given = None
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = value
+        return self.admits(given)
+
+
+def is_open(method: str) -> bool:
+    """Whether a call ("/package.Service/Method") is a probe, open without the token."""
+    return method.startswith(OPEN_PREFIXES)
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every RPC except the probes (OPEN_PREFIXES)."""
+
+    def __init__(self, token: str):
+        self._bearer = Bearer(token)
+
+        self._deny = refusal(grpc.StatusCode.UNAUTHENTICATED, DENIED)  # (the request is never read)
 
     def intercept_service(self, continuation, details):
-        if details.method.startswith(OPEN_PREFIXES):
-            return continuation(details)
-        given = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(given, self._expected):
+        if is_open(details.method) or self._bearer.admits_metadata(details.invocation_metadata):
             return continuation(details)
         return self._deny

@@ -25,7 +25,6 @@ the same batchers as gRPC calls.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import socket
@@ -42,6 +41,7 @@ from server import oip
 from server.config import Config
 from server.engine import Call
 from server.errors import InvalidArgument, require
+from server.interceptors import Bearer
 from server.registry import Registry
 from server.service import chosen_error
 from server.telemetry import Telemetry
@@ -196,7 +196,7 @@ class RestApi:
     def __init__(self, registry: Registry, config: Config, telemetry: Telemetry, pool, ready: Callable[[], bool]):
         self.registry, self.config, self.telemetry, self.pool, self.ready = registry, config, telemetry, pool, ready
         token = config.token()
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._bearer = Bearer(token) if token else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":  # lifespan is off; websockets are not served
@@ -207,12 +207,13 @@ class RestApi:
             endpoint, name, version = route(scope["method"], scope["path"])
             request_headers = dict(scope["headers"])
             self._authorize(endpoint, request_headers)
+            transport = self.deadline(request_headers)
             if endpoint in ("ModelInfer", "ModelMetadata"):  # may load a model, or run one: on the pool
                 payload = await self._read_body(request_headers, receive) if endpoint == "ModelInfer" else b""
                 if self.pool.in_flight >= self.config.max_concurrent_rpcs:  # (counted below, model "-")
                     raise HttpError(429, "RESOURCE_EXHAUSTED", f"server busy: {self.config.max_concurrent_rpcs} calls "
                                     "in progress (max_concurrent_rpcs); retry with backoff")
-                work = ((self._infer, name, version, payload, request_headers) if endpoint == "ModelInfer"
+                work = ((self._infer, name, version, payload, request_headers, transport) if endpoint == "ModelInfer"
                         else (self._metadata, name, version))
                 model_ref, headers, body = await asyncio.wrap_future(self.pool.submit(*work))
             else:
@@ -231,10 +232,15 @@ class RestApi:
                     "headers": headers + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
+    def deadline(self, headers: dict) -> float | None:
+        """The transport's deadline for a request (a time.monotonic() value), None for none: this port has none of its
+        own (a client sets the `timeout` parameter); Serve's HTTP proxy has one (server/ray_serve.py)."""
+        return None
+
     def _authorize(self, endpoint: str, headers: dict) -> None:
-        if self._expected is None or endpoint in ("ServerLive", "ServerReady"):
+        if self._bearer is None or endpoint in ("ServerLive", "ServerReady"):
             return
-        if not hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
+        if not self._bearer.admits(headers.get(b"authorization")):
             raise HttpError(401, "UNAUTHENTICATED", "missing or wrong bearer token (header Authorization)",
                             [(b"www-authenticate", b"Bearer")])
 
@@ -292,13 +298,15 @@ class RestApi:
                                          "platform": oip.PLATFORM, "inputs": specs(oip.input_specs(model)),
                                          "outputs": specs(oip.output_specs(model))})
 
-    def _infer(self, name: str, version: str, payload: bytes, headers: dict) -> tuple[str, list, bytes]:
-        """On a pool thread: decode, check, run through the batcher, encode. (model ref, headers, body)."""
+    def _infer(self, name: str, version: str, payload: bytes, headers: dict,
+               transport: float | None = None) -> tuple[str, list, bytes]:
+        """On a pool thread: decode, check, run through the batcher, encode. (model ref, headers, body). The
+        deadline is the earlier of the `timeout` parameter's and the transport's."""
         model = oip.resolve(self.registry, name, version)
         length = headers.get(HEADER_LENGTH.encode())
         inputs, params, requested, binary, rid = decode_infer(payload,
                                                               None if length is None else length.decode("latin-1"))
-        call = Call(deadline=oip.deadline(params))
+        call = Call(deadline=min((d for d in (oip.deadline(params), transport) if d is not None), default=None))
         job = oip.prepare(model, inputs, params, requested, self.config)
         out_headers, body = encode_infer(model, oip.run(job, call), binary, rid)
         return model.ref, out_headers, body

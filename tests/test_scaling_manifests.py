@@ -49,6 +49,10 @@ def test_serve_settings_refuse_what_the_server_refuses():
         ray_serve.settings({"reload_interval_s": "soon"})
     with pytest.raises(ValueError, match="bad ganserve settings"):
         ray_serve.settings({"no_such_setting": 1})
+    with pytest.raises(ValueError, match="bad ganserve settings"):  # a token in a config file: refused as a flag is
+        ray_serve.settings({"auth_token": "s3cret"})
+    with pytest.raises(ValueError, match="terminate TLS in front"):  # Serve's proxies hold the connections
+        ray_serve.settings({"tls_cert": "cert.pem", "tls_key": "key.pem"})
 
 
 def test_kserve_shared_store():
