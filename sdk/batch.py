@@ -15,15 +15,15 @@
   or --soft-labels, one class-probability vector for every sample (kept in each shard as `soft_labels`).
 - `--engine ray [--address ADDR] [--store DIR]`: the same shards and manifest, byte for byte, made by actors
   of a Ray cluster that run the generator themselves (ganserve.scale.batch; docs/scaling_out.md).
+- `--out` may be an fsspec URL (s3://bucket/job, file:///shared/job, ...): the same files, written whole and
+  checked by sha256 on resume as in a folder (sdk/_output.py; pip install 'ganserve-sdk[fsspec]').
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
-import os
 import secrets
 import signal
 import sys
@@ -38,6 +38,7 @@ import numpy as np
 from sdk._cli import add_connection_args, connect
 from sdk._client import Client
 from sdk._errors import GanserveError, ResourceExhaustedError, UnavailableError
+from sdk._output import FsspecFolder, LocalFolder, output
 from sdk._progress import progress as progress_bar
 
 MANIFEST = "manifest.json"
@@ -55,18 +56,8 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                                           allow_pickle=False)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def _write_manifest(out: LocalFolder | FsspecFolder, manifest: dict) -> None:
+    out.write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def _job(args, model_ref: str, seed: int) -> dict:
@@ -88,9 +79,10 @@ def _shard_labels(labels: list[int], start: int, count: int) -> list[int] | None
 Generate = Callable[[int, int, "list[int] | None"], Iterable[np.ndarray]]
 
 
-def make_shard(job: dict, index: int, out: Path, generate: Generate, progress=None) -> dict:
-    """Shard `index` of `job`: its samples from `generate`, written atomically to out/shard-NNNNN.npz; the
-    manifest entry. Every engine writes its shards here, so their bytes cannot drift apart."""
+def make_shard(job: dict, index: int, out, generate: Generate, progress=None) -> dict:
+    """Shard `index` of `job`: its samples from `generate`, written whole to shard-NNNNN.npz in `out` (a folder,
+    a path or a URL: sdk/_output.py); the manifest entry. Every engine writes its shards here, so their bytes
+    cannot drift apart."""
     start = index * job["shard_size"]
     count = min(job["shard_size"], job["n"] - start)
     labels = _shard_labels(job["labels"], start, count)
@@ -108,10 +100,8 @@ def make_shard(job: dict, index: int, out: Path, generate: Generate, progress=No
     if job["soft_labels"]:  # (K,): the class-probability vector every sample of the job was drawn with
         arrays["soft_labels"] = np.array(job["soft_labels"], np.float32)
     name = f"shard-{index:05d}.npz"
-    tmp = out / f".{name}.tmp"
-    write_npz(tmp, arrays)
-    os.replace(tmp, out / name)
-    return {"index": index, "file": name, "start": start, "count": count, "sha256": sha256(out / name)}
+    digest = output(out).write_file(name, lambda path: write_npz(path, arrays))
+    return {"index": index, "file": name, "start": start, "count": count, "sha256": digest}
 
 
 _INTERRUPTED = threading.Event()
@@ -129,7 +119,7 @@ def _check_interrupt() -> None:
         raise KeyboardInterrupt
 
 
-def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, progress) -> Iterator[dict]:
+def _grpc_shards(client: Client, job: dict, todo: list[int], out, args, progress) -> Iterator[dict]:
     """The single-machine engine: each shard is one SampleStream from the server, retried on
     UNAVAILABLE/RESOURCE_EXHAUSTED."""
 
@@ -153,12 +143,12 @@ def _grpc_shards(client: Client, job: dict, todo: list[int], out: Path, args, pr
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
 
 
-def _open_job(args, out: Path, resolve: Callable[[str], str]) -> dict:
+def _open_job(args, out: LocalFolder | FsspecFolder, resolve: Callable[[str], str]) -> dict:
     """The manifest of the job in `out`: the one found there (refused if it is a different job) or a new one
     with the model pinned to name@version by `resolve`."""
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+    found = out.read_text(MANIFEST)
+    if found is not None:
+        manifest = json.loads(found)
         job = {k: manifest.get(k, []) for k in _job(args, "", 0)}  # soft_labels: [] in older manifests
         asked = _job(args, job["model"], args.seed if args.seed is not None else job["seed"])
         if asked != job:
@@ -167,14 +157,16 @@ def _open_job(args, out: Path, resolve: Callable[[str], str]) -> dict:
         return manifest
     job = _job(args, resolve(args.model), args.seed if args.seed is not None else secrets.randbits(63))
     manifest = {**job, "shards": {}, "complete": False}
-    _write_json(manifest_path, manifest)
+    _write_manifest(out, manifest)
     return manifest
 
 
 def run(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
+    out = output(args.out)
+    if args.engine == "ray" and not out.shared:
+        raise ValueError(f"--out {out}: the Ray workers cannot write there (memory:// is this process's own); "
+                         "give a path every node mounts or an object store URL")
+    out.mkdir()
     with contextlib.ExitStack() as stack:
         if args.engine == "ray":
             # Imported only when asked: ray is an optional extra (pip install 'ganserve[ray]') and its import
@@ -196,7 +188,7 @@ def run(args) -> int:
         job = {k: manifest.get(k, []) for k in _job(args, "", 0)}
         shards = manifest["shards"]
         total = -(-job["n"] // job["shard_size"])
-        done = {int(i) for i, s in shards.items() if (out / s["file"]).is_file() and sha256(out / s["file"]) == s["sha256"]}
+        done = {int(i) for i, s in shards.items() if out.sha256(s["file"]) == s["sha256"]}
         skipped = sum(shards[str(i)]["count"] for i in done)
         if shards:
             print(f"resuming: {len(done)} of {total} shards already done and verified", file=sys.stderr)
@@ -210,10 +202,10 @@ def run(args) -> int:
             for entry in made:
                 shards[str(entry["index"])] = entry
                 manifest["shards"] = dict(sorted(shards.items(), key=lambda kv: int(kv[0])))
-                _write_json(manifest_path, manifest)
+                _write_manifest(out, manifest)
                 _check_interrupt()
         manifest["complete"] = len(shards) == total
-        _write_json(manifest_path, manifest)
+        _write_manifest(out, manifest)
     made = job["n"] - skipped
     secs = time.monotonic() - t0
     print(f"{out}: {total} shards, {job['n']} samples of {job['model']} (seed {job['seed']}); made {made} in "
@@ -221,11 +213,11 @@ def run(args) -> int:
     return 0
 
 
-def _progress_line(out: Path, args) -> str:
-    """"k/N shards done" from the manifest on disk (what a rerun will skip)."""
+def _progress_line(args) -> str:
+    """"k/N shards done" from the stored manifest (what a rerun will skip)."""
     total = -(-args.n // args.shard_size)
     try:
-        done = len(json.loads((out / MANIFEST).read_text())["shards"])
+        done = len(json.loads(output(args.out).read_text(MANIFEST) or "")["shards"])
     except (OSError, ValueError, KeyError):
         done = 0
     return f"{done}/{total} shards done"
@@ -235,7 +227,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdk.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="model name (pinned to its current version in the manifest)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder, or an fsspec URL (s3://bucket/job, file:///shared/job; needs fsspec)")
     p.add_argument("--labels", type=int, nargs="+", help="one label for all, or several cycled over the samples")
     p.add_argument("--soft-labels", type=float, nargs="+", metavar="P",
                    help="one class-probability vector (K values summing to 1) for every sample, instead of --labels")
@@ -273,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {_progress_line(Path(args.out), args)} - rerun the same command to resume",
+        print(f"\ninterrupted: {_progress_line(args)} - rerun the same command to resume",
               file=sys.stderr)
         return 130
     except GanserveError as e:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sdk import Client
 
@@ -112,3 +113,34 @@ def test_ctrl_c_says_how_far_and_how_to_resume(server, tmp_path):
     assert proc.returncode == 130, stderr
     assert stderr.strip() == f"interrupted: {done}/3000 shards done - rerun the same command to resume"
     assert 1 <= done < 3000 and "Traceback" not in stderr
+
+
+def test_an_fsspec_url_gets_the_same_files_and_resumes_on_their_sha256(server, tmp_path, monkeypatch, capsys):
+    """--out memory://...: the job runs in this process (memory:// is per process), its files byte for byte those
+    of a folder; a shard removed and one cut short are made again, the others skipped after their sha256."""
+    fsspec = pytest.importorskip("fsspec")
+    from sdk import batch as job  # (in this process: memory:// is per process)
+
+    memory, url = fsspec.filesystem("memory"), f"memory://batch-{tmp_path.name}/job"
+    root = url.removeprefix("memory:/")
+    args = ["--model", "tiny-cgan", "--n", 2500, "--seed", 5, "--labels", 2, 0, "--shard-size", 1000, "--quiet"]
+    ref = batch(server, tmp_path / "ref", *args)
+    assert ref.returncode == 0, ref.stderr
+    want = {p.name: p.read_bytes() for p in sorted((tmp_path / "ref").iterdir())}
+    monkeypatch.setenv("GANSERVE_TARGET", server.target)
+    try:
+        assert job.main(["--out", url, *map(str, args)]) == 0
+        got = {path.rsplit("/", 1)[1]: memory.cat_file(path) for path in sorted(memory.ls(root, detail=False))}
+        assert got == want  # shards and manifest, byte for byte; no temporary file left
+        memory.rm(f"{root}/shard-00001.npz")
+        memory.pipe_file(f"{root}/shard-00002.npz", want["shard-00002.npz"][:-10])
+        capsys.readouterr()
+        assert job.main(["--out", url, *map(str, args)]) == 0
+        printed = capsys.readouterr()
+        assert "resuming: 1 of 3 shards already done and verified" in printed.err
+        assert "made 1500 in" in printed.out and "skipped 1 finished shard(s)" in printed.out
+        assert {path.rsplit("/", 1)[1]: memory.cat_file(path) for path in memory.ls(root, detail=False)} == want
+        assert job.main(["--out", url, "--model", "tiny-cgan", "--n", "10", "--labels", "1", "--quiet"]) == 1
+        assert "holds a different job (n: 2500 vs 10" in capsys.readouterr().err
+    finally:
+        memory.rm(root.rsplit("/", 1)[0], recursive=True)

@@ -123,3 +123,16 @@ def test_a_killed_worker_leaves_missing_shards_that_a_rerun_makes(cluster, serve
     ref = batch(tmp_path / "ref", *job, target=server.target)
     assert ref.returncode == 0, ref.stderr
     assert files(out) == files(tmp_path / "ref")
+
+
+def test_an_fsspec_url_out_gets_the_same_files(cluster, server, model_store, tmp_path):
+    """--out file:///...: the workers write through fsspec (as to s3://), the files are the single-machine job's;
+    memory:// (this process's own) is refused before any worker starts."""
+    job = ["--model", "tiny-cgan", "--n", 2500, "--seed", 3, "--labels", 1, "--shard-size", 1000]
+    ref = batch(tmp_path / "grpc", *job, target=server.target)
+    assert ref.returncode == 0, ref.stderr
+    r = batch((tmp_path / "url").as_uri(), *on_ray(cluster, model_store), *job)
+    assert r.returncode == 0, r.stderr
+    assert files(tmp_path / "url") == files(tmp_path / "grpc")
+    bad = batch("memory://job", *on_ray(cluster, model_store), *job)
+    assert bad.returncode == 1 and "the Ray workers cannot write there" in bad.stderr, bad.stderr

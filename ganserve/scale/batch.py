@@ -121,7 +121,7 @@ class ShardMaker:
             yield images.to_uint8(x, self.value_range) if job["encoding"] == "uint8" else images.clamp(x, self.value_range)
 
     def make(self, make_shard: Callable, job: dict, index: int, out: str, chunk: int) -> tuple[dict, str]:
-        entry = make_shard(job, index, Path(out), lambda start, count, labels: self._rows(job, chunk, start, count, labels))
+        entry = make_shard(job, index, out, lambda start, count, labels: self._rows(job, chunk, start, count, labels))
         return entry, self.node()
 
 
@@ -151,9 +151,10 @@ class RayEngine:
         _, manifest = resolve(self.store, ref)
         return f"{manifest['name']}@{manifest['version']}"
 
-    def shards(self, job: dict, todo: list[int], out: Path, make_shard: Callable, progress) -> Iterator[dict]:
-        """Make shards `todo` of `job`, yielding each manifest entry as it lands (in any order); RuntimeError at
-        the end naming the shards that could not be made."""
+    def shards(self, job: dict, todo: list[int], out, make_shard: Callable, progress) -> Iterator[dict]:
+        """Make shards `todo` of `job` into `out` (sdk/_output.py's folder: a shared path or a URL the workers
+        write to themselves), yielding each manifest entry as it lands (in any order); RuntimeError at the end
+        naming the shards that could not be made."""
         folder, manifest = resolve(self.store, job["model"])
         check_job(manifest, job)
         if not todo:
@@ -170,7 +171,7 @@ class RayEngine:
             raise RuntimeError(f"the generator workers could not start: {e}") from e
         print(f"ray: {k} worker(s) on {len(set(nodes))} node(s) ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         queue, inflight, failed, per_node = deque(todo), {}, {}, Counter()
-        out = str(Path(out).resolve())
+        out = out.for_workers()
 
         def submit(actor) -> None:
             index = queue.popleft()
