@@ -55,6 +55,17 @@ def test_serve_settings_refuse_what_the_server_refuses():
         ray_serve.settings({"tls_cert": "cert.pem", "tls_key": "key.pem"})
 
 
+def test_serve_replicas_take_the_token_as_the_server_does(monkeypatch, tmp_path):
+    pytest.importorskip("ray.serve", reason="needs: pip install 'ganserve[ray]'")
+    from server import ray_serve
+
+    assert ray_serve.settings({}).token() == ""
+    (tmp_path / "token").write_text("from-a-file\n")
+    assert ray_serve.settings({"auth_token_file": str(tmp_path / "token")}).token() == "from-a-file"
+    monkeypatch.setenv(ENV_PREFIX + "AUTH_TOKEN", "from-the-environment")  # (what `ray start` hands its workers)
+    assert ray_serve.settings({}).token() == "from-the-environment"
+
+
 def test_kserve_shared_store():
     claim, service = docs(ROOT / "deploy/kserve/shared-store.yaml")
     assert (claim["kind"], service["kind"]) == ("PersistentVolumeClaim", "InferenceService")
