@@ -190,6 +190,19 @@ def test_check_output_and_encode(gan, registry):
     np.testing.assert_array_equal(engine.encode(points, np.float32([[5, -7]]), pb.ENCODING_FLOAT32)[0], [[5, -7]])
 
 
+def test_clamp_copies_only_rows_that_overshoot():
+    inside = np.array([[-1.0, 0.5, 1.0]], np.float32)
+    assert images.clamp(inside, (-1.0, 1.0)) is inside
+    over = np.array([[-1.0000001, 0.5, 1.0000001]], np.float32)
+    out = images.clamp(over, (-1.0, 1.0))
+    assert out is not over and out.tolist() == [[-1.0, 0.5, 1.0]] and over[0, 0] < -1.0  # the input is left alone
+    assert images.clamp(np.float64([[7.0]]), None).dtype == np.float32
+    strided = np.arange(8, dtype=np.float32).reshape(2, 4)[:, ::2] / 8
+    got = images.clamp(strided, (0.0, 1.0))
+    assert got.flags.c_contiguous and got.tolist() == [[0.0, 0.25], [0.5, 0.75]]
+    assert images.clamp(np.zeros((0, 3), np.float32), (-1.0, 1.0)).shape == (0, 3)
+
+
 def test_stream_chunks_follow_the_offset_labels_and_reserve_one_chunk(cgan):
     n, offset, chunk = 11, 5, 4
     y = EYE[[i % 3 for i in range(n)]]
