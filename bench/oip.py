@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.__main__ import Load, interleaved, log
+from bench.rounds import Load, interleaved, log
 from bench.report import _table
 from bench.servers import ROOT, Ganserve
 from ganserve.store import sessions

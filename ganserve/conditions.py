@@ -3,6 +3,7 @@ probability vector (soft labels). The server's request checks and the Ray batch 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,15 @@ SOFT_LABEL_TOLERANCE = 1e-3  # a probability vector may miss a sum of 1 by this 
 
 
 def one_hot(labels, k: int) -> np.ndarray:
-    """(len(labels), k) float32 rows with a 1 at each label."""
-    return np.eye(k, dtype=np.float32)[np.asarray(labels, np.int64)]
+    """(len(labels), k) float32 rows with a 1 at each label (a new array: the rows are copied out)."""
+    return _identity(k)[np.asarray(labels, np.int64)]
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(k: int) -> np.ndarray:
+    eye = np.eye(k, dtype=np.float32)
+    eye.flags.writeable = False
+    return eye
 
 
 def is_conditional(manifest: dict[str, Any]) -> bool:

@@ -119,14 +119,26 @@ def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
     return images.to_uint8(x, model.value_range)
 
 
-def encode(model: LoadedModel, x: np.ndarray, encoding: int) -> tuple[np.ndarray | None, list[bytes]]:
-    """(array for `samples`, PNGs) in the requested encoding (validated beforehand), after check_output."""
-    check_output(model, x)
+def clean_output(model: LoadedModel, x: np.ndarray) -> np.ndarray | None:
+    """Many requests' rows checked and clamped at once (`encode(..., clean=True)` for each request's slice), or
+    None when some row fails check_output: then each request's own rows decide its status."""
+    try:
+        return images.clamp(check_output(model, x), model.value_range)
+    except BadModelOutput:
+        return None
+
+
+def encode(model: LoadedModel, x: np.ndarray, encoding: int, *,
+           clean: bool = False) -> tuple[np.ndarray | None, list[bytes]]:
+    """(array for `samples`, PNGs) in the requested encoding (validated beforehand), after check_output.
+    `clean`: rows of clean_output, already checked and clamped."""
+    if not clean:
+        check_output(model, x)
     if encoding == pb.ENCODING_UINT8:
         return to_uint8(model, x), []
     if encoding == pb.ENCODING_PNG:
         return None, [images.png_bytes(img) for img in to_uint8(model, x)]
-    return images.clamp(x, model.value_range), []
+    return (x if clean else images.clamp(x, model.value_range)), []
 
 
 # -- sampling -------------------------------------------------------------------------------------------

@@ -107,9 +107,12 @@ class GatewayBackend:
             for (i, _), method in zip(members, methods):
                 results[i], codes[i] = self._failure(method, e)
             return
+        clean = engine.clean_output(model, x)  # checked and clamped once for all members, not once each
+        if clean is not None:
+            x = clean
         for (i, job), method, span in zip(members, methods, spans):
             try:
-                reply = self.service.sample_reply(job, x[span])
+                reply = self.service.sample_reply(job, x[span], clean=clean is not None)
                 results[i] = gw.BatchResult(response=reply.SerializeToString())
             except Exception as e:  # noqa: BLE001
                 results[i], codes[i] = self._failure(method, e)

@@ -248,9 +248,9 @@ class GeneratorService(pb_grpc.GeneratorServiceServicer):
         y = validate.labels(model, request.labels, request.soft_labels, len(z)) if conditional else None
         return SampleJob(model, request, encoding, seed, z, y)
 
-    def sample_reply(self, job: SampleJob, x: np.ndarray) -> pb.SampleResponse:
-        """The reply to `job` given the generator's output rows `x`."""
-        samples, pngs = engine.encode(job.model, x, job.encoding)
+    def sample_reply(self, job: SampleJob, x: np.ndarray, *, clean: bool = False) -> pb.SampleResponse:
+        """The reply to `job` given the generator's output rows `x` (`clean`: see engine.encode)."""
+        samples, pngs = engine.encode(job.model, x, job.encoding, clean=clean)
         return pb.SampleResponse(model=job.model.ref, seed=job.seed, samples=_tensor(samples), png=pngs,
                                  latents=_tensor(job.z) if job.request.return_latents else None,
                                  conditions=_tensor(job.y))

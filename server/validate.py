@@ -106,10 +106,15 @@ def labels(model: LoadedModel, hard: Sequence[int], soft: pb.Tensor, n: int, *, 
     require(not (hard and has_soft), prefix + hard_name, "give labels or soft_labels, not both")
     if hard:
         require(len(hard) in (1, n), prefix + hard_name, f"give 1 label or n = {n} labels, got {len(hard)}")
-        arr = np.asarray(hard, dtype=np.int64)
-        bad = np.flatnonzero((arr < 0) | (arr >= k))
-        require(not len(bad), f"{prefix}{hard_name}[{bad[0] if len(bad) else 0}]",
-                f"must be in 0..{k - 1}, got {arr[bad[0]] if len(bad) else 0}")
+        if len(hard) == 1:  # one label for every row, the common call: checked without building an array
+            label = hard[0]
+            require(0 <= label < k, f"{prefix}{hard_name}[0]", f"must be in 0..{k - 1}, got {label}")
+            arr = [label]
+        else:
+            arr = np.asarray(hard, dtype=np.int64)
+            bad = np.flatnonzero((arr < 0) | (arr >= k))
+            require(not len(bad), f"{prefix}{hard_name}[{bad[0] if len(bad) else 0}]",
+                    f"must be in 0..{k - 1}, got {arr[bad[0]] if len(bad) else 0}")
         y = one_hot(arr, k)
     elif has_soft:
         field = prefix + soft_name

@@ -3,6 +3,7 @@ Runtime, the load generator against an in-process target, and the target checks 
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -20,6 +21,14 @@ from bench.inprocess import Contender, interleave
 
 ROOT = Path(__file__).resolve().parent.parent
 F32 = TensorProto.FLOAT
+BENCH_MODULES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", BENCH_MODULES)
+def test_every_bench_module_imports(name):
+    """Every `python -m bench.X` the docs give at least starts: moving a helper between modules once left
+    bench.oip importing a name from a module that no longer had it, and only a run of that command showed it."""
+    importlib.import_module(f"bench.{name}")
 
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:

@@ -190,6 +190,23 @@ def test_check_output_and_encode(gan, registry):
     np.testing.assert_array_equal(engine.encode(points, np.float32([[5, -7]]), pb.ENCODING_FLOAT32)[0], [[5, -7]])
 
 
+def test_clean_output_checks_and_clamps_many_requests_rows_at_once(gan):
+    x = np.array([[[[-1.0000001, 0.25], [1, 0]]], [[[0.5, 1.0000002], [0, 0]]]], np.float32)
+    clean = engine.clean_output(gan, x)
+    assert clean.tolist() == [[[[-1, 0.25], [1, 0]]], [[[0.5, 1], [0, 0]]]]
+    for rows in (slice(0, 1), slice(1, 2)):  # each request's slice encodes as it would alone
+        out, _ = engine.encode(gan, clean[rows], pb.ENCODING_FLOAT32, clean=True)
+        assert out.tobytes() == engine.encode(gan, x[rows], pb.ENCODING_FLOAT32)[0].tobytes()
+        out, _ = engine.encode(gan, clean[rows], pb.ENCODING_UINT8, clean=True)
+        assert out.tobytes() == engine.encode(gan, x[rows], pb.ENCODING_UINT8)[0].tobytes()
+    bad = x.copy()
+    bad[1, 0, 0, 0] = np.nan
+    assert engine.clean_output(gan, bad) is None  # then each request's own rows decide its status
+    assert engine.encode(gan, bad[:1], pb.ENCODING_FLOAT32)[0].tolist() == [[[[-1, 0.25], [1, 0]]]]
+    with pytest.raises(BadModelOutput):
+        engine.encode(gan, bad[1:], pb.ENCODING_FLOAT32)
+
+
 def test_clamp_copies_only_rows_that_overshoot():
     inside = np.array([[-1.0, 0.5, 1.0]], np.float32)
     assert images.clamp(inside, (-1.0, 1.0)) is inside

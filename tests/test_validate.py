@@ -138,6 +138,9 @@ def test_hard_labels():
     refused(lambda: v.labels(COND, [0, 3, -1], pb.Tensor(), 3, prefix="q.", hard_name="ls"), "q.ls[1]",
             "must be in 0..2, got 3")
     refused(lambda: v.labels(COND, [-1], pb.Tensor(), 1), "labels[0]", "must be in 0..2, got -1")
+    refused(lambda: v.labels(COND, [3], pb.Tensor(), 4, prefix="q."), "q.labels[0]", "must be in 0..2, got 3")
+    got[0, 0] = 9  # the rows are the caller's own: the next call's one-hot is unchanged
+    np.testing.assert_array_equal(v.labels(COND, [0], pb.Tensor(), 1), eye[[0]])
     refused(lambda: v.labels(COND, [1], T(eye[:1]), 1), "labels", "give labels or soft_labels, not both")
     refused(lambda: v.labels(COND, [], pb.Tensor(), 1, prefix="p."), "p.labels",
             "c@2 is conditional (kind cgan): give labels or soft_labels")
