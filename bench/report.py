@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -317,7 +318,19 @@ def _target_part(res: dict) -> list[str]:
     return parts
 
 
-if __name__ == "__main__":
-    data = json.loads(Path(sys.argv[1]).read_text())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("result", type=Path, help="the JSON a `python -m bench --json FILE` run wrote")
+    args = parser.parse_args(argv)
+    try:
+        data = json.loads(args.result.read_text())
+    except (OSError, ValueError) as e:
+        print(f"error: {args.result}: {e}", file=sys.stderr)
+        return 1
     data["targets"] = targets(data)
     print(render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

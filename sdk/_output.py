@@ -87,7 +87,10 @@ class FsspecFolder:
             raise ValueError(f"--out {url}: an output URL needs fsspec (pip install 'ganserve-sdk[fsspec]', and the "
                              "file system's package, e.g. s3fs for s3://)") from None
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        try:  # the file system's own package (s3fs, gcsfs, ...) is another optional install
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except ImportError as e:  # fsspec's message names the package: "Install s3fs to access S3"
+            raise ValueError(f"--out {url}: {e} (pip install it beside fsspec)") from None
         protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
         self.shared = "memory" not in protocols  # memory:// lives in this process alone
 

@@ -144,3 +144,18 @@ def test_an_fsspec_url_gets_the_same_files_and_resumes_on_their_sha256(server, t
         assert "holds a different job (n: 2500 vs 10" in capsys.readouterr().err
     finally:
         memory.rm(root.rsplit("/", 1)[0], recursive=True)
+
+
+def test_an_output_url_whose_file_system_is_not_installed_is_one_line(monkeypatch, capsys):
+    """`--out s3://...` without s3fs: fsspec's ImportError becomes the batch job's one-line error (exit 1) naming
+    the package, before any connection (no server here), instead of a traceback."""
+    fsspec = pytest.importorskip("fsspec")
+    from sdk import batch as job
+
+    def not_installed(url, **kwargs):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", not_installed)
+    assert job.main(["--out", "s3://bucket/job", "--model", "gan-mnist", "--n", "10", "--target", "localhost:1"]) == 1
+    assert capsys.readouterr().err == (
+        "error: --out s3://bucket/job: Install s3fs to access S3 (pip install it beside fsspec)\n")

@@ -408,3 +408,15 @@ def test_the_soak_leak_check_sees_growth_with_calls_and_not_a_plateau():
     assert steady_growth(leak) == pytest.approx((700 + 3 * 49.5) / (700 + 3 * 29.5) - 1)  # medians of the thirds
     assert steady_growth(leak) > 0.05
     assert steady_growth([700.0] * 5) == 0.0  # too short to judge
+
+
+def test_report_command_prints_a_committed_result_and_refuses_a_missing_file(tmp_path, capsys):
+    """`python -m bench.report docs/bench.json` (docs/bench.md) prints the tables; a file that is not there is
+    one error line and exit 1, `--help` the usage (it used to read "--help" as the file name)."""
+    assert report.main([str(ROOT / "docs" / "bench.json")]) == 0
+    assert "### Targets" in capsys.readouterr().out
+    assert report.main([str(tmp_path / "none.json")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'none.json'}: [Errno 2]")
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--help"])
+    assert stop.value.code == 0 and "usage: python -m bench.report" in capsys.readouterr().out
