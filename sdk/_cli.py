@@ -19,7 +19,7 @@ import numpy as np
 from sdk import _constants as C
 from sdk._client import Client
 from sdk._errors import GanserveError
-from sdk._images import save_grid
+from sdk._images import require_pillow, save_grid
 from sdk._plot import num, plot
 from sdk._progress import progress
 
@@ -106,14 +106,14 @@ def cmd_interpolate(c: Client, a) -> str:
 
 
 def _load_images(paths: list[Path]) -> np.ndarray:
-    from PIL import Image  # Pillow is the thin SDK's optional extra (images); only this command needs it
-
     out = []
     for p in paths:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
             out += list(arr if arr.ndim == 4 else arr[None])
         else:
+            from PIL import Image  # Pillow is the thin SDK's optional extra (images); only image files need it
+
             img = np.array(Image.open(p).convert("L"), dtype=np.uint8)
             out.append(img[None])
     return np.stack(out)
@@ -270,9 +270,21 @@ COMMANDS = {"sample": cmd_sample, "interpolate": cmd_interpolate, "invert": cmd_
             "models": cmd_models}
 
 
+def _check_extras(a) -> None:
+    """Refuse before any call what this install cannot do: read or write a PNG without Pillow (the thin SDK's
+    `images` extra), which would otherwise surface as a traceback after the samples were made."""
+    out = getattr(a, "out", None)
+    if (out is not None and out.suffix == ".png") or any(p.suffix != ".npy" for p in getattr(a, "images", [])):
+        try:
+            require_pillow()
+        except ImportError as e:
+            raise UsageError(f"{e}" + ("; or --out with .npz / .npy" if a.command == "sample" else "")) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        _check_extras(args)
         with connect(args) as client:
             print(COMMANDS[args.command](client, args))
     except GanserveError as e:

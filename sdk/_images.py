@@ -15,7 +15,7 @@ except ImportError:  # the optional extra: the helpers below say how to get it
     Image = None
 
 
-def _require_pillow() -> None:
+def require_pillow() -> None:
     if Image is None:
         raise ImportError("the image helpers need Pillow: pip install pillow (or the SDK's extra: './sdk[images]')")
 
@@ -45,7 +45,7 @@ def to_pil(images, value_range: tuple[float, float] = (-1.0, 1.0), scale: int = 
 
     Float images are mapped from `value_range` (the model's, [-1, 1] for the shipped MNIST models); uint8 as is.
     """
-    _require_pillow()
+    require_pillow()
     if isinstance(images, (bytes, bytearray)):
         return Image.open(io.BytesIO(images))
     if isinstance(images, list) and images and isinstance(images[0], (bytes, bytearray)):
@@ -62,7 +62,7 @@ def to_pil(images, value_range: tuple[float, float] = (-1.0, 1.0), scale: int = 
 def grid(images, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2,
          scale: int = 1) -> "Image.Image":
     """A batch (N, C, H, W) as one image, `nrow` per row (default: about square)."""
-    _require_pillow()
+    require_pillow()
     if isinstance(images, list) and images and isinstance(images[0], (bytes, bytearray)):
         images = _decode_pngs(images)
     arr = _to_uint8(images, value_range)

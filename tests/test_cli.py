@@ -147,3 +147,28 @@ def test_every_option_has_help_and_tls_flags_reach_the_client(tmp_path):
         assert c._s.tls and c._s.metadata == (("authorization", "Bearer t0k"),)
     args = batch.parser().parse_args(["--model", "m", "--n", "1", "--out", "o", "--tls"])
     assert args.timeout == 3600.0 and args.tls
+
+
+@pytest.mark.parametrize("args", [["sample", "--n", "1"], ["interpolate", "--seeds", "1", "2"],
+                                  ["invert", "digit.png", "--model", "m"]])
+def test_a_png_without_pillow_is_refused_before_any_call(monkeypatch, capsys, args):
+    """The thin SDK without its `images` extra: a command that would write (or read) a PNG is a usage error naming
+    Pillow (exit 2), before any call (the target does not answer), not a traceback after the samples were made."""
+    from sdk import _cli, _images
+
+    monkeypatch.setattr(_images, "Image", None)
+    assert _cli.main(["--target", "localhost:1", "--timeout", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the image helpers need Pillow: pip install pillow (or the SDK's extra: "
+                          "'./sdk[images]')") and err.count("\n") == 1
+    assert ("; or --out with .npz / .npy" in err) == (args[0] == "sample")
+
+
+def test_arrays_need_no_pillow(monkeypatch, tmp_path):
+    """--out x.npz and invert from .npy files pass the check without Pillow (then reach the server: exit 1)."""
+    from sdk import _cli, _images
+
+    monkeypatch.setattr(_images, "Image", None)
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    for args in (["sample", "--n", "1", "--out", str(tmp_path / "s.npz")], ["invert", str(tmp_path / "x.npy")]):
+        assert _cli.main(["--target", "localhost:1", "--timeout", "1", *args]) == 1
