@@ -398,6 +398,14 @@ def test_run_saves_config_and_refuses_changed_resume(tmp_path):
                 log=lambda *a: None)
     run.run("gan-mnist", [*args[:-3], "--steps=3", "--eval_every=1", "--eval_samples=20"], out=tmp_path / "r",
             store=None, resume=True, log=lambda *a: None)
+    # the manifest says which CPU kernels trained it; a run begun with other kernels is not continued with these
+    kernels = json.loads((out["published"] / "manifest.json").read_text())["training"]["kernels"]
+    assert kernels["mode"] == "native" and kernels["aten"] and kernels["cpu"] and kernels["torch"] == torch.__version__
+    began = tmp_path / "r" / "kernels.json"
+    began.write_text(json.dumps({**json.loads(began.read_text()), "mode": "portable"}))
+    with pytest.raises(ConfigError, match="--cpu-kernels=native, but the run began with portable"):
+        run.run("gan-mnist", [*args[:-3], "--steps=4", "--eval_every=1", "--eval_samples=20"], out=tmp_path / "r",
+                store=None, resume=True, log=lambda *a: None)
 
 
 def test_ema_tracks_weights():

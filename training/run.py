@@ -4,12 +4,15 @@
     python -m training.run gan-mnist --loss=minimax --steps=200
     python -m training.run gan-mnist --resume             # continue runs/gan-mnist from its last checkpoint
     python -m training.run gan-ring8 --seed=3 --no-publish --out runs/ring-s3
+    python -m training.run gan-sc-ring8 --cpu-kernels portable   # the same bytes on any x86-64 CPU
 
 Steps: 1. read the TOML config and the overrides into the family's frozen dataclass (unknown keys and
 wrong types are errors), print it and save it as <out>/config.json; 2. train (checkpoints in <out>);
 3. export ONNX and check parity; 4. publish a new version into the store (unless --no-publish); a run shortened
 below its config file's length (--steps=150) publishes as a CANDIDATE: callable as name@version, never the
 default until `python -m ganserve.store promote` (docs/serve_your_own_generator.md#versions).
+`--cpu-kernels=portable` pins torch's CPU kernels first (training.kernels), so that the run's bytes do not depend on
+the CPU's vector unit; the manifest records the kernels every run used (training.kernels).
 `--help` lists every configuration key of every family with its type and default. Relative store paths in a
 config (evaluator_store) are read against the project folder, wherever the command runs.
 """
@@ -33,6 +36,8 @@ from training.config import (
     read_toml,
     to_dict,
 )
+from training.kernels import MODES as KERNEL_MODES
+from training.kernels import KernelError, pin
 from training.publish import build_manifest, publish_model
 
 # family name in a config file -> module with Config, train(), export(), manifest_fields()
@@ -66,8 +71,9 @@ def smoke_run(config: str, cfg) -> str:
 
 
 def run(config: str, overrides: list[str], out: Path | None = None, store: Path | None = PROJECT / "model_store",
-        resume: bool = False, log=print) -> dict:
+        resume: bool = False, log=print, cpu_kernels: str = "native") -> dict:
     """The whole pipeline; returns {"config", "result", "manifest", "published"}."""
+    kernels = pin(cpu_kernels)  # before anything trains: torch reads the pins at its first kernel call
     module, cfg = load(config, overrides)
     out = Path(out or Path("runs") / cfg.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,13 +89,19 @@ def run(config: str, overrides: list[str], out: Path | None = None, store: Path 
         if changed:
             raise ConfigError(f"--resume with a config that differs from {saved} in {', '.join(changed)}; "
                               f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change on resume")
+    saved_kernels = out / "kernels.json"  # other kernels would continue the run with other rounding
+    began = json.loads(saved_kernels.read_text())["mode"] if resume and saved_kernels.exists() else cpu_kernels
+    if began != cpu_kernels:
+        raise ConfigError(f"--resume with --cpu-kernels={cpu_kernels}, but the run began with {began} "
+                          f"({saved_kernels})")
     saved.write_text(json.dumps(cfg_dict, indent=2) + "\n")
+    saved_kernels.write_text(json.dumps({"mode": cpu_kernels, **kernels}, indent=2) + "\n")
 
     result = module.train(cfg, out, resume=resume, log=log)
     art = module.export(result, out)
     training = {"config": cfg_dict, "family": module.__name__, "seed": cfg.seed, "steps": result["steps"],
                 "wall_time_s": round(result["wall_time_s"], 1), "data": result["data"],
-                **result.get("training_extra", {})}
+                **result.get("training_extra", {}), "kernels": {"mode": cpu_kernels, **kernels}}
     metrics = {**result["metrics"], **art.get("metrics", {})}
     manifest = build_manifest(cfg.name, {**module.manifest_fields(cfg), **art.get("fields", {})}, art["graphs"],
                               training, metrics, art["export"])
@@ -130,11 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=PROJECT / "model_store",
                    help="model store to publish into (default: the project's model_store/, wherever you run)")
     p.add_argument("--no-publish", action="store_true", help="train and export only")
+    p.add_argument("--cpu-kernels", choices=KERNEL_MODES, default="native",
+                   help="native: torch picks kernels for this CPU (fastest); portable: pinned so that the bytes "
+                        "do not depend on the CPU's vector unit (docs/training.md#bit-for-bit)")
     args, rest = p.parse_known_args(argv)
     try:
-        run(args.config, rest, args.out, None if args.no_publish else args.store, args.resume)
+        run(args.config, rest, args.out, None if args.no_publish else args.store, args.resume,
+            cpu_kernels=args.cpu_kernels)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except KernelError as e:
+        print(f"cpu kernels: {e}", file=sys.stderr)
         return 2
     return 0
 
