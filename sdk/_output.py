@@ -1,7 +1,7 @@
 """Where the batch job writes its shards and manifest: a local folder, or an fsspec URL when the output names a
 scheme (`s3://bucket/job`, `gs://...`, `file:///shared/job`, `memory://job` in tests). fsspec is imported only
-for a URL (pip install 'ganserve-sdk[fsspec]', plus the file system's own package, e.g. s3fs); a local folder
-needs nothing more than the SDK.
+for a URL (pip install fsspec, the SDK's extra './sdk[fsspec]', plus the file system's own package, e.g.
+s3fs); a local folder needs nothing more than the SDK.
 
 Both write a file in full before it appears under its name, so a reader (or a resumed job) never sees half a
 shard: locally a temporary name, then os.replace; over fsspec the bytes are made in a local temporary file first
@@ -84,8 +84,8 @@ class FsspecFolder:
         try:  # optional: only an output URL needs fsspec
             import fsspec
         except ImportError:
-            raise ValueError(f"--out {url}: an output URL needs fsspec (pip install 'ganserve-sdk[fsspec]', and the "
-                             "file system's package, e.g. s3fs for s3://)") from None
+            raise ValueError(f"--out {url}: an output URL needs fsspec (pip install fsspec, the SDK's extra "
+                             "'./sdk[fsspec]', and the file system's package, e.g. s3fs for s3://)") from None
         self.url = url
         try:  # the file system's own package (s3fs, gcsfs, ...) is another optional install
             self.fs, self.root = fsspec.core.url_to_fs(url)

@@ -16,7 +16,7 @@
 - `--engine ray [--address ADDR] [--store DIR]`: the same shards and manifest, byte for byte, made by actors
   of a Ray cluster that run the generator themselves (ganserve.scale.batch; docs/scaling_out.md).
 - `--out` may be an fsspec URL (s3://bucket/job, file:///shared/job, ...): the same files, written whole and
-  checked by sha256 on resume as in a folder (sdk/_output.py; pip install 'ganserve-sdk[fsspec]').
+  checked by sha256 on resume as in a folder (sdk/_output.py; pip install fsspec).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def run(args) -> int:
     out.mkdir()
     with contextlib.ExitStack() as stack:
         if args.engine == "ray":
-            # Imported only when asked: ray is an optional extra (pip install 'ganserve[ray]') and its import
+            # Imported only when asked: ray is an optional extra (pip install -e '.[ray]') and its import
             # alone takes seconds; the SDK itself stays free of it.
             try:
                 from ganserve.scale.batch import RayEngine
@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="attempts per shard on UNAVAILABLE/RESOURCE_EXHAUSTED")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_connection_args(p, timeout=3600.0)  # here: seconds per shard stream (--engine grpc)
-    ray = p.add_argument_group("the Ray engine (--engine ray; pip install 'ganserve[ray]', docs/scaling_out.md)")
+    ray = p.add_argument_group("the Ray engine (--engine ray; pip install -e '.[ray]', docs/scaling_out.md)")
     ray.add_argument("--engine", choices=["grpc", "ray"], default="grpc",
                      help="grpc: stream from a server (default); ray: run the generator on a Ray cluster's workers")
     ray.add_argument("--address", default="local",

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 INLINE = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^```([a-z]*)\n(.*?)^```", re.M | re.S)
-PYTHON = re.compile(r"(?:^|[\s;&|(])(?:\.venv/bin/)?python3? +((?:-W +\S+ +)*)(-m +[\w.]+|[\w./-]+\.py)((?: +[^;&|)#]*)?)")
+PYTHON = re.compile(r"(?:^|[\s;&|(])(?:\.venv/bin/)?python3? +((?:-W +\S+ +)*)(-m +[\w.]+|[\w./-]+\.py)"
+                    r"((?: +[^;&|)#]*)?)")
 MAKE = re.compile(r"(?:^|[\s;&|(])make +(?:-s +)?([a-z][\w-]*)")
 SKIP_MODULES = {"venv", "pip", "pytest"}  # the standard library's and the tools' own
 
@@ -112,3 +113,14 @@ def test_every_documented_make_target_exists():
     defined = set(re.findall(r"^([a-z][\w-]*):", makefile, re.M))
     missing = [f"{where}: make {t}" for where, cmd in commands() for t in MAKE.findall(cmd) if t not in defined]
     assert missing == []
+
+
+def test_this_project_is_installed_from_its_checkout():
+    """ganserve and ganserve-sdk are on no package index: `pip install 'ganserve[ray]'` finds nothing, so pages,
+    messages and comments install them from the checkout (`pip install -e '.[ray]'`, `pip install ./sdk`)."""
+    by_name = re.compile(r"pip install (?:-\S+ )*['\"]?ganserve(?:-sdk)?(?:\[|['\"\s`)]|$)")
+    files = PAGES + sorted(p for d in ("ganserve", "server", "sdk", "training", "bench", "tests", "deploy")
+                           for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml", ".md"))
+    hits = [f"{f.relative_to(ROOT)}:{n}: {line.strip()}" for f in [*files, ROOT / "pyproject.toml"]
+            for n, line in enumerate(f.read_text().splitlines(), 1) if by_name.search(line) and f != Path(__file__)]
+    assert hits == [], "\n".join(hits)

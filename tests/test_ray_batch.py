@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="the Ray engine needs: pip install 'ganserve[ray]'")
+ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="the Ray engine needs: pip install -e '.[ray]'")
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-serve = pytest.importorskip("ray.serve", reason="the Ray Serve deployment needs: pip install 'ganserve[ray]'")
+serve = pytest.importorskip("ray.serve", reason="the Ray Serve deployment needs: pip install -e '.[ray]'")
 
 import ray  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402

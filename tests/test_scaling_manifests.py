@@ -21,7 +21,7 @@ def docs(path: Path) -> list[dict]:
 
 
 def test_serve_config_is_valid_for_serve_and_builds_our_app():
-    schema = pytest.importorskip("ray.serve.schema", reason="needs: pip install 'ganserve[ray]'")
+    schema = pytest.importorskip("ray.serve.schema", reason="needs: pip install -e '.[ray]'")
     from server import ray_serve
 
     raw = yaml.safe_load((ROOT / "deploy/ray/serve.yaml").read_text())
@@ -42,7 +42,7 @@ def test_serve_config_is_valid_for_serve_and_builds_our_app():
 
 
 def test_serve_settings_refuse_what_the_server_refuses():
-    pytest.importorskip("ray.serve", reason="needs: pip install 'ganserve[ray]'")
+    pytest.importorskip("ray.serve", reason="needs: pip install -e '.[ray]'")
     from server import ray_serve
 
     with pytest.raises(ValueError, match="bad ganserve settings"):
@@ -56,7 +56,7 @@ def test_serve_settings_refuse_what_the_server_refuses():
 
 
 def test_serve_replicas_take_the_token_as_the_server_does(monkeypatch, tmp_path):
-    pytest.importorskip("ray.serve", reason="needs: pip install 'ganserve[ray]'")
+    pytest.importorskip("ray.serve", reason="needs: pip install -e '.[ray]'")
     from server import ray_serve
 
     assert ray_serve.settings({}).token() == ""
