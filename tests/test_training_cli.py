@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ganserve.store import manifest as mf
+from training import quantize as training_quantize
 from training import run as training_run
 from training.config import PROJECT, project_path
 from training.evaluate import find_evaluator
@@ -81,3 +82,14 @@ def test_manifest_input_range_is_validated_and_written_by_the_evaluator():
     from training.evaluator import EvaluatorConfig, manifest_fields
 
     assert manifest_fields(EvaluatorConfig())["input"] == {"value_range": [0.0, 1.0]}
+
+
+def test_quantize_refuses_a_docs_folder_without_its_summary_before_any_work(tmp_path, capsys):
+    """`training.quantize ... --docs DIR` updates DIR/summary.json: a folder without one is a usage error at once
+    (exit 2), not a traceback after the variant was quantized, evaluated and published."""
+    store = tmp_path / "store"
+    with pytest.raises(SystemExit) as stop:
+        training_quantize.main(["gan-mnist", "--store", str(store), "--docs", str(tmp_path)])
+    assert stop.value.code == 2
+    assert f"--docs {tmp_path}: no summary.json there" in capsys.readouterr().err
+    assert not store.exists()

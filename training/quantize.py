@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=None,
                    help="also put the published variants into <docs>/summary.json and README.md (docs/models)")
     args = p.parse_args(argv)
+    if args.docs and not (args.docs / "summary.json").is_file():  # before minutes of quantizing, not after
+        p.error(f"--docs {args.docs}: no summary.json there (the docs/models folder training.evaluate --docs wrote)")
     rows = []
     for name in args.models:
         try:
