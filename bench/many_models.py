@@ -175,12 +175,15 @@ def table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.many_models", description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=int, default=1000)
-    p.add_argument("--clients-models", type=int, default=200)
+    p.add_argument("--models", type=int, default=1000, help="models in the generated store")
+    p.add_argument("--clients-models", type=int, default=200,
+                   help="how many of them the client calls, at random (at most --models)")
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--budget-mb", type=float, default=10.0)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    if not 1 <= a.clients_models <= a.models:  # before a store of --models is written and a server started
+        p.error(f"--clients-models must be 1..--models ({a.models}), got {a.clients_models}")
     r = run(a.models, a.clients_models, a.calls, a.budget_mb)
     print(table(r))
     if a.json:

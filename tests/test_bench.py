@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench import flops, report
+from bench import flops, many_models, report
 from bench.soak import steady_growth
 from bench.inprocess import Contender, interleave
 
@@ -420,3 +420,12 @@ def test_report_command_prints_a_committed_result_and_refuses_a_missing_file(tmp
     with pytest.raises(SystemExit) as stop:
         report.main(["--help"])
     assert stop.value.code == 0 and "usage: python -m bench.report" in capsys.readouterr().out
+
+
+def test_many_models_refuses_more_called_models_than_it_makes(capsys):
+    """`python -m bench.many_models --models 20` (a smaller run) needs --clients-models <= 20: a usage error at
+    once, not a traceback after the store was written and the server started."""
+    with pytest.raises(SystemExit) as stop:
+        many_models.main(["--models", "20"])
+    assert stop.value.code == 2
+    assert "--clients-models must be 1..--models (20), got 200" in capsys.readouterr().err
