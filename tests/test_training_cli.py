@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ganserve.store import manifest as mf
+from tests.conftest import publish_gan
 from training import quantize as training_quantize
 from training import run as training_run
 from training.config import PROJECT, project_path
@@ -93,3 +94,23 @@ def test_quantize_refuses_a_docs_folder_without_its_summary_before_any_work(tmp_
     assert stop.value.code == 2
     assert f"--docs {tmp_path}: no summary.json there" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_inversion_measure_only_names_the_graphs_a_version_lacks(tmp_path, capsys):
+    """`training.inversion MODEL --measure-only` on a version with no encoder and no gradient graph is a usage
+    error naming both and the fix (exit 2), not a traceback from inside the inversion runtime."""
+    pytest.importorskip("torch")
+    from training import inversion as training_inversion
+
+    store = tmp_path / "store"
+    publish_gan(store, tmp_path / "build", extras=False)
+    with pytest.raises(SystemExit) as stop:
+        training_inversion.main(["tiny-gan", "--store", str(store), "--measure-only"])
+    assert stop.value.code == 2
+    assert re.search(r"cannot be measured with ENCODER, OPTIMIZE, HYBRID: it has no encoder and no generator_grad "
+                     r"\(train an encoder with `python -m training.inversion tiny-gan`, or choose --methods\)",
+                     capsys.readouterr().err)
+    assert training_inversion.missing_graphs({"graphs": {"encoder": {}}}, ("ENCODER",)) == []
+    assert training_inversion.missing_graphs({"graphs": {"encoder": {}}}, ("OPTIMIZE", "HYBRID")) == ["generator_grad"]
+    assert training_inversion.missing_graphs({"graphs": {}}, ("FAST",)) == [
+        "method FAST (one of ENCODER, OPTIMIZE, HYBRID)"]

@@ -99,6 +99,18 @@ def read(version_dir: Path) -> dict:
 
 # --- gradient graph -------------------------------------------------------------------------------------
 
+def missing_graphs(m: dict, methods: tuple[str, ...]) -> list[str]:
+    """The graphs `methods` need that manifest `m` lists none of: ENCODER needs an encoder, OPTIMIZE a gradient
+    graph (stored or derived), HYBRID both; an unknown method is named as such."""
+    needs = {"ENCODER": ("encoder",), "OPTIMIZE": ("generator_grad",), "HYBRID": ("encoder", "generator_grad")}
+    missing = []
+    for method in methods:
+        for graph in needs.get(method, (f"method {method} (one of {', '.join(rt.METHODS)})",)):
+            if graph not in m["graphs"] and graph not in missing:
+                missing.append(graph)
+    return missing
+
+
 def write_grad_graph(generator_onnx: Path, out: Path) -> None:
     out.write_bytes(grad_graph_bytes(generator_onnx))
 
@@ -307,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = rt.InversionSettings(steps=args.inv_steps, lr=args.inv_lr, prior_weight=args.inv_prior)
     if args.measure_only:
         methods = tuple(m.strip().upper() for m in args.methods.split(",") if m.strip())
+        missing = missing_graphs(read(src), methods)
+        if missing:
+            p.error(f"{src} cannot be measured with {', '.join(methods)}: it has no {' and no '.join(missing)} "
+                    f"(train an encoder with `python -m training.inversion {args.model}`, or choose --methods)")
         print(json.dumps(rt.measure(src, find_evaluator(store), settings=settings, methods=methods,
                                     threads=args.threads), indent=2))
         if args.strip:
