@@ -18,9 +18,37 @@ def output_problem(x: np.ndarray, value_range: tuple[float, float] | None, what:
     """Why generator output `x` must not be answered ("produced ..."), or None: every value finite and within
     the value range up to OUTPUT_TOLERANCE. Two reductions (min, max): NaN propagates into both, so this also
     catches NaN and +-Inf."""
+    return None if x.size == 0 else _problem(x, _extremes(x), value_range, what)
+
+
+def clamp(x: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """float32 rows clamped to the value range (ONNX Runtime's tanh can overshoot by an ulp: -1.0000001).
+    Rows already within it come back as they are, uncopied: two reductions cost a fifth of the two passes and
+    the new array a clamp makes (an int8 variant's output never overshoots; an fp32 tanh's mostly does)."""
+    x = np.ascontiguousarray(x, np.float32)
+    return _clamped(x, _extremes(x), value_range) if value_range is not None and x.size else x
+
+
+def checked(x: np.ndarray, value_range: tuple[float, float] | None, *,
+            clamped: bool = True) -> tuple[str | None, np.ndarray]:
+    """(output_problem's answer, the float32 rows, clamped as clamp() does when `clamped` and there is no
+    problem) from one pair of reductions: what a generator's rows go through before they are answered."""
+    x = np.ascontiguousarray(x, np.float32)
     if x.size == 0:
-        return None
-    lo_seen, hi_seen = float(x.min()), float(x.max())
+        return None, x
+    seen = _extremes(x)
+    problem = _problem(x, seen, value_range, "samples")
+    if problem is None and clamped and value_range is not None:
+        x = _clamped(x, seen, value_range)
+    return problem, x
+
+
+def _extremes(x: np.ndarray) -> tuple[float, float]:
+    return float(x.min()), float(x.max())
+
+
+def _problem(x: np.ndarray, seen: tuple[float, float], value_range: tuple[float, float] | None, what: str) -> str | None:
+    lo_seen, hi_seen = seen
     if not (np.isfinite(lo_seen) and np.isfinite(hi_seen)):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         return f"produced {bad} non-finite value(s) (NaN/Inf) out of {x.size} in its {what}"
@@ -32,15 +60,10 @@ def output_problem(x: np.ndarray, value_range: tuple[float, float] | None, what:
     return None
 
 
-def clamp(x: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
-    """float32 rows clamped to the value range (ONNX Runtime's tanh can overshoot by an ulp: -1.0000001).
-    Rows already within it come back as they are, uncopied: two reductions cost a fifth of the two passes and
-    the new array a clamp makes (an int8 variant's output never overshoots; an fp32 tanh's mostly does)."""
-    x = np.ascontiguousarray(x, np.float32)
-    if value_range is not None and x.size:
-        lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
-        if x.min() < lo or x.max() > hi:  # two ufuncs: np.clip's Python wrapper costs more than a sample's clip
-            x = np.minimum(np.maximum(x, lo), hi)
+def _clamped(x: np.ndarray, seen: tuple[float, float], value_range: tuple[float, float]) -> np.ndarray:
+    lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
+    if seen[0] < lo or seen[1] > hi:  # two ufuncs: np.clip's Python wrapper costs more than a sample's clip
+        x = np.minimum(np.maximum(x, lo), hi)
     return x
 
 

@@ -109,10 +109,13 @@ def generate(model: LoadedModel, z: np.ndarray, y: np.ndarray | None, call: Call
 def check_output(model: LoadedModel, x: np.ndarray, what: str = "samples") -> np.ndarray:
     """`x` when every value is finite and (for images) within the model's value range (ganserve.images);
     else BadModelOutput (INTERNAL, naming the model): a wrong answer is never encoded and sent as OK."""
-    problem = images.output_problem(x, model.value_range if what == "samples" else None, what)
+    _refuse_if(model, images.output_problem(x, model.value_range if what == "samples" else None, what))
+    return x
+
+
+def _refuse_if(model: LoadedModel, problem: str | None) -> None:
     if problem:
         raise BadModelOutput(f"{model.ref} {problem}; not answered", model.ref)
-    return x
 
 
 def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
@@ -122,23 +125,22 @@ def to_uint8(model: LoadedModel, x: np.ndarray) -> np.ndarray:
 def clean_output(model: LoadedModel, x: np.ndarray) -> np.ndarray | None:
     """Many requests' rows checked and clamped at once (`encode(..., clean=True)` for each request's slice), or
     None when some row fails check_output: then each request's own rows decide its status."""
-    try:
-        return images.clamp(check_output(model, x), model.value_range)
-    except BadModelOutput:
-        return None
+    problem, x = images.checked(x, model.value_range)
+    return None if problem else x
 
 
 def encode(model: LoadedModel, x: np.ndarray, encoding: int, *,
            clean: bool = False) -> tuple[np.ndarray | None, list[bytes]]:
-    """(array for `samples`, PNGs) in the requested encoding (validated beforehand), after check_output.
-    `clean`: rows of clean_output, already checked and clamped."""
+    """(array for `samples`, PNGs) in the requested encoding (validated beforehand), after check_output's check
+    (one pair of reductions for the check and the clamp). `clean`: rows of clean_output."""
     if not clean:
-        check_output(model, x)
+        problem, x = images.checked(x, model.value_range, clamped=encoding not in (pb.ENCODING_UINT8, pb.ENCODING_PNG))
+        _refuse_if(model, problem)
     if encoding == pb.ENCODING_UINT8:
         return to_uint8(model, x), []
     if encoding == pb.ENCODING_PNG:
         return None, [images.png_bytes(img) for img in to_uint8(model, x)]
-    return (x if clean else images.clamp(x, model.value_range)), []
+    return x, []
 
 
 # -- sampling -------------------------------------------------------------------------------------------

@@ -115,10 +115,10 @@ class ShardMaker:
             elif len(self.inputs) > 1:  # (size, K) one-hot rows, as the server builds them from labels
                 feeds[self.inputs[1]] = one_hot(labels * size if len(labels) == 1 else labels[lo:lo + size], self.k)
             x = self.session.run([self.output], feeds)[0]
-            problem = images.output_problem(x, self.value_range)
+            problem, x = images.checked(x, self.value_range, clamped=job["encoding"] != "uint8")
             if problem:  # as the server: a wrong answer is never written
                 raise RuntimeError(f"{job['model']} {problem}; shard not written")
-            yield images.to_uint8(x, self.value_range) if job["encoding"] == "uint8" else images.clamp(x, self.value_range)
+            yield images.to_uint8(x, self.value_range) if job["encoding"] == "uint8" else x
 
     def make(self, make_shard: Callable, job: dict, index: int, out: str, chunk: int) -> tuple[dict, str]:
         entry = make_shard(job, index, out, lambda start, count, labels: self._rows(job, chunk, start, count, labels))
